@@ -1,0 +1,292 @@
+//! Board profiles (`board/<board>.toml`): the facts of one kind of device — who it is, where
+//! its files live, which broker it talks to, which models it runs. Relative paths in a
+//! profile are relative to the profile's own folder, so a profile means the same thing from
+//! whatever directory the daemon is started.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BoardError {
+    #[error("cannot read board profile {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("board profile {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("board profile {path}: {field}: {reason}")]
+    Field {
+        path: PathBuf,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardProfile {
+    pub device: Device,
+    pub paths: Paths,
+    pub mqtt: Mqtt,
+    #[serde(default)]
+    pub privacy: Privacy,
+    pub models: Vec<ModelSlot>,
+    /// The file this profile was read from.
+    #[serde(skip)]
+    pub origin: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// This device's name, unique within its site; part of every topic.
+    pub id: String,
+    pub site: String,
+    /// The kind of board (e.g. `x86-dev`, `jetson-orin-nano`), reported in the status.
+    pub board: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    /// Watch folder: complete DICOM files dropped here are processed.
+    pub inbox: PathBuf,
+    /// Daemon state: processed files go to `done/` and `failed/` below it.
+    pub state: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    /// `mqtt://host[:port]`.
+    pub url: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u64,
+    /// How many messages may wait in memory while the broker is away; the pipeline waits
+    /// (and files wait in the inbox) beyond that.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn default_prefix() -> String {
+    "bedside".into()
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_queue() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Privacy {
+    /// File holding the secret key for hashing instance UIDs. Without it, the key is derived
+    /// from the site name, which hides UIDs from casual readers but not from a guesser.
+    #[serde(default)]
+    pub uid_hash_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSlot {
+    /// A model folder holding `model.toml`.
+    pub path: PathBuf,
+}
+
+/// Broker address parsed from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BoardProfile {
+    pub fn load(path: &Path) -> Result<Self, BoardError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BoardError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses a profile as if it had been read from `origin`.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, BoardError> {
+        let mut p: BoardProfile = toml::from_str(text).map_err(|e| BoardError::Parse {
+            path: origin.to_owned(),
+            reason: e.to_string(),
+        })?;
+        p.origin = origin.to_owned();
+        let base = origin.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut p.paths.inbox);
+        resolve(&mut p.paths.state);
+        if let Some(k) = p.privacy.uid_hash_key_file.as_mut() {
+            resolve(k);
+        }
+        for m in &mut p.models {
+            resolve(&mut m.path);
+        }
+        p.validate()?;
+        Ok(p)
+    }
+
+    fn field(&self, field: &'static str, reason: impl Into<String>) -> BoardError {
+        BoardError::Field {
+            path: self.origin.clone(),
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), BoardError> {
+        for (field, value) in [
+            ("device.id", &self.device.id),
+            ("device.site", &self.device.site),
+            ("mqtt.topic_prefix", &self.mqtt.topic_prefix),
+        ] {
+            if value.is_empty() || value.contains(['/', '+', '#', '\0']) || value.trim() != value {
+                return Err(self.field(field, format!("{value:?} must be a non-empty MQTT topic level without '/', '+', '#' or outer spaces")));
+            }
+        }
+        self.broker()
+            .map_err(|reason| self.field("mqtt.url", reason))?;
+        if self.mqtt.queue == 0 {
+            return Err(self.field("mqtt.queue", "must be at least 1"));
+        }
+        if !(5..=3600).contains(&self.mqtt.keep_alive_s) {
+            return Err(self.field(
+                "mqtt.keep_alive_s",
+                format!("{} is not in 5..=3600", self.mqtt.keep_alive_s),
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(self.field(
+                "models",
+                "no [[models]]: the daemon would have nothing to run",
+            ));
+        }
+        if self.paths.inbox == self.paths.state {
+            return Err(self.field("paths.inbox", "must differ from paths.state"));
+        }
+        Ok(())
+    }
+
+    /// The broker's host and port from `mqtt.url`.
+    pub fn broker(&self) -> Result<BrokerAddr, String> {
+        let url = &self.mqtt.url;
+        let rest = url
+            .strip_prefix("mqtt://")
+            .ok_or_else(|| format!("{url:?}: only mqtt://host[:port] is supported"))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+            ),
+            None => (rest, 1883),
+        };
+        if host.is_empty() || port == 0 {
+            return Err(format!("{url:?}: missing host or port"));
+        }
+        Ok(BrokerAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    pub fn client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("bedside-{}-{}", self.device.site, self.device.id))
+    }
+
+    /// `<prefix>/<site>/<device>/<leaf>`.
+    pub fn topic(&self, leaf: &str) -> String {
+        format!(
+            "{}/{}/{}/{leaf}",
+            self.mqtt.topic_prefix, self.device.site, self.device.id
+        )
+    }
+
+    /// The key for hashing instance UIDs (see [`Privacy`]).
+    pub fn uid_hash_key(&self) -> Result<Vec<u8>, BoardError> {
+        match &self.privacy.uid_hash_key_file {
+            Some(path) => {
+                let key = std::fs::read(path).map_err(|source| BoardError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                if key.trim_ascii().len() < 16 {
+                    return Err(self.field(
+                        "privacy.uid_hash_key_file",
+                        "the key must be at least 16 bytes",
+                    ));
+                }
+                Ok(key.trim_ascii().to_vec())
+            }
+            None => Ok(format!("bedside:{}", self.device.site).into_bytes()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEV: &str = r#"
+[device]
+id = "cart-1"
+site = "clinic-a"
+board = "x86-dev"
+[paths]
+inbox = "var/inbox"
+state = "/var/lib/bedside"
+[mqtt]
+url = "mqtt://127.0.0.1:1884"
+[[models]]
+path = "../models/m"
+"#;
+
+    #[test]
+    fn resolves_paths_against_the_profile_and_defaults() {
+        let p = BoardProfile::from_toml(DEV, Path::new("/etc/bedside/board.toml")).unwrap();
+        assert_eq!(p.paths.inbox, Path::new("/etc/bedside/var/inbox"));
+        assert_eq!(p.paths.state, Path::new("/var/lib/bedside"));
+        assert_eq!(p.models[0].path, Path::new("/etc/bedside/../models/m"));
+        assert_eq!(
+            p.broker().unwrap(),
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(p.topic("status"), "bedside/clinic-a/cart-1/status");
+        assert_eq!(p.mqtt.queue, 256);
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let origin = Path::new("b.toml");
+        let e = BoardProfile::from_toml(&DEV.replace("cart-1", "cart/1"), origin).unwrap_err();
+        assert!(e.to_string().contains("device.id"), "{e}");
+        let e = BoardProfile::from_toml(&DEV.replace("mqtt://127.0.0.1:1884", "http://x"), origin)
+            .unwrap_err();
+        assert!(e.to_string().contains("mqtt.url"), "{e}");
+        let e = BoardProfile::from_toml(&DEV.replace("[device]", "[device]\nbogus = 1"), origin)
+            .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+}

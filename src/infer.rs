@@ -1,0 +1,155 @@
+//! Running a model: one tract plan per model, optimised once for its fixed input shape, with
+//! the input tensor allocated once and reused for every image.
+
+use std::path::{Path, PathBuf};
+
+use tract_onnx::prelude::*;
+
+use crate::model::{Manifest, ModelError, ModelRef, sha256_hex};
+
+#[derive(Debug, thiserror::Error)]
+#[error("inference failed in model {model}: {reason}")]
+pub struct InferError {
+    pub model: String,
+    pub reason: String,
+}
+
+/// Which of the manifest's files to load: the shipped (int8) model, or its fp32 parent for
+/// comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Shipped,
+    Parent,
+}
+
+/// A model ready to run: manifest, verified identity and tract plan.
+pub struct Engine {
+    manifest: Manifest,
+    model_ref: ModelRef,
+    path: PathBuf,
+    state: TypedSimpleState,
+    input: Tensor,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.model_ref)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads the shipped model of the folder `dir` (which holds `model.toml`).
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        Self::load_variant(dir, Variant::Shipped)
+    }
+
+    pub fn load_variant(dir: &Path, variant: Variant) -> Result<Self, ModelError> {
+        let manifest = Manifest::load(dir)?;
+        let (file, expected) = match (variant, &manifest.model.parent) {
+            (Variant::Shipped, _) => (&manifest.model.file, &manifest.model.sha256),
+            (Variant::Parent, Some(p)) => (&p.file, &p.sha256),
+            (Variant::Parent, None) => {
+                return Err(ModelError::Manifest {
+                    path: dir.join("model.toml"),
+                    reason: "no [model.parent] to load".into(),
+                });
+            }
+        };
+        let path = dir.join(file);
+        // Hash exactly the bytes that tract will parse: no window between check and use.
+        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let actual = sha256_hex(&bytes);
+        if &actual != expected {
+            return Err(ModelError::HashMismatch {
+                path,
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let model_ref = ModelRef {
+            id: manifest.model.id.clone(),
+            version: manifest.model.version.clone(),
+            sha256: actual,
+        };
+        let tract_err = |e: TractError| ModelError::Tract {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        };
+        let shape: Vec<usize> = manifest.input.shape.clone();
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(&bytes))
+            .and_then(|m| m.with_input_fact(0, f32::fact(&shape).into()))
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(tract_err)?;
+        let state = plan.spawn().map_err(tract_err)?;
+        let input = Tensor::zero::<f32>(&shape).map_err(tract_err)?;
+        let mut engine = Engine {
+            manifest,
+            model_ref,
+            path: path.clone(),
+            state,
+            input,
+        };
+        // A dry run proves the plan runs and that its output matches the labels.
+        let got = engine
+            .run_with(|_| {})
+            .map_err(|e| ModelError::Tract {
+                path: path.clone(),
+                reason: e.reason,
+            })?
+            .len();
+        let want = engine.manifest.labels.len();
+        if got != want {
+            return Err(ModelError::OutputShape { path, got, want });
+        }
+        Ok(engine)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn model_ref(&self) -> &ModelRef {
+        &self.model_ref
+    }
+
+    /// Runs the model on an input tensor written by `fill` into the preallocated input buffer
+    /// (NCHW, the manifest's shape) and returns the raw outputs (logits).
+    pub fn run_with(&mut self, fill: impl FnOnce(&mut [f32])) -> Result<Vec<f32>, InferError> {
+        let err = |e: TractError| InferError {
+            model: self.model_ref.id.clone(),
+            reason: format!("{e:#}"),
+        };
+        {
+            let mut view = self.input.try_as_plain_ram_mut().map_err(err)?;
+            fill(view.as_slice_mut::<f32>().map_err(err)?);
+        }
+        // tract takes ownership of its inputs; the clone is one memcpy of the tensor.
+        let outputs = self
+            .state
+            .run(tvec!(self.input.clone().into()))
+            .map_err(err)?;
+        let out = outputs[0].cast_to::<f32>().map_err(err)?;
+        let view = out.try_as_plain_ram().map_err(err)?;
+        Ok(view.as_slice::<f32>().map_err(err)?.to_vec())
+    }
+
+    /// Runs the model on a complete input tensor.
+    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, InferError> {
+        let want = self.input.len();
+        if input.len() != want {
+            return Err(InferError {
+                model: self.model_ref.id.clone(),
+                reason: format!("input has {} values, the model takes {want}", input.len()),
+            });
+        }
+        self.run_with(|buf| buf.copy_from_slice(input))
+    }
+}

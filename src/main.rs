@@ -1,0 +1,251 @@
+//! The `bedside` command: a thin edge over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use bedside::board::BoardProfile;
+use bedside::finding::UidHasher;
+use bedside::infer::{Engine, Variant};
+use bedside::pipeline::{Identity, Processor};
+use bedside::prepare::Preparer;
+use bedside::source::SourceKind;
+
+/// Exit status for an input that cannot be read or decoded.
+const EXIT_BAD_INPUT: u8 = 2;
+const DEFAULT_MODEL: &str = "models/cxr-tiny-cls";
+
+#[derive(Parser)]
+#[command(
+    name = "bedside",
+    version,
+    about = "Findings from bedside imaging devices: DICOM in, int8 models in tract, MQTT out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the models on one DICOM file and print each finding as one JSON line.
+    Infer {
+        file: PathBuf,
+        /// Model folder (repeatable); default: the board's models, else models/cxr-tiny-cls.
+        #[arg(long)]
+        model: Vec<PathBuf>,
+        /// Board profile giving device, site and UID-hash key.
+        #[arg(long)]
+        board: Option<PathBuf>,
+        /// Indented JSON.
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Run the daemon: watch the inbox, publish findings over MQTT.
+    Run {
+        #[arg(long)]
+        board: PathBuf,
+    },
+    /// Validate a board profile and load (and verify) its models.
+    Check {
+        #[arg(long)]
+        board: PathBuf,
+    },
+    /// Time a model's shipped (int8) file against its fp32 parent in tract.
+    Bench {
+        #[arg(long, default_value = DEFAULT_MODEL)]
+        model: PathBuf,
+        /// Timed runs per variant (after 5 warm-up runs).
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// DICOM file to prepare as the input; default: an all-zero tensor.
+        #[arg(long)]
+        image: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Infer {
+            file,
+            model,
+            board,
+            pretty,
+        } => infer(&file, model, board.as_deref(), pretty),
+        Command::Run { board } => run(&board),
+        Command::Check { board } => check(&board),
+        Command::Bench { model, runs, image } => bench(&model, runs, image.as_deref()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bedside: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn infer(
+    file: &Path,
+    models: Vec<PathBuf>,
+    board: Option<&Path>,
+    pretty: bool,
+) -> anyhow::Result<ExitCode> {
+    let (identity, board_models) = match board {
+        Some(b) => {
+            let profile = BoardProfile::load(b)?;
+            let identity = Identity {
+                device: profile.device.id.clone(),
+                site: profile.device.site.clone(),
+                uid_hasher: UidHasher::new(profile.uid_hash_key()?),
+            };
+            (
+                identity,
+                profile.models.into_iter().map(|m| m.path).collect(),
+            )
+        }
+        None => (
+            Identity {
+                device: "cli".into(),
+                site: "local".into(),
+                uid_hasher: UidHasher::new("bedside:local"),
+            },
+            vec![PathBuf::from(DEFAULT_MODEL)],
+        ),
+    };
+    let models = if models.is_empty() {
+        board_models
+    } else {
+        models
+    };
+    let mut processor = Processor::new(identity, &models)?;
+    match processor.process_file(file, SourceKind::File) {
+        Ok(findings) => {
+            for f in findings {
+                let json = if pretty {
+                    serde_json::to_string_pretty(&f)?
+                } else {
+                    serde_json::to_string(&f)?
+                };
+                println!("{json}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is_bad_input() => {
+            eprintln!("bedside: {e}");
+            Ok(ExitCode::from(EXIT_BAD_INPUT))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn run(board: &Path) -> anyhow::Result<ExitCode> {
+    let profile = BoardProfile::load(board)?;
+    bedside::daemon::run(profile)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(board: &Path) -> anyhow::Result<ExitCode> {
+    let profile = BoardProfile::load(board)?;
+    println!("board profile {}: valid", board.display());
+    println!(
+        "  device {} at site {} ({}), broker {}, inbox {}",
+        profile.device.id,
+        profile.device.site,
+        profile.device.board,
+        profile.mqtt.url,
+        profile.paths.inbox.display()
+    );
+    let processor = bedside::daemon::processor_for(&profile)?;
+    for e in processor.engines() {
+        let m = e.model_ref();
+        println!(
+            "  model {} {} sha256 {}: verified, runs in tract",
+            m.id, m.version, m.sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench(model: &Path, runs: usize, image: Option<&Path>) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(runs >= 5, "--runs must be at least 5");
+    let mut int8 = Engine::load_variant(model, Variant::Shipped)?;
+    let mut fp32 = Engine::load_variant(model, Variant::Parent)?;
+    let manifest = int8.manifest().clone();
+    let (h, w) = manifest.input_hw();
+    let input: Vec<f32> = match image {
+        Some(path) => {
+            let img = bedside::dicom::read_file(path)?;
+            Preparer::new(manifest.preprocess.clone(), h, w)
+                .prepare(&img)?
+                .to_vec()
+        }
+        None => vec![0.0; h * w],
+    };
+    for _ in 0..5 {
+        int8.run(&input)?;
+        fp32.run(&input)?;
+    }
+    // Interleaved, so that a change in machine load affects both variants alike.
+    let (mut t_int8, mut t_fp32) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let (mut out_int8, mut out_fp32) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        out_int8 = int8.run(&input)?;
+        t_int8.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        out_fp32 = fp32.run(&input)?;
+        t_fp32.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let max_abs = out_int8
+        .iter()
+        .zip(&out_fp32)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!(
+        "model {} {}: tract, one thread, input {:?}, {runs} timed runs each after 5 warm-up, interleaved",
+        manifest.model.id, manifest.model.version, manifest.input.shape
+    );
+    println!(
+        "{:<6} {:>10} {:>10} {:>10} {:>10}",
+        "", "median ms", "p10 ms", "p90 ms", "min ms"
+    );
+    let parent_file = manifest
+        .model
+        .parent
+        .as_ref()
+        .map(|p| p.file.display().to_string())
+        .unwrap_or_default();
+    for (name, times) in [("fp32", &mut t_fp32), ("int8", &mut t_int8)] {
+        times.sort_by(f64::total_cmp);
+        let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "{name:<6} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+            q(0.5),
+            q(0.1),
+            q(0.9),
+            times[0]
+        );
+    }
+    let ratio = t_fp32[runs / 2] / t_int8[runs / 2];
+    println!(
+        "int8 ({}) vs fp32 ({parent_file}): {ratio:.2}x the speed of fp32 (median)",
+        manifest.model.file.display()
+    );
+    println!("max |int8 - fp32| on the outputs for this input: {max_abs:.4}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,287 @@
+//! The model manifest (`models/<name>/model.toml`): everything bedside must know about an
+//! ONNX file that the file itself does not say — what its input means, how to prepare an
+//! image for it, how to read its output, and which exact bytes were validated.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ModelError;
+
+/// A parsed and validated `model.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub model: ModelSection,
+    pub input: InputSection,
+    pub preprocess: Preprocess,
+    pub output: OutputSection,
+    #[serde(default)]
+    pub parity: Option<Parity>,
+    pub labels: Vec<Label>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub id: String,
+    pub version: String,
+    pub task: Task,
+    /// ONNX file, relative to the manifest's folder.
+    pub file: PathBuf,
+    /// Lowercase hex sha256 of `file`; checked at every load.
+    pub sha256: String,
+    #[serde(default)]
+    pub quantization: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The fp32 model this one was quantized from (kept for comparison and benchmarks).
+    #[serde(default)]
+    pub parent: Option<ParentModel>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentModel {
+    pub file: PathBuf,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Classification,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSection {
+    pub name: String,
+    /// `[1, 1, H, W]`: one grey image.
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    pub window: WindowChoice,
+    pub resize: ResizeKind,
+    pub mean: f32,
+    pub std: f32,
+}
+
+/// Which VOI window maps the image to display values before the model sees it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum WindowChoice {
+    /// `"dicom"`: the image's own first window (as a viewer opens it), or its full range.
+    Named(NamedWindow),
+    /// `{ center = .., width = .. }` in modality units, overriding the image's.
+    Fixed { center: f64, width: f64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamedWindow {
+    Dicom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ResizeKind {
+    /// Antialiased bilinear, as Pillow's BILINEAR and torch's `antialias=True`.
+    #[serde(rename = "bilinear-antialias")]
+    BilinearAntialias,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub name: String,
+    pub activation: Activation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Softmax,
+}
+
+/// How far tract may stray from onnxruntime on this model's outputs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parity {
+    pub max_abs: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    pub name: String,
+    pub threshold: f32,
+}
+
+impl Manifest {
+    /// Reads `model.toml` from a model folder and checks that it is coherent.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| ModelError::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        manifest
+            .validate()
+            .map_err(|reason| ModelError::Manifest { path, reason })?;
+        Ok(manifest)
+    }
+
+    /// Input height and width.
+    pub fn input_hw(&self) -> (usize, usize) {
+        (self.input.shape[2], self.input.shape[3])
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let m = &self.model;
+        if m.id.is_empty()
+            || !m
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "model.id {:?}: use letters, digits, '-' or '_'",
+                m.id
+            ));
+        }
+        if m.version.is_empty() {
+            return Err("model.version is empty".into());
+        }
+        check_sha256("model.sha256", &m.sha256)?;
+        if let Some(p) = &m.parent {
+            check_sha256("model.parent.sha256", &p.sha256)?;
+        }
+        let s = &self.input.shape;
+        if s.len() != 4 || s[0] != 1 || s[1] != 1 || s[2] == 0 || s[3] == 0 {
+            return Err(format!(
+                "input.shape {s:?}: bedside feeds one grey image, [1, 1, H, W]"
+            ));
+        }
+        let p = &self.preprocess;
+        if !(p.std.is_finite() && p.std > 0.0 && p.mean.is_finite()) {
+            return Err(format!(
+                "preprocess.std must be > 0 and mean finite (mean {}, std {})",
+                p.mean, p.std
+            ));
+        }
+        if let WindowChoice::Fixed { width, .. } = p.window {
+            if width < 1.0 {
+                return Err(format!("preprocess.window.width {width} must be >= 1"));
+            }
+        }
+        if self.labels.is_empty() {
+            return Err("no [[labels]]".into());
+        }
+        for l in &self.labels {
+            if !(0.0..=1.0).contains(&l.threshold) {
+                return Err(format!(
+                    "label {:?}: threshold {} is not in [0, 1]",
+                    l.name, l.threshold
+                ));
+            }
+        }
+        if let Some(par) = &self.parity {
+            if !(par.max_abs.is_finite() && par.max_abs > 0.0) {
+                return Err(format!("parity.max_abs {} must be > 0", par.max_abs));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_sha256(field: &str, value: &str) -> Result<(), String> {
+    if value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(format!("{field} {value:?} is not 64 lowercase hex digits"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[model]
+id = "m"
+version = "1"
+task = "classification"
+file = "model.onnx"
+sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+[input]
+name = "input"
+shape = [1, 1, 8, 8]
+layout = "NCHW"
+[preprocess]
+window = "dicom"
+resize = "bilinear-antialias"
+mean = 0.5
+std = 0.25
+[output]
+name = "logits"
+activation = "softmax"
+[[labels]]
+name = "a"
+threshold = 0.5
+"#;
+
+    #[test]
+    fn parses_and_validates() {
+        let m: Manifest = toml::from_str(GOOD).unwrap();
+        m.validate().unwrap();
+        assert_eq!(m.preprocess.window, WindowChoice::Named(NamedWindow::Dicom));
+        assert_eq!(m.input_hw(), (8, 8));
+    }
+
+    #[test]
+    fn fixed_window_parses() {
+        let text = GOOD.replace(
+            r#"window = "dicom""#,
+            "window = { center = 40.0, width = 400.0 }",
+        );
+        let m: Manifest = toml::from_str(&text).unwrap();
+        assert_eq!(
+            m.preprocess.window,
+            WindowChoice::Fixed {
+                center: 40.0,
+                width: 400.0
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_fields_with_their_name() {
+        let bad = GOOD.replace("shape = [1, 1, 8, 8]", "shape = [1, 3, 8, 8]");
+        let m: Manifest = toml::from_str(&bad).unwrap();
+        assert!(m.validate().unwrap_err().contains("input.shape"));
+        let bad = GOOD.replace("threshold = 0.5", "threshold = 1.5");
+        let m: Manifest = toml::from_str(&bad).unwrap();
+        assert!(m.validate().unwrap_err().contains("threshold"));
+        let bad = GOOD.replace("sha256 = \"0000", "sha256 = \"XX00");
+        let m: Manifest = toml::from_str(&bad).unwrap();
+        assert!(m.validate().unwrap_err().contains("model.sha256"));
+    }
+}

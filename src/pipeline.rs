@@ -1,0 +1,160 @@
+//! One image through every stage: decode → prepare → infer → finding, timed per stage.
+//! The CLI and the daemon share this, so `bedside infer` shows exactly what the daemon would
+//! publish.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::dicom::{self, DecodeError};
+use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher};
+use crate::infer::{Engine, InferError};
+use crate::model::ModelError;
+use crate::prepare::{PrepareError, Preparer};
+use crate::source::{Image, SourceKind};
+
+/// Why an image produced no finding.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The input itself is bad (unreadable, truncated, unsupported): the operator's problem.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+}
+
+impl ProcessError {
+    /// True when the input is at fault rather than bedside.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ProcessError::Decode(_) | ProcessError::Prepare(_))
+    }
+}
+
+/// Who is making findings.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub device: String,
+    pub site: String,
+    pub uid_hasher: UidHasher,
+}
+
+struct Slot {
+    engine: Engine,
+    preparer: Preparer,
+}
+
+/// The models of one device, with their preparation buffers.
+pub struct Processor {
+    identity: Identity,
+    slots: Vec<Slot>,
+}
+
+impl Processor {
+    /// Loads every model folder (checking each file's sha256).
+    pub fn new<P: AsRef<Path>>(identity: Identity, model_dirs: &[P]) -> Result<Self, ModelError> {
+        let slots = model_dirs
+            .iter()
+            .map(|dir| {
+                let engine = Engine::load(dir.as_ref())?;
+                let (h, w) = engine.manifest().input_hw();
+                let preparer = Preparer::new(engine.manifest().preprocess.clone(), h, w);
+                Ok(Slot { engine, preparer })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Processor { identity, slots })
+    }
+
+    pub fn engines(&self) -> impl Iterator<Item = &Engine> {
+        self.slots.iter().map(|s| &s.engine)
+    }
+
+    /// Reads a DICOM file and runs every model on it: one finding per model.
+    pub fn process_file(
+        &mut self,
+        path: &Path,
+        source: SourceKind,
+    ) -> Result<Vec<Finding>, ProcessError> {
+        let t0 = Instant::now();
+        let image = dicom::read_file(path)?;
+        let decode_ms = ms(t0.elapsed());
+        self.process_image(&image, decode_ms, source)
+    }
+
+    /// Runs every model on an already decoded image.
+    pub fn process_image(
+        &mut self,
+        image: &Image,
+        decode_ms: f64,
+        source: SourceKind,
+    ) -> Result<Vec<Finding>, ProcessError> {
+        let uid_hash = image
+            .provenance
+            .sop_instance_uid
+            .as_ref()
+            .map(|u| self.identity.uid_hasher.hash(u));
+        let key = match &uid_hash {
+            Some(h) => InputKey::UidHash(h.clone()),
+            None => InputKey::PixelHash(pixel_hash(image)),
+        };
+        let mut findings = Vec::with_capacity(self.slots.len());
+        for slot in &mut self.slots {
+            let t = Instant::now();
+            let tensor = slot.preparer.prepare(image)?;
+            let prepare_ms = ms(t.elapsed());
+            let t = Instant::now();
+            let outputs = slot.engine.run(tensor)?;
+            let infer_ms = ms(t.elapsed());
+            let manifest = slot.engine.manifest();
+            let (scores, over_threshold) =
+                finding::classify(&outputs, &manifest.labels, manifest.output.activation);
+            let model = slot.engine.model_ref().clone();
+            findings.push(Finding {
+                schema: finding::SCHEMA,
+                id: finding::finding_id(&model, &key, 0),
+                device: self.identity.device.clone(),
+                site: self.identity.site.clone(),
+                source,
+                modality: image.provenance.modality.clone(),
+                sop_instance_uid_hash: uid_hash.clone(),
+                task: manifest.model.task,
+                model,
+                scores,
+                over_threshold,
+                image: ImageInfo {
+                    rows: image.rows,
+                    cols: image.cols,
+                    frames: image.provenance.frames,
+                },
+                timings_ms: Timings {
+                    decode: round3(decode_ms),
+                    prepare: round3(prepare_ms),
+                    infer: round3(infer_ms),
+                    total: round3(decode_ms + prepare_ms + infer_ms),
+                },
+                created_at: finding::now_rfc3339(),
+                bedside_version: env!("CARGO_PKG_VERSION"),
+            });
+        }
+        Ok(findings)
+    }
+}
+
+fn pixel_hash(image: &Image) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(image.rows.to_le_bytes());
+    h.update(image.cols.to_le_bytes());
+    for v in &image.pixels {
+        h.update(v.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,255 @@
+//! From an [`Image`] in modality units to the model's input tensor: VOI window, MONOCHROME1
+//! inversion, resize, normalise. One code path for every source, so the model always sees
+//! the image the way it was trained on and the way a viewer would show it.
+
+use fast_image_resize::images::{TypedImage, TypedImageRef};
+use fast_image_resize::pixels::F32;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+
+use crate::model::manifest::{NamedWindow, Preprocess, ResizeKind, WindowChoice};
+use crate::source::{Image, Photometric, VoiFunction, Window};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot prepare a {rows}x{cols} image: {reason}")]
+pub struct PrepareError {
+    rows: u32,
+    cols: u32,
+    reason: String,
+}
+
+/// Prepares images for one model; keeps its buffers between images.
+pub struct Preparer {
+    spec: Preprocess,
+    height: u32,
+    width: u32,
+    resizer: Resizer,
+    display: Vec<F32>,
+    resized: TypedImage<'static, F32>,
+    tensor: Vec<f32>,
+}
+
+impl Preparer {
+    /// `height`/`width`: the model's input size.
+    pub fn new(spec: Preprocess, height: usize, width: usize) -> Self {
+        let (h, w) = (height as u32, width as u32);
+        Preparer {
+            spec,
+            height: h,
+            width: w,
+            resizer: Resizer::new(),
+            display: Vec::new(),
+            resized: TypedImage::new(w, h),
+            tensor: vec![0.0; height * width],
+        }
+    }
+
+    /// Prepares `image` and returns the NCHW tensor (one channel), valid until the next call.
+    pub fn prepare(&mut self, image: &Image) -> Result<&[f32], PrepareError> {
+        let err = |reason: String| PrepareError {
+            rows: image.rows,
+            cols: image.cols,
+            reason,
+        };
+        let n = image.rows as usize * image.cols as usize;
+        if image.pixels.len() != n {
+            return Err(err(format!("{} pixels given", image.pixels.len())));
+        }
+        let window = match self.spec.window {
+            WindowChoice::Named(NamedWindow::Dicom) => {
+                image.window.unwrap_or_else(|| full_range(&image.pixels))
+            }
+            WindowChoice::Fixed { center, width } => Window {
+                center,
+                width,
+                function: VoiFunction::Linear,
+            },
+        };
+        let invert = image.photometric == Photometric::Monochrome1;
+        self.display.clear();
+        self.display.extend(image.pixels.iter().map(|&v| {
+            let y = apply_window(window, v as f64) as f32;
+            F32::new(if invert { 1.0 - y } else { y })
+        }));
+
+        let src = TypedImageRef::new(image.cols, image.rows, &self.display)
+            .map_err(|e| err(e.to_string()))?;
+        let ResizeKind::BilinearAntialias = self.spec.resize;
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        self.resizer
+            .resize_typed(&src, &mut self.resized, &options)
+            .map_err(|e| err(e.to_string()))?;
+
+        let (mean, std) = (self.spec.mean, self.spec.std);
+        for (t, p) in self.tensor.iter_mut().zip(self.resized.pixels()) {
+            *t = (p.0 - mean) / std;
+        }
+        Ok(&self.tensor)
+    }
+
+    /// The model input size this preparer writes, `(height, width)`.
+    pub fn size(&self) -> (u32, u32) {
+        (self.height, self.width)
+    }
+}
+
+/// A window spanning the image's whole range, used when the object declares none.
+fn full_range(pixels: &[f32]) -> Window {
+    let (lo, hi) = pixels
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let (lo, hi) = (lo as f64, hi as f64);
+    Window {
+        center: (lo + hi) / 2.0,
+        width: (hi - lo).max(1.0),
+        function: VoiFunction::LinearExact,
+    }
+}
+
+/// The VOI LUT functions of PS3.3 C.11.2.1.2 and C.11.2.1.3, onto display values in [0, 1].
+pub fn apply_window(w: Window, x: f64) -> f64 {
+    let (c, width) = (w.center, w.width);
+    match w.function {
+        VoiFunction::Linear => {
+            // Defined for width >= 1; width 1 is a threshold at c - 0.5.
+            let width = width.max(1.0);
+            let lo = c - 0.5 - (width - 1.0) / 2.0;
+            let hi = c - 0.5 + (width - 1.0) / 2.0;
+            if x <= lo {
+                0.0
+            } else if x > hi {
+                1.0
+            } else {
+                (x - (c - 0.5)) / (width - 1.0) + 0.5
+            }
+        }
+        VoiFunction::LinearExact => {
+            if x <= c - width / 2.0 {
+                0.0
+            } else if x > c + width / 2.0 {
+                1.0
+            } else {
+                (x - c) / width + 0.5
+            }
+        }
+        VoiFunction::Sigmoid => 1.0 / (1.0 + (-4.0 * (x - c) / width).exp()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Provenance;
+
+    fn lin(c: f64, w: f64) -> Window {
+        Window {
+            center: c,
+            width: w,
+            function: VoiFunction::Linear,
+        }
+    }
+
+    #[test]
+    fn linear_window_follows_the_standard() {
+        // PS3.3 C.11.2.1.2.1 example: c=2048, w=4096 maps 0..4095 onto the full range.
+        let w = lin(2048.0, 4096.0);
+        assert_eq!(apply_window(w, 0.0), 0.0);
+        assert_eq!(apply_window(w, 4095.0), 1.0);
+        assert!((apply_window(w, 2047.5) - 0.5).abs() < 1e-12);
+        // Outside the window it clips.
+        let w = lin(100.0, 11.0);
+        assert_eq!(apply_window(w, 94.5), 0.0);
+        assert_eq!(apply_window(w, 104.6), 1.0);
+        assert!((apply_window(w, 99.5) - 0.5).abs() < 1e-12);
+        // Width 1 is a threshold, not a division by zero.
+        let w = lin(10.0, 1.0);
+        assert_eq!(apply_window(w, 9.5), 0.0);
+        assert_eq!(apply_window(w, 9.6), 1.0);
+    }
+
+    #[test]
+    fn linear_exact_and_sigmoid() {
+        let w = Window {
+            center: 0.0,
+            width: 10.0,
+            function: VoiFunction::LinearExact,
+        };
+        assert_eq!(apply_window(w, -5.0), 0.0);
+        assert!((apply_window(w, 2.5) - 0.75).abs() < 1e-12);
+        let w = Window {
+            function: VoiFunction::Sigmoid,
+            ..w
+        };
+        assert!((apply_window(w, 0.0) - 0.5).abs() < 1e-12);
+        assert!(apply_window(w, 50.0) > 0.999);
+    }
+
+    fn image(pixels: Vec<f32>, rows: u32, cols: u32, photometric: Photometric) -> Image {
+        Image {
+            rows,
+            cols,
+            pixels,
+            photometric,
+            window: Some(lin(50.0, 101.0)),
+            provenance: Provenance {
+                modality: None,
+                sop_instance_uid: None,
+                frames: 1,
+            },
+        }
+    }
+
+    fn spec() -> Preprocess {
+        Preprocess {
+            window: WindowChoice::Named(NamedWindow::Dicom),
+            resize: ResizeKind::BilinearAntialias,
+            mean: 0.5,
+            std: 0.25,
+        }
+    }
+
+    #[test]
+    fn monochrome1_displays_like_its_inverse_in_monochrome2() {
+        // A horizontal ramp, and the same ramp stored inverted (100 - v) as MONOCHROME1 with
+        // the window mirrored: a viewer shows both identically, so must bedside. Under the
+        // LINEAR function the mirror of centre c is 100 + 1 - c (its -0.5 offset flips).
+        let (rows, cols) = (40u32, 60u32);
+        let ramp: Vec<f32> = (0..rows * cols)
+            .map(|i| (i % cols) as f32 * 100.0 / 59.0)
+            .collect();
+        let mono2 = image(ramp.clone(), rows, cols, Photometric::Monochrome2);
+        let mut mono1 = image(
+            ramp.iter().map(|v| 100.0 - v).collect(),
+            rows,
+            cols,
+            Photometric::Monochrome1,
+        );
+        mono1.window = Some(lin(51.0, 101.0));
+        let mut p = Preparer::new(spec(), 16, 16);
+        let a = p.prepare(&mono2).unwrap().to_vec();
+        let b = p.prepare(&mono1).unwrap().to_vec();
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max < 1e-4, "max diff {max}");
+        // Left is dark, right is bright, normalised with mean 0.5 / std 0.25.
+        assert!(a[0] < -1.5 && a[15] > 1.5, "{} {}", a[0], a[15]);
+    }
+
+    #[test]
+    fn no_window_uses_the_full_range() {
+        let mut img = image(
+            vec![1000.0, 3000.0, 1000.0, 3000.0],
+            2,
+            2,
+            Photometric::Monochrome2,
+        );
+        img.window = None;
+        let mut p = Preparer::new(spec(), 2, 2);
+        let t = p.prepare(&img).unwrap();
+        assert_eq!(t, &[-2.0, 2.0, -2.0, 2.0]);
+    }
+}

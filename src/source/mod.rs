@@ -1,0 +1,84 @@
+//! Where images come from. Every source produces the same [`Image`], so preparation,
+//! inference and findings never need to know whether pixels came from a file, a DICOM
+//! association or a camera.
+
+pub mod watch;
+
+use serde::Serialize;
+
+/// How an image reached bedside; carried into the finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// `bedside infer FILE`.
+    File,
+    /// The daemon's inbox folder.
+    WatchFolder,
+}
+
+/// Whether the smallest value is shown black (MONOCHROME2) or white (MONOCHROME1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Photometric {
+    Monochrome1,
+    Monochrome2,
+}
+
+/// VOI LUT function of a window (PS3.3 C.11.2.1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoiFunction {
+    Linear,
+    LinearExact,
+    Sigmoid,
+}
+
+/// A VOI window in modality units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub center: f64,
+    pub width: f64,
+    pub function: VoiFunction,
+}
+
+/// A DICOM SOP Instance UID. It identifies one image of one patient, so it is kept out of
+/// logs and debug output: findings carry only its keyed hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SopInstanceUid(String);
+
+impl SopInstanceUid {
+    pub fn new(uid: impl Into<String>) -> Self {
+        Self(uid.into())
+    }
+
+    /// The UID itself; for hashing only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SopInstanceUid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SopInstanceUid(<redacted>)")
+    }
+}
+
+/// What is known of an image's origin, without anything that identifies the patient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provenance {
+    pub modality: Option<String>,
+    pub sop_instance_uid: Option<SopInstanceUid>,
+    /// Number of frames in the object; bedside reads the first.
+    pub frames: u32,
+}
+
+/// One grey image in modality units (after the Modality LUT), with what a viewer needs to
+/// display it: its photometric interpretation and its own VOI window, if any.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub rows: u32,
+    pub cols: u32,
+    /// Row-major, `rows * cols` values.
+    pub pixels: Vec<f32>,
+    pub photometric: Photometric,
+    pub window: Option<Window>,
+    pub provenance: Provenance,
+}

@@ -1,0 +1,176 @@
+//! `bedside run` against a real Mosquitto on 127.0.0.1: files dropped in the inbox come out
+//! as findings on the broker; status is retained and turns offline at shutdown; a broker that
+//! is not there is reported once and findings wait for it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const TOPIC_FINDINGS: &str = "bedside/test-site/cart-7/findings";
+const TOPIC_STATUS: &str = "bedside/test-site/cart-7/status";
+
+/// Drops a file into the inbox the way an exporter should: write elsewhere, rename in.
+fn drop_into(inbox: &Path, src: &Path, name: &str) {
+    let tmp = inbox.join(format!("{name}.part"));
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, inbox.join(name)).unwrap();
+}
+
+fn assert_finding(f: &serde_json::Value) {
+    assert_valid_finding(f);
+    assert_eq!(f["device"], "cart-7");
+    assert_eq!(f["site"], "test-site");
+    assert_eq!(f["source"], "watch-folder");
+    assert_eq!(f["modality"], "DX");
+    assert_eq!(f["model"]["id"], "cxr-tiny-cls");
+    assert_eq!(f["model"]["sha256"], manifest_sha256());
+    assert_eq!(f["over_threshold"], serde_json::json!(["pneumothorax"]));
+    assert!(f["timings_ms"]["total"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_dicom_dropped_in_the_inbox_arrives_as_a_finding_on_mosquitto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let board = write_board(tmp.path(), broker.port);
+    let daemon = Daemon::start(&board, tmp.path());
+
+    // The daemon announces itself on the retained status topic.
+    let mut status = Subscriber::connect(broker.port, TOPIC_STATUS, None);
+    let mut online = None;
+    for _ in 0..3 {
+        match status.next_json(Duration::from_secs(30)) {
+            Some((_, s)) if s["state"] == "online" => {
+                online = Some(s);
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let online = online.unwrap_or_else(|| panic!("no online status:\n{}", daemon.log()));
+    assert_eq!(online["models"][0]["sha256"], manifest_sha256());
+    assert_eq!(online["board"], "x86-dev");
+
+    let mut findings = Subscriber::connect(broker.port, TOPIC_FINDINGS, None);
+    // A JPEG-lossless file made by DCMTK, as a modality would send it.
+    let jpeg = tmp.path().join("ptx-jpeg.dcm");
+    dcmtk(
+        "dcmcjpeg",
+        &[Path::new("+e1"), &sample("cxr-ptx-mono2.dcm"), &jpeg],
+    );
+    drop_into(&tmp.path().join("inbox"), &jpeg, "image-0001.dcm");
+
+    let (topic, f) = findings
+        .next_json(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no finding arrived:\n{}", daemon.log()));
+    assert_eq!(topic, TOPIC_FINDINGS);
+    assert_finding(&f);
+    assert!(wait_file(
+        &tmp.path().join("state/done/image-0001.dcm"),
+        Duration::from_secs(10)
+    ));
+
+    // A broken file is set aside with its reason, and the daemon carries on.
+    let whole = std::fs::read(sample("cxr-normal-mono2.dcm")).unwrap();
+    std::fs::write(tmp.path().join("broken.bin"), &whole[..whole.len() / 3]).unwrap();
+    drop_into(
+        &tmp.path().join("inbox"),
+        &tmp.path().join("broken.bin"),
+        "image-0002.dcm",
+    );
+    assert!(wait_file(
+        &tmp.path().join("state/failed/image-0002.dcm.reason"),
+        Duration::from_secs(30)
+    ));
+    let reason =
+        std::fs::read_to_string(tmp.path().join("state/failed/image-0002.dcm.reason")).unwrap();
+    assert!(reason.contains("cannot read DICOM file"), "{reason}");
+    drop_into(
+        &tmp.path().join("inbox"),
+        &sample("cxr-normal-mono2.dcm"),
+        "image-0003.dcm",
+    );
+    let (_, f3) = findings
+        .next_json(Duration::from_secs(60))
+        .expect("the daemon keeps serving after a bad file");
+    assert_eq!(f3["over_threshold"], serde_json::json!(["normal"]));
+    assert!(
+        findings.next_json(Duration::from_millis(500)).is_none(),
+        "one finding per good image, none for the broken one"
+    );
+
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "clean shutdown exits 0:\n{log}");
+    assert_no_identifiers(&log, "the daemon log");
+    // Clean shutdown leaves the retained status offline.
+    let mut late = Subscriber::connect(broker.port, TOPIC_STATUS, None);
+    let (_, s) = late
+        .next_json(Duration::from_secs(10))
+        .expect("retained status");
+    assert_eq!(s["state"], "offline", "{s}");
+}
+
+#[test]
+fn a_missing_broker_is_reported_once_and_findings_wait_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker_dir = tmp.path().join("broker");
+    // A consumer with a persistent session subscribes, then goes away, and the broker stops.
+    {
+        let broker = Mosquitto::start_on(port, &broker_dir, true);
+        Subscriber::connect(broker.port, TOPIC_FINDINGS, Some("consumer-1")).disconnect();
+        broker.stop();
+    }
+    let board = write_board(tmp.path(), port);
+    let daemon = Daemon::start(&board, tmp.path());
+    assert!(
+        daemon.wait_log("MQTT broker unreachable", Duration::from_secs(20)),
+        "the daemon says the broker is missing:\n{}",
+        daemon.log()
+    );
+    drop_into(
+        &tmp.path().join("inbox"),
+        &sample("cxr-ptx-mono2.dcm"),
+        "a.dcm",
+    );
+    assert!(
+        wait_file(
+            &tmp.path().join("state/done/a.dcm"),
+            Duration::from_secs(60)
+        ),
+        "{}",
+        daemon.log()
+    );
+    // Several retries pass while the broker is down; the warning is still said once.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        daemon.log().matches("MQTT broker unreachable").count(),
+        1,
+        "{}",
+        daemon.log()
+    );
+
+    let broker = Mosquitto::start_on(port, &broker_dir, true);
+    assert!(
+        daemon.wait_log("connected to MQTT broker", Duration::from_secs(30)),
+        "the daemon reconnects:\n{}",
+        daemon.log()
+    );
+    let mut consumer = Subscriber::connect(broker.port, TOPIC_FINDINGS, Some("consumer-1"));
+    let (_, f) = consumer
+        .next_json(Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "the finding made while the broker was away never arrived:\n{}",
+                daemon.log()
+            )
+        });
+    assert_finding(&f);
+    assert_eq!(f["source"], "watch-folder");
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}
