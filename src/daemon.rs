@@ -29,6 +29,8 @@ pub enum DaemonError {
         what: String,
         source: std::io::Error,
     },
+    #[error("the image worker thread stopped unexpectedly")]
+    WorkerFailed,
     #[error("cannot watch the inbox {path}: {source}")]
     Watch {
         path: PathBuf,
@@ -102,25 +104,40 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             path: inbox.dir.clone(),
             source,
         })?;
+        let (alive, worker_ended) = tokio::sync::oneshot::channel::<()>();
         let worker = {
             let (publisher, stop, inbox, handle) = (publisher.clone(), stop.clone(), inbox.clone(), Handle::current());
             std::thread::Builder::new()
                 .name("bedside-dicom".into())
-                .spawn(move || work(processor, inbox, rx, publisher, handle, stop))
+                .spawn(move || {
+                    // Dropped when the thread ends, however it ends.
+                    let _alive = alive;
+                    work(processor, inbox, rx, publisher, handle, stop)
+                })
                 .map_err(|source| DaemonError::Io {
                     what: "cannot start the worker thread".into(),
                     source,
                 })?
         };
         info!(inbox = %inbox.dir.display(), findings = %profile.topic("findings"), "bedside running");
-        wait_for_signal().await;
-        info!("stopping: finishing the current image");
+        let worker_failed = tokio::select! {
+            _ = wait_for_signal() => false,
+            _ = worker_ended => true,
+        };
+        if worker_failed {
+            error!("the image worker stopped unexpectedly; shutting down so that the service manager restarts bedside");
+        } else {
+            info!("stopping: finishing the current image");
+        }
         drop(watcher);
         stop.store(true, Ordering::SeqCst);
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         let lost = publisher.shutdown(connection, SHUTDOWN_GRACE).await;
         if lost > 0 {
             warn!("{lost} messages were never acknowledged by the broker and are lost (findings are held in memory only)");
+        }
+        if worker_failed {
+            return Err(DaemonError::WorkerFailed);
         }
         info!("stopped");
         Ok(())
@@ -218,10 +235,10 @@ fn handle_file(
 /// Hands a finding to the publisher, waiting while its queue is full unless the daemon stops.
 fn publish(publisher: &Publisher, rt: &Handle, finding: &Finding, stop: &AtomicBool) {
     loop {
-        match rt.block_on(tokio::time::timeout(
-            Duration::from_millis(500),
-            publisher.publish(finding),
-        )) {
+        let attempt = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(500), publisher.publish(finding)).await
+        });
+        match attempt {
             Ok(Ok(())) => return,
             Ok(Err(e)) => {
                 error!(id = %finding.id, "cannot publish: {e}");

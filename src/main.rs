@@ -68,6 +68,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    bedside::dicom::install_panic_hook();
     let default_level = match cli.command {
         Command::Run { .. } => "info",
         _ => "warn",

@@ -72,14 +72,12 @@ pub fn decode_object(obj: &DefaultDicomObject) -> Result<Image, DecodeError> {
 
     // A decoder must never take the daemon down with it: a panic inside a codec on a
     // hostile or broken file becomes an ordinary decode error.
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        obj.decode_pixel_data_frame(0)
-    }))
-    .map_err(|_| DecodeError::Pixels {
-        path: None,
-        reason: "the pixel decoder failed on this object".into(),
-    })?
-    .map_err(pixels_err)?;
+    let decoded = contain_panic(|| obj.decode_pixel_data_frame(0))
+        .map_err(|msg| DecodeError::Pixels {
+            path: None,
+            reason: format!("the pixel decoder failed on this object ({msg})"),
+        })?
+        .map_err(pixels_err)?;
 
     if decoded.samples_per_pixel() != 1 {
         return Err(unsupported(format!(
@@ -159,6 +157,36 @@ fn number_of_frames(obj: &InMemDicomObject) -> u32 {
         .and_then(|e| e.to_int::<u32>().ok())
         .unwrap_or(1)
         .max(1)
+}
+
+thread_local! {
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `Err(message)`. The panic hook installed by
+/// [`install_panic_hook`] stays quiet for contained panics, so the caller's error is the
+/// only thing said about it.
+fn contain_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    CONTAINED.with(|c| c.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(false));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into())
+    })
+}
+
+/// Replaces the default panic message (several lines, with a backtrace hint) by one line,
+/// and says nothing for panics that a decoder raised and bedside contained.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        if !CONTAINED.with(|c| c.get()) {
+            eprintln!("bedside: internal error: {info}");
+        }
+    }));
 }
 
 /// An error and its causes on one line, outermost first.

@@ -5,4 +5,4 @@
 
 pub mod decode;
 
-pub use decode::{DecodeError, decode_object, read_file};
+pub use decode::{DecodeError, decode_object, install_panic_hook, read_file};

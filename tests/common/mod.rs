@@ -74,6 +74,13 @@ pub fn dcmtk(tool: &str, args: &[&Path]) {
     );
 }
 
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,6 +103,11 @@ impl Mosquitto {
         std::fs::create_dir_all(dir).unwrap();
         let conf = dir.join("mosquitto.conf");
         let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
+        // Started as root, mosquitto drops to the `mosquitto` user, which cannot write the
+        // test's private temporary folder: stay the user who runs the test.
+        if running_as_root() {
+            text.push_str("user root\n");
+        }
         if persist {
             text.push_str(&format!(
                 "persistence true\npersistence_location {}/\nautosave_interval 1\n",
@@ -132,6 +144,9 @@ impl Mosquitto {
     }
 
     fn terminate(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -218,9 +233,18 @@ impl Subscriber {
         }
     }
 
+    /// Disconnects cleanly (the broker keeps a persistent session).
     pub fn disconnect(mut self) {
-        let _ = self.client.disconnect();
-        let _ = self.wait_for(Duration::from_secs(2), |_| false);
+        self.client.disconnect().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.conn.recv_timeout(left) {
+                Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => {
+                    return;
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
     }
 }
 
