@@ -1,6 +1,7 @@
 //! `bedside run` against a real Mosquitto on 127.0.0.1: files dropped in the inbox come out
-//! as findings on the broker; status is retained and turns offline at shutdown; a broker that
-//! is not there is reported once and findings wait for it.
+//! as findings on the broker; status is retained and turns offline at shutdown or, by the last
+//! will, when the daemon dies; a broker that is not there is reported once and findings wait
+//! for it.
 
 mod common;
 
@@ -171,6 +172,18 @@ fn a_missing_broker_is_reported_once_and_findings_wait_for_it() {
         });
     assert_finding(&f);
     assert_eq!(f["source"], "watch-folder");
-    let (exit, log) = daemon.stop();
-    assert!(exit.success(), "{log}");
+
+    // A device that dies without a word is marked offline by its last will: at once when its
+    // connection drops without a DISCONNECT, at the latest when its keep-alive (5 s) expires.
+    let mut status = Subscriber::connect(broker.port, TOPIC_STATUS, None);
+    let (_, s) = status
+        .next_json(Duration::from_secs(10))
+        .expect("retained status");
+    assert_eq!(s["state"], "online");
+    daemon.kill();
+    let (_, s) = status
+        .next_json(Duration::from_secs(20))
+        .expect("the last will arrives after the keep-alive expires");
+    assert_eq!(s["state"], "offline");
+    assert_eq!(s["device"], "cart-7");
 }

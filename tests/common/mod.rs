@@ -320,6 +320,13 @@ impl Daemon {
         false
     }
 
+    /// SIGKILL: the device vanishes without a word.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// SIGTERM, then the exit status and the whole log.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         let mut child = self.child.take().unwrap();
