@@ -158,3 +158,56 @@ fn a_model_file_that_does_not_match_its_manifest_is_refused() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn every_shipped_board_profile_checks_out() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("board")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = bedside()
+                .arg("check")
+                .arg("--board")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                stdout.contains("cxr-tiny-cls") && stdout.contains("verified"),
+                "{stdout}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "board/dev.toml at least");
+}
+
+#[test]
+fn a_bad_board_profile_names_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("board/dev.toml")).unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        text.replace("mqtt://127.0.0.1:1883", "mqtt://127.0.0.1:notaport"),
+    )
+    .unwrap();
+    let out = bedside()
+        .arg("check")
+        .arg("--board")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("mqtt.url") && stderr.contains("notaport"),
+        "{stderr}"
+    );
+}
