@@ -6,8 +6,9 @@ mod common;
 use bedside::infer::{Engine, Variant};
 use common::*;
 
-/// fp32 in tract and onnxruntime differ only by summation order.
-const FP32_MAX_ABS: f32 = 1e-3;
+/// fp32 in tract and onnxruntime differ only by summation order: measured 1.9e-6 on x86-64
+/// (AVX-512) when the model was made; the int8 tolerance is the manifest's `parity.max_abs`.
+const FP32_MAX_ABS: f32 = 1e-5;
 
 fn read_f32(path: &std::path::Path) -> Vec<f32> {
     std::fs::read(path)
