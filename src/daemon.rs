@@ -11,7 +11,7 @@ use tokio::runtime::Handle;
 use tracing::{error, info, warn};
 
 use crate::board::{BoardError, BoardProfile};
-use crate::finding::{Finding, UidHasher};
+use crate::finding::Finding;
 use crate::model::ModelError;
 use crate::pipeline::{Identity, Processor};
 use crate::publish::{Publisher, PublisherConfig, StatusDoc};
@@ -43,11 +43,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Builds the processor for a board: identity from the profile, every listed model loaded.
 pub fn processor_for(profile: &BoardProfile) -> Result<Processor, DaemonError> {
-    let identity = Identity {
-        device: profile.device.id.clone(),
-        site: profile.device.site.clone(),
-        uid_hasher: UidHasher::new(profile.uid_hash_key()?),
-    };
+    let identity = Identity::for_board(profile)?;
     let dirs: Vec<&Path> = profile.models.iter().map(|m| m.path.as_path()).collect();
     Ok(Processor::new(identity, &dirs)?)
 }

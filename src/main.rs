@@ -109,11 +109,7 @@ fn infer(
     let (identity, board_models) = match board {
         Some(b) => {
             let profile = BoardProfile::load(b)?;
-            let identity = Identity {
-                device: profile.device.id.clone(),
-                site: profile.device.site.clone(),
-                uid_hasher: UidHasher::new(profile.uid_hash_key()?),
-            };
+            let identity = Identity::for_board(&profile)?;
             (
                 identity,
                 profile.models.into_iter().map(|m| m.path).collect(),

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use crate::board::{BoardError, BoardProfile};
 use crate::dicom::{self, DecodeError};
 use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher};
 use crate::infer::{Engine, InferError};
@@ -37,6 +38,17 @@ pub struct Identity {
     pub device: String,
     pub site: String,
     pub uid_hasher: UidHasher,
+}
+
+impl Identity {
+    /// The device a board profile describes, with its UID-hash key.
+    pub fn for_board(profile: &BoardProfile) -> Result<Self, BoardError> {
+        Ok(Identity {
+            device: profile.device.id.clone(),
+            site: profile.device.site.clone(),
+            uid_hasher: UidHasher::new(profile.uid_hash_key()?),
+        })
+    }
 }
 
 struct Slot {

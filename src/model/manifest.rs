@@ -183,10 +183,10 @@ impl Manifest {
                 p.mean, p.std
             ));
         }
-        if let WindowChoice::Fixed { width, .. } = p.window {
-            if width < 1.0 {
-                return Err(format!("preprocess.window.width {width} must be >= 1"));
-            }
+        if let WindowChoice::Fixed { width, .. } = p.window
+            && width < 1.0
+        {
+            return Err(format!("preprocess.window.width {width} must be >= 1"));
         }
         if self.labels.is_empty() {
             return Err("no [[labels]]".into());
@@ -199,10 +199,10 @@ impl Manifest {
                 ));
             }
         }
-        if let Some(par) = &self.parity {
-            if !(par.max_abs.is_finite() && par.max_abs > 0.0) {
-                return Err(format!("parity.max_abs {} must be > 0", par.max_abs));
-            }
+        if let Some(par) = &self.parity
+            && !(par.max_abs.is_finite() && par.max_abs > 0.0)
+        {
+            return Err(format!("parity.max_abs {} must be > 0", par.max_abs));
         }
         Ok(())
     }
