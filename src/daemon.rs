@@ -15,6 +15,7 @@ use crate::finding::Finding;
 use crate::model::ModelError;
 use crate::pipeline::{Identity, Processor};
 use crate::publish::{Publisher, PublisherConfig, StatusDoc};
+use crate::service::{self, Heartbeat};
 use crate::source::SourceKind;
 use crate::source::watch::Inbox;
 
@@ -101,14 +102,26 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             source,
         })?;
         let (alive, worker_ended) = tokio::sync::oneshot::channel::<()>();
+        let heartbeat = Heartbeat::new();
+        heartbeat.beat();
         let worker = {
             let (publisher, stop, inbox, handle) = (publisher.clone(), stop.clone(), inbox.clone(), Handle::current());
+            let worker = Worker {
+                processor,
+                inbox,
+                publisher,
+                rt: handle,
+                stop,
+                heartbeat: heartbeat.clone(),
+                made: 0,
+                failed: 0,
+            };
             std::thread::Builder::new()
                 .name("bedside-dicom".into())
                 .spawn(move || {
                     // Dropped when the thread ends, however it ends.
                     let _alive = alive;
-                    work(processor, inbox, rx, publisher, handle, stop)
+                    worker.run(rx)
                 })
                 .map_err(|source| DaemonError::Io {
                     what: "cannot start the worker thread".into(),
@@ -116,6 +129,11 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                 })?
         };
         info!(inbox = %inbox.dir.display(), findings = %profile.topic("findings"), "bedside running");
+        service::ready(&format!("watching {}", inbox.dir.display()));
+        let watchdog = service::watchdog_period().map(|period| {
+            info!(?period, "feeding the service manager's watchdog while the image worker is alive");
+            tokio::spawn(service::feed_watchdog(period, heartbeat))
+        });
         let worker_failed = tokio::select! {
             _ = wait_for_signal() => false,
             _ = worker_ended => true,
@@ -124,6 +142,10 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             error!("the image worker stopped unexpectedly; shutting down so that the service manager restarts bedside");
         } else {
             info!("stopping: finishing the current image");
+        }
+        service::stopping();
+        if let Some(w) = watchdog {
+            w.abort();
         }
         drop(watcher);
         stop.store(true, Ordering::SeqCst);
@@ -156,95 +178,117 @@ async fn wait_for_signal() {
     }
 }
 
-/// The worker thread: files already waiting first, then files as they complete.
-fn work(
-    mut processor: Processor,
+/// The image worker: owns the models, runs on its own thread.
+struct Worker {
+    processor: Processor,
     inbox: Inbox,
-    rx: Receiver<PathBuf>,
     publisher: Publisher,
     rt: Handle,
     stop: Arc<AtomicBool>,
-) {
-    let waiting = inbox.scan().unwrap_or_else(|e| {
-        error!("cannot list the inbox {}: {e}", inbox.dir.display());
-        Vec::new()
-    });
-    if !waiting.is_empty() {
-        info!(files = waiting.len(), "processing files left in the inbox");
-    }
-    for file in waiting {
-        if stop.load(Ordering::SeqCst) {
-            return;
-        }
-        handle_file(&mut processor, &inbox, &file, &publisher, &rt, &stop);
-    }
-    while !stop.load(Ordering::SeqCst) {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(file) => handle_file(&mut processor, &inbox, &file, &publisher, &rt, &stop),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-    }
+    heartbeat: Heartbeat,
+    made: u64,
+    failed: u64,
 }
 
-fn handle_file(
-    processor: &mut Processor,
-    inbox: &Inbox,
-    file: &Path,
-    publisher: &Publisher,
-    rt: &Handle,
-    stop: &AtomicBool,
-) {
-    if !file.exists() {
-        return; // seen twice (scan and event): already handled
-    }
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    match processor.process_file(file, SourceKind::WatchFolder) {
-        Ok(findings) => {
-            for f in &findings {
-                info!(
-                    file = %name,
-                    id = %f.id,
-                    model = %f.model.id,
-                    over_threshold = ?f.over_threshold,
-                    total_ms = f.timings_ms.total,
-                    "finding made"
-                );
-                publish(publisher, rt, f, stop);
-            }
-            if let Err(e) = inbox.mark_done(file) {
-                error!(file = %name, "processed, but cannot move it to {}: {e}", inbox.done.display());
-            }
-        }
-        Err(e) => {
-            warn!(file = %name, "no finding: {e}");
-            if let Err(m) = inbox.mark_failed(file, &e.to_string()) {
-                error!(file = %name, "cannot move it to {}: {m}", inbox.failed.display());
-            }
-        }
-    }
-}
-
-/// Hands a finding to the publisher, waiting while its queue is full unless the daemon stops.
-fn publish(publisher: &Publisher, rt: &Handle, finding: &Finding, stop: &AtomicBool) {
-    loop {
-        let attempt = rt.block_on(async {
-            tokio::time::timeout(Duration::from_millis(500), publisher.publish(finding)).await
+impl Worker {
+    /// Files already waiting first, then files as they complete.
+    fn run(mut self, rx: Receiver<PathBuf>) {
+        let waiting = self.inbox.scan().unwrap_or_else(|e| {
+            error!("cannot list the inbox {}: {e}", self.inbox.dir.display());
+            Vec::new()
         });
-        match attempt {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => {
-                error!(id = %finding.id, "cannot publish: {e}");
+        if !waiting.is_empty() {
+            info!(files = waiting.len(), "processing files left in the inbox");
+        }
+        for file in waiting {
+            if self.stopping() {
                 return;
             }
-            Err(_) if stop.load(Ordering::SeqCst) => {
-                warn!(id = %finding.id, "stopping with the publish queue full: finding not sent");
-                return;
+            self.handle_file(&file);
+        }
+        while !self.stopping() {
+            self.heartbeat.beat();
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(file) => self.handle_file(&file),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            Err(_) => {}
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn handle_file(&mut self, file: &Path) {
+        self.heartbeat.beat();
+        if !file.exists() {
+            return; // seen twice (scan and event): already handled
+        }
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match self.processor.process_file(file, SourceKind::WatchFolder) {
+            Ok(findings) => {
+                for f in &findings {
+                    info!(
+                        file = %name,
+                        id = %f.id,
+                        model = %f.model.id,
+                        over_threshold = ?f.over_threshold,
+                        total_ms = f.timings_ms.total,
+                        "finding made"
+                    );
+                    self.publish(f);
+                    self.made += 1;
+                }
+                if let Err(e) = self.inbox.mark_done(file) {
+                    error!(file = %name, "processed, but cannot move it to {}: {e}", self.inbox.done.display());
+                }
+            }
+            Err(e) => {
+                self.failed += 1;
+                warn!(file = %name, "no finding: {e}");
+                if let Err(m) = self.inbox.mark_failed(file, &e.to_string()) {
+                    error!(file = %name, "cannot move it to {}: {m}", self.inbox.failed.display());
+                }
+            }
+        }
+        self.heartbeat.beat();
+        service::status(&format!(
+            "{} findings made, {} files failed; broker {}",
+            self.made,
+            self.failed,
+            if self.publisher.is_connected() {
+                "connected"
+            } else {
+                "unreachable"
+            }
+        ));
+    }
+
+    /// Hands a finding to the publisher, waiting while its queue is full unless the daemon
+    /// stops. Waiting is not a stall: the heartbeat goes on.
+    fn publish(&self, finding: &Finding) {
+        loop {
+            self.heartbeat.beat();
+            let attempt = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(500), self.publisher.publish(finding))
+                    .await
+            });
+            match attempt {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    error!(id = %finding.id, "cannot publish: {e}");
+                    return;
+                }
+                Err(_) if self.stopping() => {
+                    warn!(id = %finding.id, "stopping with the publish queue full: finding not sent");
+                    return;
+                }
+                Err(_) => {}
+            }
         }
     }
 }

@@ -35,4 +35,5 @@ pub mod model;
 pub mod pipeline;
 pub mod prepare;
 pub mod publish;
+pub mod service;
 pub mod source;

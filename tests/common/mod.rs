@@ -288,12 +288,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(board: &Path, dir: &Path) -> Daemon {
+        Self::start_with_env(board, dir, &[])
+    }
+
+    pub fn start_with_env(board: &Path, dir: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let stderr_path = dir.join("daemon.log");
         let child = bedside()
             .arg("run")
             .arg("--board")
             .arg(board)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
