@@ -14,6 +14,27 @@ pub struct InferError {
     pub reason: String,
 }
 
+/// Process-wide tract settings, applied once before the first model is loaded.
+///
+/// tract 0.23.9's Intel AMX int8 matmul kernel (`avx512amx_mmm_i32_16x16`) segfaults now and
+/// then when two threads first run int8 models at the same time (seen here: 5 % of processes
+/// that load two int8 models concurrently, on a Xeon with AMX; none in 450 runs without AMX).
+/// bedside keeps to the AVX-512 VNNI kernels until that is fixed upstream; an operator can
+/// still override it with the `TRACT_CPU_ISA` environment variable, which tract reads first.
+/// The boards bedside ships on are ARM, where this kernel does not exist.
+fn configure_tract() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Naming another architecture's feature is an error to tract: x86-64 only.
+        #[cfg(target_arch = "x86_64")]
+        if let Err(e) =
+            tract_onnx::prelude::tract_data::knobs::set_config_global("TRACT_CPU_ISA", "-amx-int8")
+        {
+            tracing::warn!("cannot keep tract off its AMX int8 kernel: {e}");
+        }
+    });
+}
+
 /// Which of the manifest's files to load: the shipped (int8) model, or its fp32 parent for
 /// comparisons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +68,7 @@ impl Engine {
     }
 
     pub fn load_variant(dir: &Path, variant: Variant) -> Result<Self, ModelError> {
+        configure_tract();
         let manifest = Manifest::load(dir)?;
         let (file, expected) = match (variant, &manifest.model.parent) {
             (Variant::Shipped, _) => (&manifest.model.file, &manifest.model.sha256),
