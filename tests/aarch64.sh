@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# bedside on aarch64, without the boards: cross-build the release binary with Debian's
+# rustc-web (rustup cannot add targets here) and run it under qemu-user.
+#
+#  1. `bedside infer` on every sample DICOM, on a CPU with dotprod (neoverse-n1, like the
+#     Jetson Orin's A78AE and the Pi 5's A76) and one without (cortex-a72): the scores must
+#     match the x86 build's within the model manifest's parity tolerance, with the same id
+#     and the same labels over threshold.
+#  2. `bedside check` on the dev board profile (loads and verifies the model).
+#  3. `bedside run` for real: a multi-thread tokio runtime, inotify and the notify socket
+#     under qemu; a dropped file must be processed and SIGTERM must stop it cleanly.
+#
+# Needs `.ci/install-deps aarch64`. Timings under qemu are printed for information only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=aarch64-unknown-linux-gnu
+SYSROOT=/usr/aarch64-linux-gnu
+
+export RUSTC=/usr/bin/rustc   # Debian's rustc-web, which has the arm64 std
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+# A separate target dir: another rustc must not churn the host build's artifacts.
+export CARGO_TARGET_DIR=target/cross
+
+echo "== cross-building bedside for $TARGET with $($RUSTC --version)"
+cargo build --locked --release --target "$TARGET" --bin bedside
+ARM_BIN="$CARGO_TARGET_DIR/$TARGET/release/bedside"
+file "$ARM_BIN" | grep -q "ARM aarch64" || { echo "not an aarch64 binary: $ARM_BIN" >&2; exit 1; }
+echo "aarch64 binary: $(stat -c %s "$ARM_BIN") bytes"
+
+unset RUSTC CARGO_TARGET_DIR
+cargo build --locked --bin bedside
+X86_BIN=target/debug/bedside
+
+# qemu with the cross sysroot's loader AND libc: -L alone mixes the cross ld.so with the
+# host's multiarch libc (found through /etc/ld.so.cache), and then every pthread_create
+# spins forever — the "multi-thread tokio runtime hangs under qemu" seen before.
+QEMU=(qemu-aarch64 -L "$SYSROOT" -E LD_LIBRARY_PATH="$SYSROOT/lib")
+qemu() { local cpu=$1; shift; "${QEMU[@]}" -cpu "$cpu" "$@"; }
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+echo "== bedside infer, x86 vs aarch64 under qemu"
+for dcm in tests/data/*.dcm; do
+  name=$(basename "$dcm" .dcm)
+  "$X86_BIN" infer "$dcm" > "$WORK/$name.x86.json"
+  for cpu in neoverse-n1 cortex-a72; do
+    qemu "$cpu" "$ARM_BIN" infer "$dcm" > "$WORK/$name.$cpu.json"
+  done
+done
+python3 - "$WORK" models/cxr-tiny-cls/model.toml <<'PY'
+import json, pathlib, sys, tomllib
+work, manifest = pathlib.Path(sys.argv[1]), tomllib.load(open(sys.argv[2], "rb"))
+tol = manifest["parity"]["max_abs"]
+worst, n = 0.0, 0
+for ref_path in sorted(work.glob("*.x86.json")):
+    ref = json.loads(ref_path.read_text())
+    for cpu in ("neoverse-n1", "cortex-a72"):
+        arm = json.loads((work / ref_path.name.replace(".x86.", f".{cpu}.")).read_text())
+        assert arm["id"] == ref["id"], (ref_path.name, cpu, "id differs")
+        assert arm["model"] == ref["model"], (ref_path.name, cpu, "model differs")
+        assert arm["over_threshold"] == ref["over_threshold"], (ref_path.name, cpu, arm["over_threshold"], ref["over_threshold"])
+        d = max(abs(a["score"] - b["score"]) for a, b in zip(arm["scores"], ref["scores"]))
+        worst, n = max(worst, d), n + 1
+        assert d <= tol, f"{ref_path.name} on {cpu}: scores differ by {d:.3g} > {tol:g}"
+        print(f"{ref_path.name[:-9]:22s} {cpu:12s} over_threshold={arm['over_threshold']} "
+              f"max|score diff|={d:.2e} infer under qemu {arm['timings_ms']['infer']:.1f} ms (x86 {ref['timings_ms']['infer']:.1f} ms)")
+print(f"aarch64 matches x86 on {n} runs: worst score difference {worst:.2e} (tolerance {tol:g})")
+PY
+
+echo "== bedside check under qemu"
+qemu neoverse-n1 "$ARM_BIN" check --board board/dev.toml
+
+echo "== bedside run under qemu (no broker: it must say so and keep working)"
+cat > "$WORK/board.toml" <<TOML
+[device]
+id = "qemu-1"
+site = "ci"
+board = "aarch64-qemu"
+[paths]
+inbox = "$WORK/inbox"
+state = "$WORK/state"
+[mqtt]
+url = "mqtt://127.0.0.1:9"
+[[models]]
+path = "$PWD/models/cxr-tiny-cls"
+TOML
+# Started directly (not through the shell function), so that $! is qemu itself and SIGTERM
+# reaches the daemon.
+RUST_LOG=info "${QEMU[@]}" -cpu neoverse-n1 "$ARM_BIN" run --board "$WORK/board.toml" 2> "$WORK/run.log" &
+PID=$!
+for _ in $(seq 1 300); do grep -q "bedside running" "$WORK/run.log" && break; sleep 0.1; done
+grep -q "bedside running" "$WORK/run.log" || { cat "$WORK/run.log"; echo "the daemon did not start under qemu" >&2; exit 1; }
+cp tests/data/cxr-ptx-mono2.dcm "$WORK/inbox/a.dcm"
+for _ in $(seq 1 300); do [ -f "$WORK/state/done/a.dcm" ] && break; sleep 0.1; done
+[ -f "$WORK/state/done/a.dcm" ] || { cat "$WORK/run.log"; echo "the file was not processed under qemu" >&2; exit 1; }
+kill -TERM "$PID"
+wait "$PID" || { cat "$WORK/run.log"; echo "the daemon did not stop cleanly under qemu" >&2; exit 1; }
+grep -q "MQTT broker unreachable" "$WORK/run.log"
+grep -q '"pneumothorax"' "$WORK/run.log"
+echo "aarch64: daemon ran under qemu, processed a file, stopped cleanly"
