@@ -30,7 +30,9 @@ file "$ARM_BIN" | grep -q "ARM aarch64" || { echo "not an aarch64 binary: $ARM_B
 echo "aarch64 binary: $(stat -c %s "$ARM_BIN") bytes"
 
 unset RUSTC CARGO_TARGET_DIR
-cargo build --locked --bin bedside
+# The x86 reference is the binary `cargo test` builds (same features as the tests: a plain
+# `cargo build` unifies features without the dev-dependencies and rebuilds everything).
+cargo test --locked --no-run --quiet
 X86_BIN=target/debug/bedside
 
 # qemu with the cross sysroot's loader AND libc: -L alone mixes the cross ld.so with the
