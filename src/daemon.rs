@@ -103,15 +103,13 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         })?;
         let (alive, worker_ended) = tokio::sync::oneshot::channel::<()>();
         let heartbeat = Heartbeat::new();
-        heartbeat.beat();
         let worker = {
-            let (publisher, stop, inbox, handle) = (publisher.clone(), stop.clone(), inbox.clone(), Handle::current());
             let worker = Worker {
                 processor,
-                inbox,
-                publisher,
-                rt: handle,
-                stop,
+                inbox: inbox.clone(),
+                publisher: publisher.clone(),
+                rt: Handle::current(),
+                stop: stop.clone(),
                 heartbeat: heartbeat.clone(),
                 made: 0,
                 failed: 0,

@@ -51,7 +51,6 @@ pub struct Engine {
     model_ref: ModelRef,
     path: PathBuf,
     state: TypedSimpleState,
-    input: Tensor,
 }
 
 impl std::fmt::Debug for Engine {
@@ -113,17 +112,16 @@ impl Engine {
             .and_then(|m| m.into_runnable())
             .map_err(tract_err)?;
         let state = plan.spawn().map_err(tract_err)?;
-        let input = Tensor::zero::<f32>(&shape).map_err(tract_err)?;
         let mut engine = Engine {
             manifest,
             model_ref,
             path: path.clone(),
             state,
-            input,
         };
         // A dry run proves the plan runs and that its output matches the labels.
+        let zeros = vec![0.0; shape.iter().product()];
         let got = engine
-            .run_with(|_| {})
+            .run(&zeros)
             .map_err(|e| ModelError::Tract {
                 path: path.clone(),
                 reason: e.reason,
@@ -144,36 +142,26 @@ impl Engine {
         &self.model_ref
     }
 
-    /// Runs the model on an input tensor written by `fill` into the preallocated input buffer
-    /// (NCHW, the manifest's shape) and returns the raw outputs (logits).
-    pub fn run_with(&mut self, fill: impl FnOnce(&mut [f32])) -> Result<Vec<f32>, InferError> {
+    /// Runs the model on a complete input tensor (NCHW, the manifest's shape) and returns
+    /// the raw outputs (logits). tract takes ownership of its inputs, so the input is copied
+    /// once into the tensor it consumes.
+    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, InferError> {
         let err = |e: TractError| InferError {
             model: self.model_ref.id.clone(),
             reason: format!("{e:#}"),
         };
-        {
-            let mut view = self.input.try_as_plain_ram_mut().map_err(err)?;
-            fill(view.as_slice_mut::<f32>().map_err(err)?);
-        }
-        // tract takes ownership of its inputs; the clone is one memcpy of the tensor.
-        let outputs = self
-            .state
-            .run(tvec!(self.input.clone().into()))
-            .map_err(err)?;
-        let out = outputs[0].cast_to::<f32>().map_err(err)?;
-        let view = out.try_as_plain_ram().map_err(err)?;
-        Ok(view.as_slice::<f32>().map_err(err)?.to_vec())
-    }
-
-    /// Runs the model on a complete input tensor.
-    pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, InferError> {
-        let want = self.input.len();
+        let shape = &self.manifest.input.shape;
+        let want: usize = shape.iter().product();
         if input.len() != want {
             return Err(InferError {
                 model: self.model_ref.id.clone(),
                 reason: format!("input has {} values, the model takes {want}", input.len()),
             });
         }
-        self.run_with(|buf| buf.copy_from_slice(input))
+        let tensor = Tensor::from_shape(shape, input).map_err(err)?;
+        let outputs = self.state.run(tvec!(tensor.into())).map_err(err)?;
+        let out = outputs[0].cast_to::<f32>().map_err(err)?;
+        let view = out.try_as_plain_ram().map_err(err)?;
+        Ok(view.as_slice::<f32>().map_err(err)?.to_vec())
     }
 }

@@ -20,8 +20,6 @@ pub struct PrepareError {
 /// Prepares images for one model; keeps its buffers between images.
 pub struct Preparer {
     spec: Preprocess,
-    height: u32,
-    width: u32,
     resizer: Resizer,
     display: Vec<F32>,
     resized: TypedImage<'static, F32>,
@@ -31,14 +29,11 @@ pub struct Preparer {
 impl Preparer {
     /// `height`/`width`: the model's input size.
     pub fn new(spec: Preprocess, height: usize, width: usize) -> Self {
-        let (h, w) = (height as u32, width as u32);
         Preparer {
             spec,
-            height: h,
-            width: w,
             resizer: Resizer::new(),
             display: Vec::new(),
-            resized: TypedImage::new(w, h),
+            resized: TypedImage::new(width as u32, height as u32),
             tensor: vec![0.0; height * width],
         }
     }
@@ -84,11 +79,6 @@ impl Preparer {
             *t = (p.0 - mean) / std;
         }
         Ok(&self.tensor)
-    }
-
-    /// The model input size this preparer writes, `(height, width)`.
-    pub fn size(&self) -> (u32, u32) {
-        (self.height, self.width)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 use tracing::{debug, warn};
 
-/// Sends states to the service manager; failures are logged once per call site, never fatal.
+/// Sends states to the service manager; a failure is logged, never fatal.
 fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         warn!("cannot notify the service manager: {e}");
@@ -43,6 +43,7 @@ impl Default for Heartbeat {
 }
 
 impl Heartbeat {
+    /// A heartbeat that has just beaten.
     pub fn new() -> Self {
         Heartbeat {
             origin: Instant::now(),
