@@ -182,9 +182,13 @@ impl Subscriber {
     /// Connects and subscribes at QoS 1, returning once the broker has confirmed the
     /// subscription. `session`: a persistent session under that client id.
     pub fn connect(port: u16, topic: &str, session: Option<&str>) -> Subscriber {
-        let id = session
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("test-sub-{}", free_port()));
+        // Unique per subscriber: two clients with one id make the broker drop the older one
+        // (a port number from free_port() could repeat and did).
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = session.map(str::to_owned).unwrap_or_else(|| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("test-sub-{}-{n}", std::process::id())
+        });
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_session(session.is_none());
         opts.set_keep_alive(Duration::from_secs(30));
