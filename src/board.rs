@@ -31,6 +31,8 @@ pub struct BoardProfile {
     pub paths: Paths,
     pub mqtt: Mqtt,
     #[serde(default)]
+    pub outbox: OutboxLimits,
+    #[serde(default)]
     pub privacy: Privacy,
     pub models: Vec<ModelSlot>,
     /// The file this profile was read from.
@@ -60,7 +62,7 @@ pub struct Paths {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mqtt {
-    /// `mqtt://host[:port]`.
+    /// `mqtt://host[:port]` (1883), or `mqtts://host[:port]` (8883) with `[mqtt.tls]`.
     pub url: String,
     #[serde(default)]
     pub client_id: Option<String>,
@@ -68,10 +70,69 @@ pub struct Mqtt {
     pub topic_prefix: String,
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u64,
-    /// How many messages may wait in memory while the broker is away; the pipeline waits
-    /// (and files wait in the inbox) beyond that.
-    #[serde(default = "default_queue")]
-    pub queue: usize,
+    /// `"auto"` (MQTT 5, or 3.1.1 when the broker refuses 5), `"5"` or `"3.1.1"`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Findings sent and not yet acknowledged, at most (the in-flight window).
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+    /// How often the metrics topic is published.
+    #[serde(default = "default_metrics_interval")]
+    pub metrics_interval_s: u64,
+    /// User name for the broker; its password is read from `password_file`, never given on
+    /// the command line or in this profile.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "5")]
+    V5,
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+/// TLS to the broker (rustls): the broker's certificate must verify against `ca_file` and
+/// name the host in `mqtt.url`; a client certificate and key make it mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// Limits of the durable outbox under `paths.state`/outbox (see `publish::outbox`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxLimits {
+    #[serde(default = "default_outbox_mib")]
+    pub max_mib: u64,
+    /// Undelivered findings kept at most; each costs 32 bytes of memory while it waits.
+    #[serde(default = "default_outbox_records")]
+    pub max_records: usize,
+    #[serde(default = "default_segment_kib")]
+    pub segment_kib: u64,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            max_mib: default_outbox_mib(),
+            max_records: default_outbox_records(),
+            segment_kib: default_segment_kib(),
+        }
+    }
 }
 
 fn default_prefix() -> String {
@@ -80,8 +141,20 @@ fn default_prefix() -> String {
 fn default_keep_alive() -> u64 {
     30
 }
-fn default_queue() -> usize {
-    256
+fn default_inflight() -> u16 {
+    16
+}
+fn default_metrics_interval() -> u64 {
+    60
+}
+fn default_outbox_mib() -> u64 {
+    64
+}
+fn default_outbox_records() -> usize {
+    50_000
+}
+fn default_segment_kib() -> u64 {
+    1024
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -105,6 +178,7 @@ pub struct ModelSlot {
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl BoardProfile {
@@ -134,6 +208,18 @@ impl BoardProfile {
         if let Some(k) = p.privacy.uid_hash_key_file.as_mut() {
             resolve(k);
         }
+        if let Some(f) = p.mqtt.password_file.as_mut() {
+            resolve(f);
+        }
+        if let Some(tls) = p.mqtt.tls.as_mut() {
+            resolve(&mut tls.ca_file);
+            for f in [&mut tls.client_cert_file, &mut tls.client_key_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(f);
+            }
+        }
         for m in &mut p.models {
             resolve(&mut m.path);
         }
@@ -159,10 +245,68 @@ impl BoardProfile {
                 return Err(self.field(field, format!("{value:?} must be a non-empty MQTT topic level without '/', '+', '#' or outer spaces")));
             }
         }
-        self.broker()
+        let broker = self
+            .broker()
             .map_err(|reason| self.field("mqtt.url", reason))?;
-        if self.mqtt.queue == 0 {
-            return Err(self.field("mqtt.queue", "must be at least 1"));
+        match (&self.mqtt.tls, broker.tls) {
+            (None, true) => {
+                return Err(self.field(
+                    "mqtt.tls",
+                    "mqtts:// needs a [mqtt.tls] table with ca_file",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(self.field(
+                    "mqtt.url",
+                    "[mqtt.tls] is set but the url is mqtt://: use mqtts:// so that nothing goes in clear",
+                ));
+            }
+            (Some(tls), true) => {
+                if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                    return Err(self.field(
+                        "mqtt.tls.client_key_file",
+                        "client_cert_file and client_key_file go together (mutual TLS) or not at all",
+                    ));
+                }
+            }
+            (None, false) => {}
+        }
+        if self.mqtt.password_file.is_some() && self.mqtt.username.is_none() {
+            return Err(self.field("mqtt.password_file", "needs mqtt.username"));
+        }
+        if !(1..=1024).contains(&self.mqtt.inflight) {
+            return Err(self.field(
+                "mqtt.inflight",
+                format!("{} is not in 1..=1024", self.mqtt.inflight),
+            ));
+        }
+        if !(1..=86_400).contains(&self.mqtt.metrics_interval_s) {
+            return Err(self.field(
+                "mqtt.metrics_interval_s",
+                format!("{} is not in 1..=86400", self.mqtt.metrics_interval_s),
+            ));
+        }
+        let o = &self.outbox;
+        if !(64..=65_536).contains(&o.segment_kib) {
+            return Err(self.field(
+                "outbox.segment_kib",
+                format!("{} is not in 64..=65536", o.segment_kib),
+            ));
+        }
+        if o.max_mib * 1024 < 2 * o.segment_kib {
+            return Err(self.field(
+                "outbox.max_mib",
+                format!(
+                    "{} MiB must hold at least two segments of {} KiB",
+                    o.max_mib, o.segment_kib
+                ),
+            ));
+        }
+        if o.max_records == 0 || o.max_records > 10_000_000 {
+            return Err(self.field(
+                "outbox.max_records",
+                format!("{} is not in 1..=10000000", o.max_records),
+            ));
         }
         if !(5..=3600).contains(&self.mqtt.keep_alive_s) {
             return Err(self.field(
@@ -185,9 +329,15 @@ impl BoardProfile {
     /// The broker's host and port from `mqtt.url`.
     pub fn broker(&self) -> Result<BrokerAddr, String> {
         let url = &self.mqtt.url;
-        let rest = url
-            .strip_prefix("mqtt://")
-            .ok_or_else(|| format!("{url:?}: only mqtt://host[:port] is supported"))?;
+        let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "{url:?}: must be mqtt://host[:port] or mqtts://host[:port]"
+                ));
+            }
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) => (
@@ -195,7 +345,7 @@ impl BoardProfile {
                 p.parse::<u16>()
                     .map_err(|_| format!("{url:?}: bad port {p:?}"))?,
             ),
-            None => (rest, 1883),
+            None => (rest, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() || port == 0 {
             return Err(format!("{url:?}: missing host or port"));
@@ -203,7 +353,21 @@ impl BoardProfile {
         Ok(BrokerAddr {
             host: host.to_owned(),
             port,
+            tls,
         })
+    }
+
+    /// The outbox's folder and limits.
+    pub fn outbox_config(&self) -> (PathBuf, crate::publish::OutboxConfig) {
+        let o = &self.outbox;
+        (
+            self.paths.state.join("outbox"),
+            crate::publish::OutboxConfig {
+                max_bytes: o.max_mib * 1024 * 1024,
+                max_records: o.max_records,
+                segment_bytes: o.segment_kib * 1024,
+            },
+        )
     }
 
     pub fn client_id(&self) -> String {
@@ -270,11 +434,14 @@ path = "../models/m"
             p.broker().unwrap(),
             BrokerAddr {
                 host: "127.0.0.1".into(),
-                port: 1884
+                port: 1884,
+                tls: false,
             }
         );
         assert_eq!(p.topic("status"), "bedside/clinic-a/cart-1/status");
-        assert_eq!(p.mqtt.queue, 256);
+        assert_eq!(p.mqtt.inflight, 16);
+        assert_eq!(p.mqtt.protocol, Protocol::Auto);
+        assert_eq!(p.outbox_config().1.max_bytes, 64 << 20);
     }
 
     #[test]
@@ -288,5 +455,21 @@ path = "../models/m"
         let e = BoardProfile::from_toml(&DEV.replace("[device]", "[device]\nbogus = 1"), origin)
             .unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+        let e = BoardProfile::from_toml(&DEV.replace("mqtt://", "mqtts://"), origin).unwrap_err();
+        assert!(e.to_string().contains("mqtt.tls"), "{e}");
+        let tls = DEV.replace(
+            "[[models]]",
+            "[mqtt.tls]\nca_file = \"ca.pem\"\nclient_cert_file = \"c.pem\"\n[[models]]",
+        );
+        let e = BoardProfile::from_toml(&tls.replace("mqtt://", "mqtts://"), origin).unwrap_err();
+        assert!(e.to_string().contains("client_key_file"), "{e}");
+        let e = BoardProfile::from_toml(&tls, origin).unwrap_err();
+        assert!(e.to_string().contains("mqtt.url"), "{e}");
+        let e = BoardProfile::from_toml(
+            &DEV.replace("[[models]]", "[outbox]\nmax_mib = 0\n[[models]]"),
+            origin,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("outbox.max_mib"), "{e}");
     }
 }

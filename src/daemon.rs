@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 use std::time::Duration;
 
-use tokio::runtime::Handle;
 use tracing::{error, info, warn};
 
 use crate::board::{BoardError, BoardProfile};
-use crate::finding::Finding;
 use crate::model::ModelError;
 use crate::pipeline::{Identity, Processor};
-use crate::publish::{Publisher, PublisherConfig, StatusDoc};
+use crate::publish::mqtt::{DeviceStatus, Topics};
+use crate::publish::tls::{self, TlsError};
+use crate::publish::{Class, Outbox, OutboxError, Publisher, PublisherConfig};
 use crate::service::{self, Heartbeat};
 use crate::source::SourceKind;
 use crate::source::watch::Inbox;
@@ -28,6 +28,15 @@ pub enum DaemonError {
     #[error("{what}: {source}")]
     Io {
         what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("mqtt.tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot read the MQTT password file {path}: {source}")]
+    Password {
+        path: PathBuf,
         source: std::io::Error,
     },
     #[error("the image worker thread stopped unexpectedly")]
@@ -62,27 +71,15 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             source,
         }
     })?;
-    let broker = profile
-        .broker()
-        .expect("validated when the profile was loaded");
-    let config = PublisherConfig {
-        host: broker.host,
-        port: broker.port,
-        client_id: profile.client_id(),
-        keep_alive: Duration::from_secs(profile.mqtt.keep_alive_s),
-        queue: profile.mqtt.queue,
-        findings_topic: profile.topic("findings"),
-        status_topic: profile.topic("status"),
-    };
-    let status = StatusDoc {
-        state: "online",
-        device: profile.device.id.clone(),
-        site: profile.device.site.clone(),
-        board: profile.device.board.clone(),
-        version: env!("CARGO_PKG_VERSION"),
-        models,
-        since: crate::finding::now_rfc3339(),
-    };
+    let (outbox_dir, outbox_config) = profile.outbox_config();
+    let (outbox, recovery) = Outbox::open(&outbox_dir, outbox_config)?;
+    if recovery.pending > 0 {
+        info!(
+            findings = recovery.pending,
+            "findings from an earlier run wait in the outbox; they are sent first"
+        );
+    }
+    let config = publisher_config(&profile, models, outbox_config.max_payload())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("bedside-io")
@@ -93,7 +90,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             source,
         })?;
     rt.block_on(async move {
-        let (publisher, connection) = Publisher::start(config, status);
+        let (publisher, connection) = Publisher::start(config, outbox);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(64);
         // Watch before the worker scans, so that no file slips between scan and watch.
@@ -108,11 +105,11 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                 processor,
                 inbox: inbox.clone(),
                 publisher: publisher.clone(),
-                rt: Handle::current(),
                 stop: stop.clone(),
                 heartbeat: heartbeat.clone(),
                 made: 0,
                 failed: 0,
+                deferred: None,
             };
             std::thread::Builder::new()
                 .name("bedside-dicom".into())
@@ -148,15 +145,64 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         drop(watcher);
         stop.store(true, Ordering::SeqCst);
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-        let lost = publisher.shutdown(connection, SHUTDOWN_GRACE).await;
-        if lost > 0 {
-            warn!("{lost} messages were never acknowledged by the broker and are lost (findings are held in memory only)");
+        let left = publisher.shutdown(connection, SHUTDOWN_GRACE).await;
+        if left > 0 {
+            info!("{left} findings wait in the outbox for the broker; they are sent after the next start");
         }
         if worker_failed {
             return Err(DaemonError::WorkerFailed);
         }
         info!("stopped");
         Ok(())
+    })
+}
+
+/// The publisher's settings from the profile: broker, TLS, credentials, topics, identity.
+fn publisher_config(
+    profile: &BoardProfile,
+    models: Vec<crate::model::ModelRef>,
+    max_payload: usize,
+) -> Result<PublisherConfig, DaemonError> {
+    let broker = profile
+        .broker()
+        .expect("validated when the profile was loaded");
+    let tls = profile.mqtt.tls.as_ref().map(tls::client_config).transpose()?;
+    let credentials = match (&profile.mqtt.username, &profile.mqtt.password_file) {
+        (Some(user), Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|source| DaemonError::Password {
+                path: path.clone(),
+                source,
+            })?;
+            // The first line is the password; a trailing newline is not part of it.
+            let password = text.lines().next().unwrap_or_default().to_owned();
+            Some((user.clone(), password))
+        }
+        (Some(user), None) => Some((user.clone(), String::new())),
+        _ => None,
+    };
+    Ok(PublisherConfig {
+        broker,
+        client_id: profile.client_id(),
+        keep_alive: Duration::from_secs(profile.mqtt.keep_alive_s),
+        protocol: profile.mqtt.protocol,
+        inflight: profile.mqtt.inflight,
+        metrics_interval: Duration::from_secs(profile.mqtt.metrics_interval_s),
+        credentials,
+        tls,
+        topics: Topics {
+            findings: profile.topic("findings"),
+            status: profile.topic("status"),
+            metrics: profile.topic("metrics"),
+        },
+        max_payload,
+        identity: DeviceStatus {
+            device: profile.device.id.clone(),
+            site: profile.device.site.clone(),
+            board: profile.device.board.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            models,
+            since: crate::finding::now_rfc3339(),
+        },
     })
 }
 
@@ -181,36 +227,54 @@ struct Worker {
     processor: Processor,
     inbox: Inbox,
     publisher: Publisher,
-    rt: Handle,
     stop: Arc<AtomicBool>,
     heartbeat: Heartbeat,
     made: u64,
     failed: u64,
+    /// Set while the outbox is full: the first file left in the inbox because of it.
+    deferred: Option<PathBuf>,
 }
 
 impl Worker {
     /// Files already waiting first, then files as they complete.
     fn run(mut self, rx: Receiver<PathBuf>) {
-        let waiting = self.inbox.scan().unwrap_or_else(|e| {
-            error!("cannot list the inbox {}: {e}", self.inbox.dir.display());
-            Vec::new()
-        });
-        if !waiting.is_empty() {
-            info!(files = waiting.len(), "processing files left in the inbox");
-        }
-        for file in waiting {
-            if self.stopping() {
-                return;
-            }
-            self.handle_file(&file);
-        }
+        self.process_waiting();
         while !self.stopping() {
             self.heartbeat.beat();
+            if self.deferred.is_some() {
+                // Files wait in the inbox while the outbox is full; events are dropped
+                // because the rescan below finds every file anyway.
+                while rx.try_recv().is_ok() {}
+                if self.publisher.is_full() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                info!("the outbox has room again: processing the files left in the inbox");
+                self.deferred = None;
+                self.process_waiting();
+                continue;
+            }
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(file) => self.handle_file(&file),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+        }
+    }
+
+    fn process_waiting(&mut self) {
+        let waiting = self.inbox.scan().unwrap_or_else(|e| {
+            error!("cannot list the inbox {}: {e}", self.inbox.dir.display());
+            Vec::new()
+        });
+        if !waiting.is_empty() {
+            info!(files = waiting.len(), "processing files waiting in the inbox");
+        }
+        for file in waiting {
+            if self.stopping() || self.deferred.is_some() {
+                return;
+            }
+            self.handle_file(&file);
         }
     }
 
@@ -223,13 +287,27 @@ impl Worker {
         if !file.exists() {
             return; // seen twice (scan and event): already handled
         }
+        if self.deferred.is_some() {
+            return; // picked up by the rescan once the outbox has room
+        }
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let metrics = self.publisher.metrics();
         match self.processor.process_file(file, SourceKind::WatchFolder) {
             Ok(findings) => {
                 for f in &findings {
+                    if let Err(e) = self.publisher.record(Class::Image, f) {
+                        if e.is_full() {
+                            warn!(file = %name, "{e}; the file stays in the inbox until the outbox has room");
+                        } else {
+                            error!(file = %name, "cannot record the finding ({e}); the file stays in the inbox");
+                        }
+                        metrics.inputs_deferred.fetch_add(1, Ordering::Relaxed);
+                        self.deferred = Some(file.to_owned());
+                        return;
+                    }
                     info!(
                         file = %name,
                         id = %f.id,
@@ -238,15 +316,17 @@ impl Worker {
                         total_ms = f.timings_ms.total,
                         "finding made"
                     );
-                    self.publish(f);
                     self.made += 1;
                 }
+                metrics.inputs_processed.fetch_add(1, Ordering::Relaxed);
+                // Only now: a file leaves the inbox once its findings are on disk.
                 if let Err(e) = self.inbox.mark_done(file) {
                     error!(file = %name, "processed, but cannot move it to {}: {e}", self.inbox.done.display());
                 }
             }
             Err(e) => {
                 self.failed += 1;
+                metrics.inputs_failed.fetch_add(1, Ordering::Relaxed);
                 warn!(file = %name, "no finding: {e}");
                 if let Err(m) = self.inbox.mark_failed(file, &e.to_string()) {
                     error!(file = %name, "cannot move it to {}: {m}", self.inbox.failed.display());
@@ -255,38 +335,15 @@ impl Worker {
         }
         self.heartbeat.beat();
         service::status(&format!(
-            "{} findings made, {} files failed; broker {}",
+            "{} findings made, {} files failed, {} waiting in the outbox; broker {}",
             self.made,
             self.failed,
+            self.publisher.depth(),
             if self.publisher.is_connected() {
                 "connected"
             } else {
                 "unreachable"
             }
         ));
-    }
-
-    /// Hands a finding to the publisher, waiting while its queue is full unless the daemon
-    /// stops. Waiting is not a stall: the heartbeat goes on.
-    fn publish(&self, finding: &Finding) {
-        loop {
-            self.heartbeat.beat();
-            let attempt = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_millis(500), self.publisher.publish(finding))
-                    .await
-            });
-            match attempt {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => {
-                    error!(id = %finding.id, "cannot publish: {e}");
-                    return;
-                }
-                Err(_) if self.stopping() => {
-                    warn!(id = %finding.id, "stopping with the publish queue full: finding not sent");
-                    return;
-                }
-                Err(_) => {}
-            }
-        }
     }
 }

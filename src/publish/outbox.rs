@@ -179,6 +179,8 @@ pub struct OutboxStats {
     pub appended: u64,
     pub delivered: u64,
     pub refused: u64,
+    /// Records the disk no longer returned intact: skipped, with an error logged.
+    pub unreadable: u64,
 }
 
 /// The outbox. Not thread-safe by itself: the publisher wraps it in a mutex.
@@ -461,7 +463,8 @@ impl Outbox {
     }
 
     /// The oldest record not yet handed out: marks it in flight and reads its payload into
-    /// `buf`. `None` when nothing is waiting.
+    /// `buf`. `None` when nothing is waiting. A record that no longer reads back intact is
+    /// skipped and reported as an error (call again for the next one).
     pub fn take_next(&mut self, buf: &mut Vec<u8>) -> Result<Option<u64>, OutboxError> {
         let start = self
             .entries
@@ -480,22 +483,28 @@ impl Outbox {
             .expect("every entry's segment is open");
         buf.clear();
         buf.resize(entry.len as usize, 0);
-        segment
-            .file
-            .read_exact_at(buf, entry.offset as u64)
-            .map_err(io_err(&segment.path))?;
+        let read = segment.file.read_exact_at(buf, entry.offset as u64);
         // Read back from disk: check it again rather than send bytes the disk has changed.
-        match parse_record(buf) {
-            Some((seq, _, _)) if seq == entry.seq => {}
-            _ => {
-                return Err(OutboxError::Io {
-                    path: segment.path.clone(),
-                    source: io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("record {} changed on disk since it was written", entry.seq),
+        let failure = match read {
+            Err(e) => Some(e),
+            Ok(()) => match parse_record(buf) {
+                Some((seq, _, _)) if seq == entry.seq => None,
+                _ => Some(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "record {} no longer passes its CRC: the disk changed it",
+                        entry.seq
                     ),
-                });
-            }
+                )),
+            },
+        };
+        if let Some(source) = failure {
+            // Never send it damaged; count it and move on, or it would block the line.
+            let path = segment.path.clone();
+            self.stats.unreadable += 1;
+            self.settle(entry.seq)?;
+            self.stats.delivered -= 1;
+            return Err(OutboxError::Io { path, source });
         }
         buf.drain(..HEADER + BODY_FIXED);
         self.entries[i].state = State::InFlight;

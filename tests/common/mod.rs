@@ -254,6 +254,12 @@ impl Subscriber {
 
 /// A board profile for a test: inbox and state in `dir`, broker on `port`.
 pub fn write_board(dir: &Path, port: u16) -> PathBuf {
+    write_board_with(dir, &format!("url = \"mqtt://127.0.0.1:{port}\""), "")
+}
+
+/// A board profile for the test in `dir`: `mqtt` is the body of its `[mqtt]` table after
+/// the defaults (at least `url`), `tail` any further tables.
+pub fn write_board_with(dir: &Path, mqtt: &str, tail: &str) -> PathBuf {
     let board = dir.join("board.toml");
     std::fs::write(
         &board,
@@ -267,13 +273,13 @@ board = "x86-dev"
 inbox = "{inbox}"
 state = "{state}"
 
-[mqtt]
-url = "mqtt://127.0.0.1:{port}"
-keep_alive_s = 5
-queue = 64
-
 [[models]]
 path = "{model}"
+
+[mqtt]
+keep_alive_s = 5
+{mqtt}
+{tail}
 "#,
             inbox = dir.join("inbox").display(),
             state = dir.join("state").display(),
