@@ -250,10 +250,9 @@ impl BoardProfile {
             .map_err(|reason| self.field("mqtt.url", reason))?;
         match (&self.mqtt.tls, broker.tls) {
             (None, true) => {
-                return Err(self.field(
-                    "mqtt.tls",
-                    "mqtts:// needs a [mqtt.tls] table with ca_file",
-                ));
+                return Err(
+                    self.field("mqtt.tls", "mqtts:// needs a [mqtt.tls] table with ca_file")
+                );
             }
             (Some(_), false) => {
                 return Err(self.field(

@@ -166,7 +166,12 @@ fn publisher_config(
     let broker = profile
         .broker()
         .expect("validated when the profile was loaded");
-    let tls = profile.mqtt.tls.as_ref().map(tls::client_config).transpose()?;
+    let tls = profile
+        .mqtt
+        .tls
+        .as_ref()
+        .map(tls::client_config)
+        .transpose()?;
     let credentials = match (&profile.mqtt.username, &profile.mqtt.password_file) {
         (Some(user), Some(path)) => {
             let text = std::fs::read_to_string(path).map_err(|source| DaemonError::Password {
@@ -268,7 +273,10 @@ impl Worker {
             Vec::new()
         });
         if !waiting.is_empty() {
-            info!(files = waiting.len(), "processing files waiting in the inbox");
+            info!(
+                files = waiting.len(),
+                "processing files waiting in the inbox"
+            );
         }
         for file in waiting {
             if self.stopping() || self.deferred.is_some() {

@@ -73,8 +73,10 @@ fn main() -> ExitCode {
         Command::Run { .. } => "info",
         _ => "warn",
     };
+    // Colours only on a terminal: a journal or a log file gets plain text.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),

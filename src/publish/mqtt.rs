@@ -178,11 +178,16 @@ enum Events {
 
 /// What the connection task reacts to, the same for both protocol versions.
 enum Ev {
-    ConnAck { session_present: bool },
+    ConnAck {
+        session_present: bool,
+    },
     /// A QoS 1 message went out (first time or again).
     Sent(u16),
     /// `refused`: the broker's reason when it did not accept the message (MQTT 5).
-    PubAck { pkid: u16, refused: Option<String> },
+    PubAck {
+        pkid: u16,
+        refused: Option<String>,
+    },
     Other,
 }
 
@@ -279,9 +284,9 @@ fn link(config: &PublisherConfig, v5: bool, will: Vec<u8>) -> (Client, Events) {
     let b = &config.broker;
     let channel = config.inflight as usize + 8;
     let transport = match &config.tls {
-        Some(tls) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
-            tls.clone(),
-        )),
+        Some(tls) => {
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone()))
+        }
         None => rumqttc::Transport::tcp(),
     };
     if v5 {
@@ -457,7 +462,9 @@ impl Shared {
                 match refused {
                     None => {
                         if let Err(e) = f.outbox.settle(seq) {
-                            error!("delivered, but cannot record it in the outbox ({e}); it may be sent again");
+                            error!(
+                                "delivered, but cannot record it in the outbox ({e}); it may be sent again"
+                            );
                         }
                     }
                     Some(reason) => {
@@ -664,9 +671,9 @@ impl Publisher {
             let payload = self.shared.status_payload(&f, false);
             if f.connected {
                 f.queued.push_back(None);
-                let ok = f
-                    .client
-                    .try_publish(&self.shared.config.topics.status, true, true, payload);
+                let ok =
+                    f.client
+                        .try_publish(&self.shared.config.topics.status, true, true, payload);
                 if ok {
                     f.statuses_in_flight += 1;
                 } else {
@@ -679,8 +686,7 @@ impl Publisher {
         };
         if sent_offline {
             let until = tokio::time::Instant::now() + Duration::from_secs(2);
-            while self.shared.lock().statuses_in_flight > 0 && tokio::time::Instant::now() < until
-            {
+            while self.shared.lock().statuses_in_flight > 0 && tokio::time::Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             self.shared.lock().client.try_disconnect();

@@ -100,14 +100,18 @@ impl Mosquitto {
     /// Starts a broker on `port`; with `persist`, its sessions and queued messages survive a
     /// restart in `dir`.
     pub fn start_on(port: u16, dir: &Path, persist: bool) -> Mosquitto {
-        std::fs::create_dir_all(dir).unwrap();
-        let conf = dir.join("mosquitto.conf");
-        let mut text = format!("listener {port} 127.0.0.1\nallow_anonymous true\n");
-        // Started as root, mosquitto drops to the `mosquitto` user, which cannot write the
-        // test's private temporary folder: stay the user who runs the test.
-        if running_as_root() {
-            text.push_str("user root\n");
+        Self::start_with(port, dir, persist, "")
+    }
+
+    /// As [`Mosquitto::start_on`], with `extra` configuration lines for the listener (TLS,
+    /// ACL, passwords, queue limits). Anonymous clients are allowed unless `extra` says.
+    pub fn start_with(port: u16, dir: &Path, persist: bool, extra: &str) -> Mosquitto {
+        let mut text = format!("listener {port} 127.0.0.1\n");
+        if !extra.contains("allow_anonymous") {
+            text.push_str("allow_anonymous true\n");
         }
+        text.push_str(extra);
+        text.push('\n');
         if persist {
             text.push_str(&format!(
                 "persistence true\npersistence_location {}/\nautosave_interval 1\n",
@@ -116,12 +120,30 @@ impl Mosquitto {
         } else {
             text.push_str("persistence false\n");
         }
+        Self::start_conf(port, dir, &text)
+    }
+
+    /// Starts a broker with exactly this configuration (which must listen on `port`).
+    pub fn start_conf(port: u16, dir: &Path, conf_text: &str) -> Mosquitto {
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        let mut text = conf_text.to_owned();
+        // Started as root, mosquitto drops to the `mosquitto` user, which cannot write the
+        // test's private temporary folder: stay the user who runs the test.
+        if running_as_root() {
+            text.push_str("\nuser root\n");
+        }
         std::fs::write(&conf, text).unwrap();
+        let log = std::fs::File::options()
+            .append(true)
+            .create(true)
+            .open(dir.join("mosquitto.log"))
+            .unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("cannot start mosquitto (is it installed?)");
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -141,6 +163,12 @@ impl Mosquitto {
 
     pub fn stop(mut self) {
         self.terminate();
+    }
+
+    /// SIGKILL: the broker dies without saving anything it has not saved already.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn terminate(&mut self) {
@@ -393,4 +421,161 @@ pub fn run_infer(args: &[&std::ffi::OsStr]) -> Output {
         .current_dir(repo())
         .output()
         .unwrap()
+}
+
+/// Copies of a sample DICOM, each with its own SOP Instance UID (so each makes its own
+/// finding id), written to `dir` as `img-0000.dcm`…; the files are made outside the inbox.
+pub fn distinct_copies(src: &Path, dir: &Path, n: usize) -> Vec<PathBuf> {
+    use dicom_object::mem::InMemElement;
+    std::fs::create_dir_all(dir).unwrap();
+    let base = dicom_object::open_file(src).unwrap();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    (0..n)
+        .map(|i| {
+            let uid = format!("2.25.{stamp}{i:05}");
+            let mut obj = base.clone();
+            obj.put(InMemElement::new(
+                dicom_dictionary_std::tags::SOP_INSTANCE_UID,
+                dicom_core::VR::UI,
+                dicom_core::PrimitiveValue::from(uid.as_str()),
+            ));
+            obj.update_meta(|m| m.media_storage_sop_instance_uid = uid.clone());
+            let path = dir.join(format!("img-{i:04}.dcm"));
+            obj.write_to_file(&path).unwrap();
+            path
+        })
+        .collect()
+}
+
+/// Moves files into the inbox one by one (rename: each arrives complete).
+pub fn move_all_into(files: &[PathBuf], inbox: &Path) {
+    std::fs::create_dir_all(inbox).unwrap();
+    for f in files {
+        std::fs::rename(f, inbox.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// A consumer in the background with a persistent session that rides out broker restarts
+/// (reconnecting, and subscribing again if the broker forgot it) and counts every finding
+/// id it receives.
+pub struct Collector {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Collector {
+    pub fn start(port: u16, topic: &str, client_id: &str) -> Collector {
+        use std::sync::atomic::Ordering;
+        let seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> =
+            Default::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+        opts.set_clean_session(false);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut conn) = Client::new(opts, 64);
+        let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let seen = seen.clone();
+            let stop = stop.clone();
+            let topic = topic.to_owned();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match conn.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Ok(Event::Incoming(Packet::ConnAck(a)))) => {
+                            if a.session_present {
+                                let _ = subscribed_tx.send(());
+                            } else {
+                                client.try_subscribe(&topic, QoS::AtLeastOnce).unwrap();
+                            }
+                        }
+                        Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                            let _ = subscribed_tx.send(());
+                        }
+                        Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                            let text = String::from_utf8_lossy(&p.payload).into_owned();
+                            assert_no_identifiers(&text, "an MQTT message");
+                            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                            let id = v["id"].as_str().unwrap().to_owned();
+                            *seen.lock().unwrap().entry(id).or_default() += 1;
+                        }
+                        Ok(Ok(_)) => {}
+                        // The broker went away: rumqttc reconnects on the next poll.
+                        Ok(Err(_)) => std::thread::sleep(Duration::from_millis(100)),
+                        Err(_) => {}
+                    }
+                }
+                let _ = client.try_disconnect();
+            })
+        };
+        subscribed_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the collector could not subscribe");
+        Collector {
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Distinct finding ids received.
+    pub fn unique(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Messages received beyond the first for each id.
+    pub fn duplicates(&self) -> u32 {
+        self.seen.lock().unwrap().values().map(|n| n - 1).sum()
+    }
+
+    pub fn ids(&self) -> std::collections::HashSet<String> {
+        self.seen.lock().unwrap().keys().cloned().collect()
+    }
+
+    /// Waits until `n` distinct ids have arrived.
+    pub fn wait_unique(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.unique() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.unique() >= n
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The finding ids a daemon log says were made.
+pub fn ids_in_log(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("finding made"))
+        .filter_map(|l| l.split(" id=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `dir` holds `n` files.
+pub fn wait_count(dir: &Path, n: usize, timeout: Duration) -> bool {
+    let count = || std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if count() >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    count() >= n
 }
