@@ -218,8 +218,9 @@ impl Events {
             }
             Events::V5(e) => {
                 use rumqttc::Outgoing;
+                use rumqttc::v5::mqttbytes::Error as M;
                 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as C, Packet, PubAckReason};
-                use rumqttc::v5::{ConnectionError as E, Event};
+                use rumqttc::v5::{ConnectionError as E, Event, StateError};
                 match e.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(a))) => Ok(Ev::ConnAck {
                         session_present: a.session_present,
@@ -244,9 +245,16 @@ impl Events {
                             C::RefusedProtocolVersion | C::UnsupportedProtocolVersion,
                         ),
                     ) => Err(LinkError::Protocol(refusal(&e))),
-                    Err(e @ (E::MqttState(_) | E::NotConnAck(_))) => {
-                        Err(LinkError::Protocol(describe(&e)))
-                    }
+                    // What a 3.1.1-only broker's answer looks like to an MQTT 5 client.
+                    Err(
+                        e @ (E::NotConnAck(_)
+                        | E::MqttState(StateError::Deserialization(
+                            M::InvalidConnectReturnCode(_)
+                            | M::InvalidProtocol
+                            | M::InvalidProtocolLevel(_)
+                            | M::MalformedPacket,
+                        ))),
+                    ) => Err(LinkError::Protocol(describe(&e))),
                     Err(e @ E::ConnectionRefused(_)) => Err(LinkError::Other(refusal(&e))),
                     Err(e) => Err(LinkError::Other(describe(&e))),
                 }
@@ -271,9 +279,13 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    if text.contains("invalid peer certificate") || text.contains("CertificateRequired") {
+    if text.contains("invalid peer certificate") {
         text.push_str(
-            " — the broker's certificate does not verify against mqtt.tls.ca_file (or the broker wants a client certificate); refusing to talk to it",
+            " — the broker's certificate does not verify against mqtt.tls.ca_file (or does not name this host); refusing to talk to it",
+        );
+    } else if text.contains("CertificateRequired") {
+        text.push_str(
+            " — the broker wants a client certificate: set mqtt.tls.client_cert_file and client_key_file",
         );
     }
     text
