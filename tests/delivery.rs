@@ -359,3 +359,63 @@ fn a_full_outbox_keeps_images_in_the_inbox_says_so_and_catches_up() {
     assert!(exit.success(), "{log}");
     assert!(log.contains("the outbox has room again"), "{log}");
 }
+
+#[test]
+fn over_mqtt_3_1_1_status_and_metrics_report_what_the_outbox_did() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let consumer = Collector::start(broker.port, FINDINGS, "consumer-metrics");
+    let mut metrics = Subscriber::connect(broker.port, "bedside/test-site/cart-7/metrics", None);
+    let board = write_board_with(
+        tmp.path(),
+        &format!(
+            "url = \"mqtt://127.0.0.1:{}\"\nprotocol = \"3.1.1\"\nmetrics_interval_s = 1",
+            broker.port
+        ),
+        "",
+    );
+    let daemon = Daemon::start(&board, tmp.path());
+    let files = distinct_copies(&sample("cxr-other-8bit.dcm"), &tmp.path().join("made"), 3);
+    move_all_into(&files, &tmp.path().join("inbox"));
+    assert!(
+        consumer.wait_unique(3, Duration::from_secs(60)),
+        "{}",
+        daemon.log()
+    );
+    // Metrics every second: wait for one that has seen all three.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    while Instant::now() < deadline {
+        let Some((_, m)) = metrics.next_json(Duration::from_secs(5)) else {
+            continue;
+        };
+        if m["findings"]["delivered"] == 3 {
+            last = Some(m);
+            break;
+        }
+    }
+    let m = last.unwrap_or_else(|| panic!("no metrics with 3 delivered:\n{}", daemon.log()));
+    assert_eq!(m["schema"], "bedside.metrics.v1");
+    assert_eq!(m["device"], "cart-7");
+    assert_eq!(m["inputs"]["processed"], 3);
+    assert_eq!(m["inputs"]["failed"], 0);
+    assert_eq!(m["findings"]["recorded"], 3);
+    assert_eq!(m["outbox"]["depth"], 0);
+    assert_eq!(m["mqtt"]["protocol"], "3.1.1");
+    assert!(m["memory"]["rss_bytes"].as_u64().unwrap() > 1 << 20, "{m}");
+    assert!(
+        m["memory"]["peak_rss_bytes"].as_u64().unwrap() >= m["memory"]["rss_bytes"].as_u64().unwrap()
+    );
+    let mut status = Subscriber::connect(broker.port, STATUS, None);
+    let (_, s) = status
+        .next_json(Duration::from_secs(10))
+        .expect("retained status");
+    assert_eq!(s["state"], "online");
+    assert_eq!(s["protocol"], "3.1.1");
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(s["models"][0]["sha256"], manifest_sha256());
+    assert!(s["outbox"]["max_records"].as_u64().unwrap() > 0, "{s}");
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("protocol=\"3.1.1\""), "{log}");
+}
