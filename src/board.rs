@@ -32,6 +32,9 @@ pub struct BoardProfile {
     pub mqtt: Mqtt,
     #[serde(default)]
     pub outbox: OutboxLimits,
+    /// The DICOM C-STORE SCP; absent: no DICOM listener (watch folder only).
+    #[serde(default)]
+    pub dicom: Option<Dicom>,
     #[serde(default)]
     pub privacy: Privacy,
     pub models: Vec<ModelSlot>,
@@ -110,6 +113,58 @@ pub struct Tls {
     pub client_cert_file: Option<PathBuf>,
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+}
+
+/// The DICOM C-STORE SCP (`source::scp`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dicom {
+    /// Our AE title: callers must call it (at most 16 characters).
+    pub ae_title: String,
+    #[serde(default = "default_dicom_port")]
+    pub port: u16,
+    /// Address to listen on.
+    #[serde(default = "default_dicom_bind")]
+    pub bind: String,
+    #[serde(default = "default_max_associations")]
+    pub max_associations: usize,
+    /// Calling AE titles allowed to associate; empty: any.
+    #[serde(default)]
+    pub allowed_callers: Vec<String>,
+    /// Source addresses or networks (`10.0.0.0/8`) allowed; empty: any.
+    #[serde(default)]
+    pub allowed_addresses: Vec<String>,
+    /// Storage SOP class UIDs accepted beyond the X-ray, ultrasound and secondary capture ones.
+    #[serde(default)]
+    pub extra_sop_classes: Vec<String>,
+    /// The spool (under `paths.state`/spool) holds at most this much.
+    #[serde(default = "default_spool_mib")]
+    pub spool_max_mib: u64,
+    /// One object at most.
+    #[serde(default = "default_max_object_mib")]
+    pub max_object_mib: u64,
+    /// A peer silent this long is dropped.
+    #[serde(default = "default_dicom_timeout")]
+    pub timeout_s: u64,
+}
+
+fn default_dicom_port() -> u16 {
+    11112
+}
+fn default_dicom_bind() -> String {
+    "0.0.0.0".into()
+}
+fn default_max_associations() -> usize {
+    8
+}
+fn default_spool_mib() -> u64 {
+    2048
+}
+fn default_max_object_mib() -> u64 {
+    256
+}
+fn default_dicom_timeout() -> u64 {
+    60
 }
 
 /// Limits of the durable outbox under `paths.state`/outbox (see `publish::outbox`).
@@ -301,6 +356,46 @@ impl BoardProfile {
                 ),
             ));
         }
+        if let Some(d) = &self.dicom {
+            let ae = d.ae_title.trim();
+            if ae.is_empty() || ae.len() > 16 || !ae.is_ascii() || ae.contains('\\') {
+                return Err(self.field(
+                    "dicom.ae_title",
+                    format!(
+                        "{:?} must be 1 to 16 ASCII characters without a backslash",
+                        d.ae_title
+                    ),
+                ));
+            }
+            if d.bind.parse::<std::net::IpAddr>().is_err() {
+                return Err(self.field("dicom.bind", format!("{:?} is not an IP address", d.bind)));
+            }
+            if !(1..=256).contains(&d.max_associations) {
+                return Err(self.field(
+                    "dicom.max_associations",
+                    format!("{} is not in 1..=256", d.max_associations),
+                ));
+            }
+            for a in &d.allowed_addresses {
+                a.parse::<crate::source::scp::Network>()
+                    .map_err(|reason| self.field("dicom.allowed_addresses", reason))?;
+            }
+            if d.max_object_mib == 0 || d.spool_max_mib < d.max_object_mib {
+                return Err(self.field(
+                    "dicom.spool_max_mib",
+                    format!(
+                        "{} MiB must hold at least one object of dicom.max_object_mib ({} MiB, > 0)",
+                        d.spool_max_mib, d.max_object_mib
+                    ),
+                ));
+            }
+            if !(5..=3600).contains(&d.timeout_s) {
+                return Err(self.field(
+                    "dicom.timeout_s",
+                    format!("{} is not in 5..=3600", d.timeout_s),
+                ));
+            }
+        }
         if o.max_records == 0 || o.max_records > 10_000_000 {
             return Err(self.field(
                 "outbox.max_records",
@@ -354,6 +449,34 @@ impl BoardProfile {
             port,
             tls,
         })
+    }
+
+    /// The SCP's settings, if the profile has a `[dicom]` table.
+    pub fn scp_config(&self) -> Option<crate::source::scp::ScpConfig> {
+        let d = self.dicom.as_ref()?;
+        Some(crate::source::scp::ScpConfig {
+            ae_title: d.ae_title.trim().to_owned(),
+            bind: std::net::SocketAddr::new(d.bind.parse().expect("validated"), d.port),
+            max_associations: d.max_associations,
+            allowed_callers: d.allowed_callers.clone(),
+            allowed_networks: d
+                .allowed_addresses
+                .iter()
+                .map(|a| a.parse().expect("validated"))
+                .collect(),
+            extra_sop_classes: d.extra_sop_classes.clone(),
+            timeout: std::time::Duration::from_secs(d.timeout_s),
+        })
+    }
+
+    /// The spool's folder and its limits in bytes (folder, one object).
+    pub fn spool_config(&self) -> Option<(PathBuf, u64, u64)> {
+        let d = self.dicom.as_ref()?;
+        Some((
+            self.paths.state.join("spool"),
+            d.spool_max_mib << 20,
+            d.max_object_mib << 20,
+        ))
     }
 
     /// The outbox's folder and limits.
@@ -464,6 +587,15 @@ path = "../models/m"
         assert!(e.to_string().contains("client_key_file"), "{e}");
         let e = BoardProfile::from_toml(&tls, origin).unwrap_err();
         assert!(e.to_string().contains("mqtt.url"), "{e}");
+        let e = BoardProfile::from_toml(
+            &DEV.replace(
+                "[[models]]",
+                "[dicom]\nae_title = \"BEDSIDE\"\nallowed_addresses = [\"10.0.0.0/40\"]\n[[models]]",
+            ),
+            origin,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("dicom.allowed_addresses"), "{e}");
         let e = BoardProfile::from_toml(
             &DEV.replace("[[models]]", "[outbox]\nmax_mib = 0\n[[models]]"),
             origin,

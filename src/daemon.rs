@@ -17,6 +17,8 @@ use crate::publish::tls::{self, TlsError};
 use crate::publish::{Class, Outbox, OutboxError, Publisher, PublisherConfig};
 use crate::service::{self, Heartbeat};
 use crate::source::SourceKind;
+use crate::source::scp::{BindError, Scp};
+use crate::source::spool::Spool;
 use crate::source::watch::Inbox;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("the image worker thread stopped unexpectedly")]
     WorkerFailed,
     #[error("cannot watch the inbox {path}: {source}")]
@@ -71,6 +75,25 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             source,
         }
     })?;
+    let mut inboxes = vec![inbox.clone()];
+    let spool = match profile.spool_config() {
+        Some((dir, max, max_object)) => {
+            let spool = Spool::open(&dir, max, max_object).map_err(|source| DaemonError::Io {
+                what: format!("cannot open the DICOM spool {}", dir.display()),
+                source,
+            })?;
+            // Spooled objects are processed like inbox files, and removed once their
+            // findings are recorded.
+            let spooled = Inbox::open_as(&dir, &profile.paths.state, SourceKind::DicomScp, false)
+                .map_err(|source| DaemonError::Io {
+                what: format!("cannot open the DICOM spool {}", dir.display()),
+                source,
+            })?;
+            inboxes.insert(0, spooled);
+            Some(Arc::new(spool))
+        }
+        None => None,
+    };
     let (outbox_dir, outbox_config) = profile.outbox_config();
     let (outbox, recovery) = Outbox::open(&outbox_dir, outbox_config)?;
     if recovery.pending > 0 {
@@ -94,16 +117,35 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(64);
         // Watch before the worker scans, so that no file slips between scan and watch.
-        let watcher = inbox.watch(tx).map_err(|source| DaemonError::Watch {
-            path: inbox.dir.clone(),
-            source,
-        })?;
+        let mut watchers = Vec::new();
+        for i in &inboxes {
+            watchers.push(i.watch(tx.clone()).map_err(|source| DaemonError::Watch {
+                path: i.dir.clone(),
+                source,
+            })?);
+        }
+        drop(tx);
+        let (scp_stop, scp_stop_rx) = tokio::sync::watch::channel(false);
+        let scp = match (profile.scp_config(), &spool) {
+            (Some(config), Some(spool)) => {
+                let scp = Scp::bind(config.clone(), spool.clone()).await?;
+                info!(
+                    ae_title = %config.ae_title,
+                    listen = %scp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    max_associations = config.max_associations,
+                    transfer_syntaxes = crate::source::scp::decodable_transfer_syntaxes().len(),
+                    "DICOM C-STORE SCP listening"
+                );
+                Some(tokio::spawn(scp.serve(scp_stop_rx)))
+            }
+            _ => None,
+        };
         let (alive, worker_ended) = tokio::sync::oneshot::channel::<()>();
         let heartbeat = Heartbeat::new();
         let worker = {
             let worker = Worker {
                 processor,
-                inbox: inbox.clone(),
+                inboxes,
                 publisher: publisher.clone(),
                 stop: stop.clone(),
                 heartbeat: heartbeat.clone(),
@@ -142,7 +184,15 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         if let Some(w) = watchdog {
             w.abort();
         }
-        drop(watcher);
+        // No new associations; those in progress get a moment to finish (what they stored
+        // is in the spool and is processed at the next start).
+        let _ = scp_stop.send(true);
+        if let Some(scp) = scp
+            && tokio::time::timeout(Duration::from_secs(10), scp).await.is_err()
+        {
+            warn!("DICOM associations still open after 10 s; closing them (objects not yet acknowledged are not kept)");
+        }
+        drop(watchers);
         stop.store(true, Ordering::SeqCst);
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         let left = publisher.shutdown(connection, SHUTDOWN_GRACE).await;
@@ -230,7 +280,8 @@ async fn wait_for_signal() {
 /// The image worker: owns the models, runs on its own thread.
 struct Worker {
     processor: Processor,
-    inbox: Inbox,
+    /// The DICOM spool (if any) first, then the watch folder.
+    inboxes: Vec<Inbox>,
     publisher: Publisher,
     stop: Arc<AtomicBool>,
     heartbeat: Heartbeat,
@@ -268,15 +319,16 @@ impl Worker {
     }
 
     fn process_waiting(&mut self) {
-        let waiting = self.inbox.scan().unwrap_or_else(|e| {
-            error!("cannot list the inbox {}: {e}", self.inbox.dir.display());
-            Vec::new()
-        });
-        if !waiting.is_empty() {
-            info!(
-                files = waiting.len(),
-                "processing files waiting in the inbox"
-            );
+        let mut waiting = Vec::new();
+        for inbox in &self.inboxes {
+            let files = inbox.scan().unwrap_or_else(|e| {
+                error!("cannot list {}: {e}", inbox.dir.display());
+                Vec::new()
+            });
+            if !files.is_empty() {
+                info!(files = files.len(), folder = %inbox.dir.display(), "processing files waiting from before");
+            }
+            waiting.extend(files);
         }
         for file in waiting {
             if self.stopping() || self.deferred.is_some() {
@@ -302,8 +354,17 @@ impl Worker {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let Some(inbox) = self
+            .inboxes
+            .iter()
+            .find(|i| file.parent() == Some(i.dir.as_path()))
+            .cloned()
+        else {
+            warn!(file = %file.display(), "a file from no known folder; ignored");
+            return;
+        };
         let metrics = self.publisher.metrics();
-        match self.processor.process_file(file, SourceKind::WatchFolder) {
+        match self.processor.process_file(file, inbox.kind) {
             Ok(findings) => {
                 for f in &findings {
                     if let Err(e) = self.publisher.record(Class::Image, f) {
@@ -328,16 +389,16 @@ impl Worker {
                 }
                 metrics.inputs_processed.fetch_add(1, Ordering::Relaxed);
                 // Only now: a file leaves the inbox once its findings are on disk.
-                if let Err(e) = self.inbox.mark_done(file) {
-                    error!(file = %name, "processed, but cannot move it to {}: {e}", self.inbox.done.display());
+                if let Err(e) = inbox.mark_done(file) {
+                    error!(file = %name, "processed, but cannot move it out of {}: {e}", inbox.dir.display());
                 }
             }
             Err(e) => {
                 self.failed += 1;
                 metrics.inputs_failed.fetch_add(1, Ordering::Relaxed);
                 warn!(file = %name, "no finding: {e}");
-                if let Err(m) = self.inbox.mark_failed(file, &e.to_string()) {
-                    error!(file = %name, "cannot move it to {}: {m}", self.inbox.failed.display());
+                if let Err(m) = inbox.mark_failed(file, &e.to_string()) {
+                    error!(file = %name, "cannot move it to {}: {m}", inbox.failed.display());
                 }
             }
         }

@@ -404,7 +404,8 @@ fn over_mqtt_3_1_1_status_and_metrics_report_what_the_outbox_did() {
     assert_eq!(m["mqtt"]["protocol"], "3.1.1");
     assert!(m["memory"]["rss_bytes"].as_u64().unwrap() > 1 << 20, "{m}");
     assert!(
-        m["memory"]["peak_rss_bytes"].as_u64().unwrap() >= m["memory"]["rss_bytes"].as_u64().unwrap()
+        m["memory"]["peak_rss_bytes"].as_u64().unwrap()
+            >= m["memory"]["rss_bytes"].as_u64().unwrap()
     );
     let mut status = Subscriber::connect(broker.port, STATUS, None);
     let (_, s) = status

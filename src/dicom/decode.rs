@@ -53,6 +53,10 @@ impl DecodeError {
     }
 }
 
+/// The largest frame decoded, in samples: 64 M. A 43×43 cm detector at 100 µm is 18.5 M,
+/// mammography at 4096×5625 is 23 M; decoding needs about 4 bytes per sample.
+pub const MAX_FRAME_SAMPLES: u64 = 64_000_000;
+
 /// Reads a Part-10 file and decodes its first frame.
 pub fn read_file(path: &Path) -> Result<Image, DecodeError> {
     let obj = dicom_object::open_file(path).map_err(|e| DecodeError::Read {
@@ -69,6 +73,26 @@ pub fn decode_object(obj: &DefaultDicomObject) -> Result<Image, DecodeError> {
         reason: error_chain(&e),
     };
     let unsupported = |reason: String| DecodeError::Unsupported { path: None, reason };
+
+    // Before any decoder allocates: a header can claim an image of gigabytes in a few bytes.
+    let dim = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_int::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (rows, cols, samples) = (
+        dim(tags::ROWS),
+        dim(tags::COLUMNS),
+        dim(tags::SAMPLES_PER_PIXEL).max(1),
+    );
+    if rows * cols * samples > MAX_FRAME_SAMPLES {
+        return Err(unsupported(format!(
+            "{rows}x{cols} with {samples} samples per pixel is {} M samples per frame; bedside decodes at most {} M",
+            rows * cols * samples / 1_000_000,
+            MAX_FRAME_SAMPLES / 1_000_000
+        )));
+    }
 
     // A decoder must never take the daemon down with it: a panic inside a codec on a
     // hostile or broken file becomes an ordinary decode error.

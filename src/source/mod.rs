@@ -2,6 +2,8 @@
 //! inference and findings never need to know whether pixels came from a file, a DICOM
 //! association or a camera.
 
+pub mod scp;
+pub mod spool;
 pub mod watch;
 
 use serde::Serialize;
@@ -14,6 +16,8 @@ pub enum SourceKind {
     File,
     /// The daemon's inbox folder.
     WatchFolder,
+    /// Received by the daemon's DICOM C-STORE SCP.
+    DicomScp,
 }
 
 /// Whether the smallest value is shown black (MONOCHROME2) or white (MONOCHROME1).

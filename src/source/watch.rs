@@ -13,21 +13,40 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tracing::{debug, warn};
 
+use super::SourceKind;
+
 /// The inbox and where processed files go.
 #[derive(Debug, Clone)]
 pub struct Inbox {
     pub dir: PathBuf,
     pub done: PathBuf,
     pub failed: PathBuf,
+    /// Carried into every finding from this folder.
+    pub kind: SourceKind,
+    /// Whether processed files are kept in `done/` (the watch folder) or removed (the DICOM
+    /// spool: the modality and the PACS hold the image; bedside needs only its findings).
+    pub keep_done: bool,
 }
 
 impl Inbox {
-    /// Creates the folders if needed.
+    /// The watch folder: processed files are kept in `done/`. Creates the folders if needed.
     pub fn open(inbox: &Path, state: &Path) -> io::Result<Self> {
+        Self::open_as(inbox, state, SourceKind::WatchFolder, true)
+    }
+
+    /// An inbox for files from `kind`; see [`Inbox::keep_done`].
+    pub fn open_as(
+        inbox: &Path,
+        state: &Path,
+        kind: SourceKind,
+        keep_done: bool,
+    ) -> io::Result<Self> {
         let inbox = Inbox {
             dir: inbox.to_owned(),
             done: state.join("done"),
             failed: state.join("failed"),
+            kind,
+            keep_done,
         };
         for d in [&inbox.dir, &inbox.done, &inbox.failed] {
             std::fs::create_dir_all(d)
@@ -91,9 +110,13 @@ impl Inbox {
         Ok(watcher)
     }
 
-    /// Moves a processed file to `done/`.
-    pub fn mark_done(&self, file: &Path) -> io::Result<PathBuf> {
-        move_into(file, &self.done)
+    /// Moves a processed file to `done/`, or removes it when this inbox keeps nothing.
+    pub fn mark_done(&self, file: &Path) -> io::Result<()> {
+        if self.keep_done {
+            move_into(file, &self.done).map(|_| ())
+        } else {
+            std::fs::remove_file(file)
+        }
     }
 
     /// Moves a file that could not be processed to `failed/`, with `<name>.reason` beside it.

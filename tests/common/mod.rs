@@ -463,6 +463,7 @@ pub fn move_all_into(files: &[PathBuf], inbox: &Path) {
 /// id it receives.
 pub struct Collector {
     seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+    docs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -472,6 +473,7 @@ impl Collector {
         use std::sync::atomic::Ordering;
         let seen: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> =
             Default::default();
+        let docs: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
         opts.set_clean_session(false);
@@ -480,6 +482,7 @@ impl Collector {
         let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
         let thread = {
             let seen = seen.clone();
+            let docs = docs.clone();
             let stop = stop.clone();
             let topic = topic.to_owned();
             std::thread::spawn(move || {
@@ -501,6 +504,7 @@ impl Collector {
                             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                             let id = v["id"].as_str().unwrap().to_owned();
                             *seen.lock().unwrap().entry(id).or_default() += 1;
+                            docs.lock().unwrap().push(v);
                         }
                         Ok(Ok(_)) => {}
                         // The broker went away: rumqttc reconnects on the next poll.
@@ -516,9 +520,15 @@ impl Collector {
             .expect("the collector could not subscribe");
         Collector {
             seen,
+            docs,
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// Every message received, in order.
+    pub fn docs(&self) -> Vec<serde_json::Value> {
+        self.docs.lock().unwrap().clone()
     }
 
     /// Distinct finding ids received.

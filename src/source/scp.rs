@@ -1,0 +1,642 @@
+//! The DICOM C-STORE SCP: how a portable X-ray unit or an ultrasound cart pushes images to
+//! bedside. Built on dicom-ul's async associations, on the daemon's tokio runtime.
+//!
+//! - Association: the called AE title must be ours; optional allow-lists of calling AE
+//!   titles and source addresses; anyone else is rejected at association time and the log
+//!   says who and why. At most `max_associations` at once — a further caller waits for a
+//!   free slot (up to 30 s) before it is rejected.
+//! - Presentation contexts: Verification and the storage SOP classes of X-ray and
+//!   ultrasound (plus the profile's), in every transfer syntax this build can decode.
+//! - C-STORE: the data set streams into the [`Spool`]; success is answered only after the
+//!   object is synced under its final name; a spool that cannot take it answers "out of
+//!   resources" (A700). Nothing is acknowledged that is not kept.
+//! - C-ECHO answers success; any other command is answered "unrecognized operation".
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::Association as _;
+use dicom_ul::association::server::{
+    AcceptAny, AccessControl, DefaultNegotiation, ServerAssociationOptions,
+};
+use dicom_ul::pdu::{
+    AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, UserIdentity,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, error, info, warn};
+
+use super::spool::{Incoming, Spool};
+use crate::dicom::dimse::{self, Request, status};
+
+/// Storage SOP classes accepted by default.
+pub const STORAGE_SOP_CLASSES: [(&str, &str); 9] = [
+    ("1.2.840.10008.5.1.4.1.1.1", "CR Image Storage"),
+    (
+        "1.2.840.10008.5.1.4.1.1.1.1",
+        "Digital X-Ray Image Storage - For Presentation",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.1.1.1",
+        "Digital X-Ray Image Storage - For Processing",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.1.2",
+        "Digital Mammography X-Ray Image Storage - For Presentation",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.1.2.1",
+        "Digital Mammography X-Ray Image Storage - For Processing",
+    ),
+    ("1.2.840.10008.5.1.4.1.1.6.1", "Ultrasound Image Storage"),
+    (
+        "1.2.840.10008.5.1.4.1.1.3.1",
+        "Ultrasound Multi-frame Image Storage",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.7",
+        "Secondary Capture Image Storage",
+    ),
+    (
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    ),
+];
+
+/// Transfer syntaxes proposed by modalities, in bedside's order of preference. Only those
+/// this build can decode are accepted (JPEG-LS and JPEG 2000 depend on cargo features).
+pub const TRANSFER_SYNTAXES: [&str; 14] = [
+    "1.2.840.10008.1.2.1",     // Explicit VR Little Endian
+    "1.2.840.10008.1.2",       // Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",     // Explicit VR Big Endian (retired, still sent)
+    "1.2.840.10008.1.2.1.99",  // Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.5",     // RLE Lossless
+    "1.2.840.10008.1.2.4.70",  // JPEG Lossless, First-Order Prediction (SV1)
+    "1.2.840.10008.1.2.4.57",  // JPEG Lossless
+    "1.2.840.10008.1.2.4.50",  // JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  // JPEG Extended
+    "1.2.840.10008.1.2.4.80",  // JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  // JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  // JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  // JPEG 2000
+    "1.2.840.10008.1.2.4.201", // HTJ2K Lossless (accepted when the decoder has it)
+];
+
+/// The transfer syntaxes of [`TRANSFER_SYNTAXES`] this build can decode to pixels.
+pub fn decodable_transfer_syntaxes() -> Vec<&'static str> {
+    TRANSFER_SYNTAXES
+        .into_iter()
+        .filter(|uid| {
+            TransferSyntaxRegistry
+                .get(uid)
+                .is_some_and(|ts| ts.can_decode_all())
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct ScpConfig {
+    pub ae_title: String,
+    pub bind: SocketAddr,
+    pub max_associations: usize,
+    /// Empty: any calling AE title.
+    pub allowed_callers: Vec<String>,
+    /// Empty: any address. Entries are addresses or `address/prefix` networks.
+    pub allowed_networks: Vec<Network>,
+    /// Storage SOP classes beyond [`STORAGE_SOP_CLASSES`].
+    pub extra_sop_classes: Vec<String>,
+    /// A peer silent this long is dropped.
+    pub timeout: Duration,
+}
+
+/// An IP network: an address and how many leading bits must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Network { addr, prefix })
+    }
+}
+
+impl Network {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for DICOM on {addr}: {source}")]
+pub struct BindError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// A bound SCP, ready to serve.
+pub struct Scp {
+    listener: TcpListener,
+    config: Arc<ScpConfig>,
+    spool: Arc<Spool>,
+    options: ServerAssociationOptions<'static, AcceptAny, DefaultNegotiation>,
+}
+
+impl Scp {
+    /// Binds the port now, so that a port in use stops the daemon at start with a clear error.
+    pub async fn bind(config: ScpConfig, spool: Arc<Spool>) -> Result<Scp, BindError> {
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| BindError {
+                addr: config.bind,
+                source,
+            })?;
+        let mut options = ServerAssociationOptions::new()
+            .ae_title(config.ae_title.clone())
+            .with_abstract_syntax(dimse::VERIFICATION)
+            .max_pdu_length(64 * 1024)
+            .read_timeout(config.timeout)
+            .write_timeout(config.timeout);
+        for (uid, _) in STORAGE_SOP_CLASSES {
+            options = options.with_abstract_syntax(uid);
+        }
+        for uid in &config.extra_sop_classes {
+            options = options.with_abstract_syntax(uid.clone());
+        }
+        for ts in decodable_transfer_syntaxes() {
+            options = options.with_transfer_syntax(ts);
+        }
+        Ok(Scp {
+            listener,
+            config: Arc::new(config),
+            spool,
+            options,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts associations until `stop` turns true; associations in progress finish.
+    pub async fn serve(self, mut stop: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.max_associations));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = stop.changed() => break,
+            };
+            let (socket, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("DICOM listener: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let job = Association {
+                config: self.config.clone(),
+                spool: self.spool.clone(),
+                options: self.options.clone(),
+                peer,
+            };
+            let slots = slots.clone();
+            tasks.spawn(async move {
+                // Wait for a free slot rather than turn a modality away at once: it
+                // would only retry.
+                let permit =
+                    tokio::time::timeout(Duration::from_secs(30), slots.acquire_owned()).await;
+                let busy = !matches!(permit, Ok(Ok(_)));
+                job.run(socket, busy).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        // Let associations in progress finish (bounded by their timeouts).
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Who may associate; logs every refusal with the caller and the reason.
+struct Gate {
+    config: Arc<ScpConfig>,
+    peer: SocketAddr,
+    busy: bool,
+}
+
+impl AccessControl for Gate {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        let refuse = |why: String, reason| {
+            warn!(calling_ae = calling_ae_title, called_ae = called_ae_title, peer = %self.peer, "DICOM association rejected: {why}");
+            Err(reason)
+        };
+        if called_ae_title.trim() != this_ae_title.trim() {
+            return refuse(
+                format!("called AE title is not ours ({this_ae_title})"),
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+            );
+        }
+        let c = &self.config;
+        if !c.allowed_callers.is_empty()
+            && !c
+                .allowed_callers
+                .iter()
+                .any(|a| a.trim() == calling_ae_title.trim())
+        {
+            return refuse(
+                "calling AE title is not in dicom.allowed_callers".into(),
+                AssociationRJServiceUserReason::CallingAETitleNotRecognized,
+            );
+        }
+        if !c.allowed_networks.is_empty()
+            && !c
+                .allowed_networks
+                .iter()
+                .any(|n| n.contains(self.peer.ip()))
+        {
+            return refuse(
+                "source address is not in dicom.allowed_addresses".into(),
+                AssociationRJServiceUserReason::NoReasonGiven,
+            );
+        }
+        if self.busy {
+            return refuse(
+                format!(
+                    "{} associations already open (dicom.max_associations) for 30 s",
+                    c.max_associations
+                ),
+                AssociationRJServiceUserReason::NoReasonGiven,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What happens to the data set of the C-STORE in progress.
+enum Receiving<'a> {
+    Nothing,
+    Object {
+        message_id: u16,
+        sop_class: String,
+        sop_instance: String,
+        context: u8,
+        into: Box<Incoming<'a>>,
+    },
+    /// Read and thrown away; answered with `status`.
+    Refused {
+        message_id: u16,
+        sop_class: String,
+        sop_instance: String,
+        context: u8,
+        status: u16,
+        command_field: Option<u16>,
+    },
+}
+
+struct Association {
+    config: Arc<ScpConfig>,
+    spool: Arc<Spool>,
+    options: ServerAssociationOptions<'static, AcceptAny, DefaultNegotiation>,
+    peer: SocketAddr,
+}
+
+impl Association {
+    async fn run(self, socket: TcpStream, busy: bool) {
+        let gate = Gate {
+            config: self.config.clone(),
+            peer: self.peer,
+            busy,
+        };
+        let options = self.options.clone().ae_access_control(gate);
+        let mut assoc = match options.establish_async(socket).await {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(peer = %self.peer, "DICOM association not established: {e}");
+                return;
+            }
+        };
+        let caller = assoc.peer_ae_title().to_owned();
+        let contexts: Vec<(u8, String)> = assoc
+            .presentation_contexts()
+            .iter()
+            .map(|pc| (pc.id, pc.transfer_syntax.clone()))
+            .collect();
+        info!(calling_ae = %caller, peer = %self.peer, contexts = contexts.len(), "DICOM association accepted");
+        let mut command = Vec::new();
+        let mut state = Receiving::Nothing;
+        let (mut stored, mut refused) = (0u32, 0u32);
+        loop {
+            let pdu = match tokio::time::timeout(self.config.timeout, assoc.receive()).await {
+                Ok(Ok(pdu)) => pdu,
+                Ok(Err(e)) => {
+                    warn!(calling_ae = %caller, peer = %self.peer, "DICOM association broken: {e}");
+                    return;
+                }
+                Err(_) => {
+                    warn!(calling_ae = %caller, peer = %self.peer, "DICOM peer silent for {:?}; aborting the association", self.config.timeout);
+                    let _ = assoc.abort().await;
+                    return;
+                }
+            };
+            match pdu {
+                Pdu::PData { data } => {
+                    for value in data {
+                        let reply = match value.value_type {
+                            PDataValueType::Command => {
+                                command.extend_from_slice(&value.data);
+                                if !value.is_last {
+                                    continue;
+                                }
+                                let request = dimse::parse_request(&command);
+                                command.clear();
+                                match request {
+                                    Ok(r) => self.on_command(
+                                        r,
+                                        value.presentation_context_id,
+                                        &contexts,
+                                        &mut state,
+                                    ),
+                                    Err(e) => {
+                                        warn!(calling_ae = %caller, "{e}; aborting the association");
+                                        let _ = assoc.abort().await;
+                                        return;
+                                    }
+                                }
+                            }
+                            PDataValueType::Data => {
+                                let reply = self.on_data(&value, &mut state).await;
+                                if let Some((_, _, s)) = &reply {
+                                    if *s == status::SUCCESS {
+                                        stored += 1;
+                                    } else {
+                                        refused += 1;
+                                    }
+                                }
+                                reply.map(|(ctx, bytes, _)| (ctx, bytes))
+                            }
+                        };
+                        if let Some((context, bytes)) = reply {
+                            let pdu = Pdu::PData {
+                                data: vec![PDataValue {
+                                    presentation_context_id: context,
+                                    value_type: PDataValueType::Command,
+                                    is_last: true,
+                                    data: bytes,
+                                }],
+                            };
+                            if let Err(e) = assoc.send(&pdu).await {
+                                warn!(calling_ae = %caller, "cannot answer on the DICOM association: {e}");
+                                return;
+                            }
+                        }
+                    }
+                }
+                Pdu::ReleaseRQ => {
+                    let _ = assoc.send(&Pdu::ReleaseRP).await;
+                    info!(calling_ae = %caller, peer = %self.peer, stored, refused, "DICOM association released");
+                    return;
+                }
+                Pdu::AbortRQ { source } => {
+                    warn!(calling_ae = %caller, peer = %self.peer, stored, "DICOM association aborted by the peer ({source:?}); an object in progress was not kept");
+                    return;
+                }
+                other => {
+                    warn!(calling_ae = %caller, "unexpected PDU on a DICOM association: {other:?}; aborting");
+                    let _ = assoc.abort().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Acts on a complete command; returns a reply to send now, if any.
+    fn on_command<'a>(
+        &'a self,
+        request: Request,
+        context: u8,
+        contexts: &[(u8, String)],
+        state: &mut Receiving<'a>,
+    ) -> Option<(u8, Vec<u8>)> {
+        match request {
+            Request::Echo { message_id } => Some((context, dimse::echo_response(message_id))),
+            Request::Store {
+                message_id,
+                sop_class,
+                sop_instance,
+            } => {
+                let Some((_, ts)) = contexts.iter().find(|(id, _)| *id == context) else {
+                    *state = Receiving::Refused {
+                        message_id,
+                        sop_class,
+                        sop_instance,
+                        context,
+                        status: status::CANNOT_UNDERSTAND,
+                        command_field: None,
+                    };
+                    return None;
+                };
+                *state = match self.spool.begin(&sop_class, &sop_instance, ts) {
+                    Ok(into) => Receiving::Object {
+                        message_id,
+                        sop_class,
+                        sop_instance,
+                        context,
+                        into: Box::new(into),
+                    },
+                    Err(e) => {
+                        warn!("C-STORE refused (out of resources): {e}");
+                        Receiving::Refused {
+                            message_id,
+                            sop_class,
+                            sop_instance,
+                            context,
+                            status: status::OUT_OF_RESOURCES,
+                            command_field: None,
+                        }
+                    }
+                };
+                None
+            }
+            Request::Other {
+                command_field,
+                message_id,
+                has_data_set,
+            } => {
+                if has_data_set {
+                    *state = Receiving::Refused {
+                        message_id,
+                        sop_class: String::new(),
+                        sop_instance: String::new(),
+                        context,
+                        status: status::UNRECOGNIZED_OPERATION,
+                        command_field: Some(command_field),
+                    };
+                    None
+                } else {
+                    Some((
+                        context,
+                        dimse::unrecognized_response(command_field, message_id),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Takes a data fragment; on the last one, returns the reply and its status.
+    async fn on_data<'a>(
+        &'a self,
+        value: &PDataValue,
+        state: &mut Receiving<'a>,
+    ) -> Option<(u8, Vec<u8>, u16)> {
+        if let Receiving::Object {
+            message_id,
+            sop_class,
+            sop_instance,
+            context,
+            into,
+        } = state
+            && let Err(e) = tokio::task::block_in_place(|| into.write(&value.data))
+        {
+            warn!("C-STORE refused (out of resources): {e}");
+            *state = Receiving::Refused {
+                message_id: *message_id,
+                sop_class: std::mem::take(sop_class),
+                sop_instance: std::mem::take(sop_instance),
+                context: *context,
+                status: status::OUT_OF_RESOURCES,
+                command_field: None,
+            };
+        }
+        if !value.is_last {
+            return None;
+        }
+        match std::mem::replace(state, Receiving::Nothing) {
+            Receiving::Nothing => {
+                warn!("DICOM data without a C-STORE command; ignored");
+                None
+            }
+            Receiving::Object {
+                message_id,
+                sop_class,
+                sop_instance,
+                context,
+                into,
+            } => {
+                let bytes = into.bytes();
+                let status = match tokio::task::block_in_place(|| into.commit()) {
+                    Ok(path) => {
+                        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                        info!(
+                            file = name.as_deref().unwrap_or(""),
+                            bytes, "DICOM object received and spooled"
+                        );
+                        status::SUCCESS
+                    }
+                    Err(e) => {
+                        error!("C-STORE refused: the object could not be made durable: {e}");
+                        status::OUT_OF_RESOURCES
+                    }
+                };
+                Some((
+                    context,
+                    dimse::store_response(message_id, &sop_class, &sop_instance, status),
+                    status,
+                ))
+            }
+            Receiving::Refused {
+                message_id,
+                sop_class,
+                sop_instance,
+                context,
+                status,
+                command_field,
+            } => {
+                let reply = match command_field {
+                    Some(field) => dimse::unrecognized_response(field, message_id),
+                    None => dimse::store_response(message_id, &sop_class, &sop_instance, status),
+                };
+                Some((context, reply, status))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_match_addresses() {
+        let n: Network = "10.1.0.0/16".parse().unwrap();
+        assert!(n.contains("10.1.200.3".parse().unwrap()));
+        assert!(!n.contains("10.2.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one: Network = "127.0.0.1".parse().unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let any: Network = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("192.168.1.1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Network>().is_err());
+        assert!("host.example".parse::<Network>().is_err());
+    }
+
+    #[test]
+    fn the_uncompressed_and_native_syntaxes_are_always_decodable() {
+        let ts = decodable_transfer_syntaxes();
+        for uid in [
+            "1.2.840.10008.1.2",
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2.2",
+            "1.2.840.10008.1.2.1.99",
+            "1.2.840.10008.1.2.5",
+            "1.2.840.10008.1.2.4.50",
+            "1.2.840.10008.1.2.4.70",
+        ] {
+            assert!(ts.contains(&uid), "{uid} missing from {ts:?}");
+        }
+    }
+}

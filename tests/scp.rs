@@ -1,0 +1,406 @@
+//! The DICOM C-STORE SCP against DCMTK's `storescu` and `echoscu` — the peers a modality's
+//! integrator tests with — with findings counted on a real Mosquitto.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+const FINDINGS: &str = "bedside/test-site/cart-7/findings";
+
+fn scp_board(dir: &Path, mqtt_port: u16, dicom_port: u16, extra: &str) -> PathBuf {
+    write_board_with(
+        dir,
+        &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\""),
+        &format!(
+            "[dicom]\nae_title = \"BEDSIDE\"\nport = {dicom_port}\nbind = \"127.0.0.1\"\n{extra}\n"
+        ),
+    )
+}
+
+fn start(board: &Path, dir: &Path) -> Daemon {
+    let daemon = Daemon::start(board, dir);
+    assert!(
+        daemon.wait_log("DICOM C-STORE SCP listening", Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    daemon
+}
+
+/// `storescu -v` from `calling` to BEDSIDE; `-v` so that each response is printed.
+fn storescu(port: u16, calling: &str, called: &str, flags: &[&str], files: &[PathBuf]) -> Output {
+    Command::new("storescu")
+        .arg("-v")
+        .args(["-aet", calling, "-aec", called])
+        .args(flags)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .args(files)
+        .output()
+        .expect("cannot run storescu (is DCMTK installed?)")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// How many C-STORE responses storescu reports as successful.
+fn successes(out: &Output) -> usize {
+    text(out)
+        .matches("Received Store Response (Success)")
+        .count()
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Converts `src` into `dst` with a DCMTK tool.
+fn convert(tool: &str, flag: Option<&str>, src: &Path, dst: &Path) {
+    let mut args: Vec<&Path> = Vec::new();
+    if let Some(f) = flag {
+        args.push(Path::new(f));
+    }
+    args.push(src);
+    args.push(dst);
+    dcmtk(tool, &args);
+}
+
+#[test]
+fn echo_and_every_common_transfer_syntax_are_acknowledged_and_make_findings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let consumer = Collector::start(broker.port, FINDINGS, "consumer-ts");
+    let port = free_port();
+    let daemon = start(&scp_board(tmp.path(), broker.port, port, ""), tmp.path());
+
+    let echo = Command::new("echoscu")
+        .args(["-v", "-aec", "BEDSIDE", "127.0.0.1", &port.to_string()])
+        .output()
+        .unwrap();
+    assert!(echo.status.success(), "echoscu: {}", text(&echo));
+    assert!(
+        text(&echo).contains("Received Echo Response (Success)"),
+        "{}",
+        text(&echo)
+    );
+
+    // (name, 12-bit source?, DCMTK tool and flag, storescu proposal)
+    // (JPEG Lossless non-SV1, .57, is left out: storescu has no flag to propose it.)
+    let variants: [(&str, bool, &str, Option<&str>, &str); 8] = [
+        ("explicit-le", true, "dcmconv", Some("+te"), "-xe"),
+        ("implicit-le", true, "dcmconv", Some("+ti"), "-xi"),
+        ("big-endian", true, "dcmconv", Some("+tb"), "-xb"),
+        ("deflated", true, "dcmconv", Some("+td"), "-xd"),
+        ("rle", true, "dcmcrle", None, "-xr"),
+        ("jpeg-lossless-sv1", true, "dcmcjpeg", Some("+e1"), "-xs"),
+        ("jpeg-extended-8bit", false, "dcmcjpeg", Some("+ee"), "-xx"),
+        ("jpeg-baseline-8bit", false, "dcmcjpeg", Some("+eb"), "-xy"),
+    ];
+    let made = tmp.path().join("made");
+    let twelve = distinct_copies(
+        &sample("cxr-ptx-mono2.dcm"),
+        &made.join("12"),
+        variants.len(),
+    );
+    let eight = distinct_copies(
+        &sample("cxr-other-8bit.dcm"),
+        &made.join("8"),
+        variants.len(),
+    );
+    for (i, (name, is12, tool, flag, propose)) in variants.iter().enumerate() {
+        let src = if *is12 { &twelve[i] } else { &eight[i] };
+        let file = made.join(format!("{name}.dcm"));
+        convert(tool, *flag, src, &file);
+        let flags: Vec<&str> = [*propose].into_iter().filter(|f| !f.is_empty()).collect();
+        let out = storescu(port, "XRAY-1", "BEDSIDE", &flags, &[file]);
+        assert!(
+            out.status.success() && successes(&out) == 1,
+            "{name}: storescu:\n{}\ndaemon:\n{}",
+            text(&out),
+            daemon.log()
+        );
+    }
+    assert!(
+        consumer.wait_unique(variants.len(), Duration::from_secs(60)),
+        "{} of {} findings:\n{}",
+        consumer.unique(),
+        variants.len(),
+        daemon.log()
+    );
+    for f in consumer.docs() {
+        assert_valid_finding(&f);
+        assert_eq!(f["source"], "dicom-scp");
+    }
+    let labels: Vec<String> = consumer
+        .docs()
+        .iter()
+        .map(|f| f["over_threshold"].to_string())
+        .collect();
+    let ptx = labels.iter().filter(|l| l.contains("pneumothorax")).count();
+    assert_eq!(
+        ptx,
+        variants.len() - 2,
+        "every 12-bit variant decodes to the same verdict: {labels:?}"
+    );
+
+    // Known gap: 12-bit lossy JPEG (Extended, process 4) is acknowledged and kept, but
+    // dicom-pixeldata's JPEG decoder (jpeg-decoder) cannot decode it: the object is set
+    // aside with that reason, and no finding is made.
+    let twelve_bit = made.join("jpeg-extended-12bit.dcm");
+    let src = distinct_copies(&sample("cxr-ptx-mono2.dcm"), &made.join("12e"), 1);
+    convert("dcmcjpeg", Some("+ee"), &src[0], &twelve_bit);
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &["-xx"], &[twelve_bit]);
+    assert_eq!(successes(&out), 1, "{}", text(&out));
+    let failed = tmp.path().join("state/failed");
+    assert!(
+        wait_count(&failed, 2, Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    let reason: String = std::fs::read_dir(&failed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "reason"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(reason.contains("SamplePrecision(12)"), "{reason}");
+    // Spooled objects leave once their findings are recorded.
+    assert_eq!(count(&tmp.path().join("state/spool")), 0);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert_no_identifiers(&log, "the daemon log");
+}
+
+#[test]
+fn eight_storescu_at_once_fifty_images_each_all_acknowledged_none_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let consumer = Collector::start(broker.port, FINDINGS, "consumer-400");
+    let port = free_port();
+    let daemon = start(
+        &scp_board(tmp.path(), broker.port, port, "max_associations = 8"),
+        tmp.path(),
+    );
+    let files = distinct_copies(&sample("cxr-other-8bit.dcm"), &tmp.path().join("made"), 400);
+    let senders: Vec<_> = files
+        .chunks(50)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let chunk = chunk.to_vec();
+            std::thread::spawn(move || storescu(port, &format!("XRAY-{i}"), "BEDSIDE", &[], &chunk))
+        })
+        .collect();
+    let mut acknowledged = 0;
+    for s in senders {
+        let out = s.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        acknowledged += successes(&out);
+    }
+    assert_eq!(acknowledged, 400, "{}", daemon.log());
+    assert!(
+        consumer.wait_unique(400, Duration::from_secs(180)),
+        "{} of 400 findings:\n{}",
+        consumer.unique(),
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(consumer.duplicates(), 0, "none twice");
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert_eq!(log.matches("DICOM association released").count(), 8);
+}
+
+/// A copy of `src` whose elements `edit` changes, written as Explicit VR Little Endian.
+fn edited(src: &Path, dst: &Path, edit: impl FnOnce(&mut dicom_object::DefaultDicomObject)) {
+    let mut obj = dicom_object::open_file(src).unwrap();
+    edit(&mut obj);
+    obj.write_to_file(dst).unwrap();
+}
+
+fn put_us(obj: &mut dicom_object::DefaultDicomObject, tag: dicom_core::Tag, v: u16) {
+    obj.put(dicom_object::mem::InMemElement::new(
+        tag,
+        dicom_core::VR::US,
+        dicom_core::PrimitiveValue::from(v),
+    ));
+}
+
+#[test]
+fn strangers_and_broken_objects_get_clear_failures_and_the_scp_keeps_serving() {
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let consumer = Collector::start(broker.port, FINDINGS, "consumer-bad");
+    let port = free_port();
+    let daemon = start(
+        &scp_board(
+            tmp.path(),
+            broker.port,
+            port,
+            "allowed_callers = [\"XRAY-1\"]\nallowed_addresses = [\"127.0.0.0/8\"]\nmax_object_mib = 1",
+        ),
+        tmp.path(),
+    );
+    let made = tmp.path().join("made");
+    let good = distinct_copies(&sample("cxr-other-8bit.dcm"), &made, 4);
+
+    // Callers the profile does not know are turned away at association time.
+    let out = storescu(port, "INTRUDER", "BEDSIDE", &[], &good[..1]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("Association Rejected"),
+        "{}",
+        text(&out)
+    );
+    let out = storescu(port, "XRAY-1", "NOT-BEDSIDE", &[], &good[..1]);
+    assert!(
+        text(&out).contains("Association Rejected"),
+        "{}",
+        text(&out)
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("DICOM association rejected")
+            && log.contains("INTRUDER")
+            && log.contains("not in dicom.allowed_callers"),
+        "the log says who and why:\n{log}"
+    );
+    assert!(log.contains("called AE title is not ours"), "{log}");
+
+    // Pixel data shorter than rows x cols: acknowledged (it is a valid object, kept), then
+    // set aside with its reason.
+    let short = made.join("short.dcm");
+    edited(&good[1], &short, |o| {
+        let px = o
+            .element(tags::PIXEL_DATA)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+            .to_vec();
+        o.put(dicom_object::mem::InMemElement::new(
+            tags::PIXEL_DATA,
+            dicom_core::VR::OB,
+            dicom_core::PrimitiveValue::from(px[..px.len() / 2].to_vec()),
+        ));
+    });
+    // A header that claims a 60000 x 60000 image in a few bytes.
+    let huge = made.join("huge.dcm");
+    edited(&good[2], &huge, |o| {
+        put_us(o, tags::ROWS, 60000);
+        put_us(o, tags::COLUMNS, 60000);
+    });
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &[], &[short, huge]);
+    assert_eq!(successes(&out), 2, "{}", text(&out));
+    let failed = tmp.path().join("state/failed");
+    assert!(
+        wait_count(&failed, 4, Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    let reasons: Vec<String> = std::fs::read_dir(&failed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "reason"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("M samples per frame")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("pixel")), "{reasons:?}");
+
+    // An object over dicom.max_object_mib: refused with "out of resources", nothing kept.
+    let big = made.join("big.dcm");
+    edited(&good[3], &big, |o| {
+        put_us(o, tags::ROWS, 1024);
+        put_us(o, tags::COLUMNS, 1100);
+        o.put(dicom_object::mem::InMemElement::new(
+            tags::PIXEL_DATA,
+            dicom_core::VR::OB,
+            dicom_core::PrimitiveValue::from(vec![7u8; 1024 * 1100]),
+        ));
+    });
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &[], &[big]);
+    assert_eq!(successes(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("Refused: OutOfResources"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("larger than the 1048576 bytes allowed")
+    );
+
+    // A transfer syntax bedside cannot decode is not accepted: the sender says so.
+    let mpeg = made.join("mpeg.dcm");
+    edited(&good[0], &mpeg, |o| {
+        o.update_meta(|m| m.transfer_syntax = "1.2.840.10008.1.2.4.100".into());
+    });
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &["-xm"], &[mpeg]);
+    assert_eq!(successes(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("No presentation context")
+            || text(&out).contains("no presentation context")
+            || text(&out).contains("No Acceptable Presentation Contexts"),
+        "{}",
+        text(&out)
+    );
+
+    // And the next good object is stored and makes its finding.
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &[], &good[..1]);
+    assert_eq!(successes(&out), 1, "{}", text(&out));
+    assert!(
+        consumer.wait_unique(1, Duration::from_secs(60)),
+        "{}",
+        daemon.log()
+    );
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert!(
+        !log.contains("panicked") && !log.contains("internal error"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_object_acknowledged_just_before_a_sigkill_still_makes_its_finding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), true);
+    let consumer = Collector::start(broker.port, FINDINGS, "consumer-kill-scp");
+    let port = free_port();
+    let board = scp_board(tmp.path(), broker.port, port, "");
+    let daemon = start(&board, tmp.path());
+    let files = distinct_copies(&sample("cxr-ptx-mono2.dcm"), &tmp.path().join("made"), 20);
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &[], &files);
+    assert_eq!(successes(&out), 20, "{}", text(&out));
+    daemon.kill();
+    let waiting = count(&tmp.path().join("state/spool"));
+    eprintln!(
+        "SIGKILL right after the 20th acknowledgement: {} findings delivered, {waiting} objects still in the spool",
+        consumer.unique()
+    );
+    let run = tmp.path().join("run-2");
+    std::fs::create_dir_all(&run).unwrap();
+    let daemon = start(&board, &run);
+    assert!(
+        consumer.wait_unique(20, Duration::from_secs(60)),
+        "{} of 20:\n{}",
+        consumer.unique(),
+        daemon.log()
+    );
+    assert_eq!(count(&tmp.path().join("state/spool")), 0);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}
