@@ -19,6 +19,7 @@ SYSROOT=/usr/aarch64-linux-gnu
 export RUSTC=/usr/bin/rustc   # Debian's rustc-web, which has the arm64 std
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export CXX_aarch64_unknown_linux_gnu=aarch64-linux-gnu-g++   # CharLS (JPEG-LS) is C++
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 # A separate target dir: another rustc must not churn the host build's artifacts.
 export CARGO_TARGET_DIR=target/cross

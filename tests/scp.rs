@@ -404,3 +404,77 @@ fn an_object_acknowledged_just_before_a_sigkill_still_makes_its_finding() {
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
 }
+
+#[test]
+fn jpeg_ls_and_jpeg_2000_from_other_encoders_are_received_and_decoded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let consumer = Collector::start(broker.port, FINDINGS, "consumer-codecs");
+    let port = free_port();
+    // MR is not an X-ray class: the profile adds it, as a site would for its own modalities.
+    let daemon = start(
+        &scp_board(
+            tmp.path(),
+            broker.port,
+            port,
+            "extra_sop_classes = [\"1.2.840.10008.5.1.4.1.1.4\"]",
+        ),
+        tmp.path(),
+    );
+    let made = tmp.path().join("made");
+    let src = distinct_copies(&sample("cxr-ptx-mono2.dcm"), &made.join("src"), 2);
+    let lossless = made.join("jls-lossless.dcm");
+    convert("dcmcjpls", Some("+el"), &src[0], &lossless);
+    let near = made.join("jls-near.dcm");
+    convert("dcmcjpls", Some("+en"), &src[1], &near);
+    let pyd = |name: &str| repo().join("tests/data/pydicom").join(name);
+    let sends: [(&str, PathBuf); 5] = [
+        ("-xt", lossless),
+        ("-xu", near),
+        ("-xu", pyd("JPEGLSNearLossless_16.dcm")),
+        ("-xw", pyd("JPEG2000.dcm")),
+        ("-xv", pyd("MR_small_jp2klossless.dcm")),
+    ];
+    for (i, (flag, file)) in sends.iter().enumerate() {
+        let out = storescu(
+            port,
+            "XRAY-1",
+            "BEDSIDE",
+            &[flag],
+            std::slice::from_ref(file),
+        );
+        assert_eq!(
+            successes(&out),
+            1,
+            "{}: {}\n{}",
+            file.display(),
+            text(&out),
+            daemon.log()
+        );
+        assert!(
+            consumer.wait_unique(i + 1, Duration::from_secs(60)),
+            "no finding for {}:\n{}",
+            file.display(),
+            daemon.log()
+        );
+        if i < 2 {
+            // The chest images keep their verdict through JPEG-LS (near-lossless too).
+            let f = consumer.docs().last().cloned().unwrap();
+            assert_eq!(
+                f["over_threshold"],
+                serde_json::json!(["pneumothorax"]),
+                "{f}"
+            );
+        }
+    }
+    assert_eq!(
+        count(&tmp.path().join("state/failed")),
+        0,
+        "{}",
+        daemon.log()
+    );
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    // All 14 of TRANSFER_SYNTAXES, HTJ2K included, with both codec features on.
+    assert!(log.contains("transfer_syntaxes=14"), "{log}");
+}
