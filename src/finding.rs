@@ -49,6 +49,10 @@ pub struct ImageInfo {
     pub rows: u32,
     pub cols: u32,
     pub frames: u32,
+    /// The frame this finding is about (0-based).
+    pub frame: u32,
+    /// Row and column spacing in mm, so that areas can be given in mm²; null when unknown.
+    pub pixel_spacing_mm: Option<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

@@ -81,24 +81,54 @@ impl Processor {
         self.slots.iter().map(|s| &s.engine)
     }
 
-    /// Reads a DICOM file and runs every model on it: one finding per model.
+    /// Reads a DICOM file and runs every model on the frames its manifest asks for: one
+    /// finding per model and frame. Frames are decoded one at a time, so a long cine never
+    /// sits in memory whole.
     pub fn process_file(
         &mut self,
         path: &Path,
         source: SourceKind,
     ) -> Result<Vec<Finding>, ProcessError> {
         let t0 = Instant::now();
-        let image = dicom::read_file(path)?;
-        let decode_ms = ms(t0.elapsed());
-        self.process_image(&image, decode_ms, source)
+        let obj = dicom::decode::open_file(path)?;
+        let read_ms = ms(t0.elapsed());
+        let count = dicom::decode::frame_count(&obj);
+        let mut wanted: Vec<u32> = self
+            .slots
+            .iter()
+            .flat_map(|s| s.engine.manifest().input.frames.select(count))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut findings = Vec::new();
+        for frame in wanted {
+            let t = Instant::now();
+            let image = dicom::decode::decode_frame(&obj, frame)
+                .map_err(|e| ProcessError::from(e.with_path(path)))?;
+            let decode_ms = ms(t.elapsed()) + if frame == 0 { read_ms } else { 0.0 };
+            findings.extend(self.run_models(&image, decode_ms, source, Some(count))?);
+        }
+        Ok(findings)
     }
 
-    /// Runs every model on an already decoded image.
+    /// Runs every model on an already decoded image (whatever frame it is).
     pub fn process_image(
         &mut self,
         image: &Image,
         decode_ms: f64,
         source: SourceKind,
+    ) -> Result<Vec<Finding>, ProcessError> {
+        self.run_models(image, decode_ms, source, None)
+    }
+
+    /// `count`: when the image is one frame of an object of `count` frames, only the models
+    /// whose manifest asks for this frame run.
+    fn run_models(
+        &mut self,
+        image: &Image,
+        decode_ms: f64,
+        source: SourceKind,
+        count: Option<u32>,
     ) -> Result<Vec<Finding>, ProcessError> {
         let uid_hash = image
             .provenance
@@ -111,6 +141,17 @@ impl Processor {
         };
         let mut findings = Vec::with_capacity(self.slots.len());
         for slot in &mut self.slots {
+            if let Some(count) = count
+                && !slot
+                    .engine
+                    .manifest()
+                    .input
+                    .frames
+                    .select(count)
+                    .contains(&image.frame)
+            {
+                continue;
+            }
             let t = Instant::now();
             let tensor = slot.preparer.prepare(image)?;
             let prepare_ms = ms(t.elapsed());
@@ -123,7 +164,7 @@ impl Processor {
             let model = slot.engine.model_ref().clone();
             findings.push(Finding {
                 schema: finding::SCHEMA,
-                id: finding::finding_id(&model, &key, 0),
+                id: finding::finding_id(&model, &key, image.frame),
                 device: self.identity.device.clone(),
                 site: self.identity.site.clone(),
                 source,
@@ -137,6 +178,8 @@ impl Processor {
                     rows: image.rows,
                     cols: image.cols,
                     frames: image.provenance.frames,
+                    frame: image.frame,
+                    pixel_spacing_mm: image.pixel_spacing_mm,
                 },
                 timings_ms: Timings {
                     decode: round3(decode_ms),

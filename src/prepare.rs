@@ -7,7 +7,7 @@ use fast_image_resize::pixels::F32;
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 
 use crate::model::manifest::{NamedWindow, Preprocess, ResizeKind, WindowChoice};
-use crate::source::{Image, Photometric, VoiFunction, Window};
+use crate::source::{Image, Photometric, Voi, VoiFunction, Window};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot prepare a {rows}x{cols} image: {reason}")]
@@ -49,23 +49,7 @@ impl Preparer {
         if image.pixels.len() != n {
             return Err(err(format!("{} pixels given", image.pixels.len())));
         }
-        let window = match self.spec.window {
-            WindowChoice::Named(NamedWindow::Dicom) => {
-                image.window.unwrap_or_else(|| full_range(&image.pixels))
-            }
-            WindowChoice::Fixed { center, width } => Window {
-                center,
-                width,
-                function: VoiFunction::Linear,
-            },
-        };
-        let invert = image.photometric == Photometric::Monochrome1;
-        self.display.clear();
-        self.display.extend(image.pixels.iter().map(|&v| {
-            let y = apply_window(window, v as f64) as f32;
-            F32::new(if invert { 1.0 - y } else { y })
-        }));
-
+        display_into(image, &self.spec.window, &mut self.display);
         let src = TypedImageRef::new(image.cols, image.rows, &self.display)
             .map_err(|e| err(e.to_string()))?;
         let ResizeKind::BilinearAntialias = self.spec.resize;
@@ -82,18 +66,68 @@ impl Preparer {
     }
 }
 
-/// A window spanning the image's whole range, used when the object declares none.
+/// The image as a viewer shows it, in [0, 1] (0 black), row-major: the VOI the manifest
+/// chooses (the object's own, else its full range), MONOCHROME1 inverted, padding black.
+/// This is what every model's input is resized from; tests compare it with DCMTK and pydicom.
+pub fn display(image: &Image, choice: &WindowChoice) -> Vec<f32> {
+    let mut out = Vec::new();
+    display_into(image, choice, &mut out);
+    out.into_iter().map(|p| p.0).collect()
+}
+
+fn display_into(image: &Image, choice: &WindowChoice, out: &mut Vec<F32>) {
+    let voi = match choice {
+        WindowChoice::Named(NamedWindow::Dicom) => image
+            .voi
+            .clone()
+            .unwrap_or_else(|| Voi::Window(full_range(&image.pixels))),
+        WindowChoice::Fixed { center, width } => Voi::Window(Window {
+            center: *center,
+            width: *width,
+            function: VoiFunction::Linear,
+        }),
+    };
+    let invert = image.photometric == Photometric::Monochrome1;
+    out.clear();
+    out.extend(image.pixels.iter().map(|&v| {
+        F32::new(if v.is_nan() {
+            0.0 // padding: no image here, shown black
+        } else {
+            let y = apply_voi(&voi, v as f64) as f32;
+            if invert { 1.0 - y } else { y }
+        })
+    }));
+}
+
+/// A window spanning the image's whole range (padding aside), used when the object
+/// declares none.
 fn full_range(pixels: &[f32]) -> Window {
     let (lo, hi) = pixels
         .iter()
+        .filter(|v| !v.is_nan())
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
             (lo.min(v), hi.max(v))
         });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 0.0) };
     let (lo, hi) = (lo as f64, hi as f64);
     Window {
         center: (lo + hi) / 2.0,
         width: (hi - lo).max(1.0),
         function: VoiFunction::LinearExact,
+    }
+}
+
+/// A VOI transformation onto display values in [0, 1]: a window, or a VOI LUT table whose
+/// entries span 0..=2^bits-1.
+pub fn apply_voi(voi: &Voi, x: f64) -> f64 {
+    match voi {
+        Voi::Window(w) => apply_window(*w, x),
+        Voi::Lut(lut) => {
+            let last = lut.data.len() as i64 - 1;
+            let i = (x.round() as i64 - lut.first as i64).clamp(0, last);
+            let max = ((1u32 << lut.bits.clamp(1, 16)) - 1) as f64;
+            (lut.data[i as usize] as f64 / max).min(1.0)
+        }
     }
 }
 
@@ -181,7 +215,9 @@ mod tests {
             cols,
             pixels,
             photometric,
-            window: Some(lin(50.0, 101.0)),
+            voi: Some(Voi::Window(lin(50.0, 101.0))),
+            frame: 0,
+            pixel_spacing_mm: None,
             provenance: Provenance {
                 modality: None,
                 sop_instance_uid: None,
@@ -215,7 +251,7 @@ mod tests {
             cols,
             Photometric::Monochrome1,
         );
-        mono1.window = Some(lin(51.0, 101.0));
+        mono1.voi = Some(Voi::Window(lin(51.0, 101.0)));
         let mut p = Preparer::new(spec(), 16, 16);
         let a = p.prepare(&mono2).unwrap().to_vec();
         let b = p.prepare(&mono1).unwrap().to_vec();
@@ -237,7 +273,7 @@ mod tests {
             2,
             Photometric::Monochrome2,
         );
-        img.window = None;
+        img.voi = None;
         let mut p = Preparer::new(spec(), 2, 2);
         let t = p.prepare(&img).unwrap();
         assert_eq!(t, &[-2.0, 2.0, -2.0, 2.0]);

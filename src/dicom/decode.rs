@@ -1,17 +1,23 @@
-//! Reading a DICOM file and decoding its first frame.
+//! Reading a DICOM file and decoding its frames into modality units — the one place every
+//! DICOM source (file, watch folder, C-STORE SCP) turns pixel data into an [`Image`].
 //!
-//! dicom-pixeldata does the transfer-syntax work (native, RLE, JPEG baseline/extended/lossless,
-//! deflate) and applies the Modality LUT (rescale slope/intercept, Bits Stored, signedness);
-//! the VOI window and MONOCHROME1 are applied later by [`crate::prepare`], which is shared by
-//! every source.
+//! dicom-pixeldata does the transfer-syntax work (native, RLE, JPEG baseline/extended/
+//! lossless, deflate, and with the cargo features JPEG-LS and JPEG 2000) and gives stored
+//! values with Bits Stored and signedness applied; this module applies Pixel Padding, the
+//! Modality LUT (Sequence or rescale) and picks the first VOI LUT or window. The VOI and
+//! MONOCHROME1 are applied by [`crate::prepare`], shared by every source, cameras included.
 
 use std::path::{Path, PathBuf};
 
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
-use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, VoiLutFunction};
+use dicom_pixeldata::{
+    ConvertOptions, ModalityLutOption, PhotometricInterpretation, PixelDecoder, VoiLutFunction,
+};
 
-use crate::source::{Image, Photometric, Provenance, SopInstanceUid, VoiFunction, Window};
+use crate::source::{
+    Image, Photometric, Provenance, SopInstanceUid, Voi, VoiFunction, VoiLut, Window,
+};
 
 /// A DICOM object that bedside cannot turn into an image. The message names the file and
 /// the reason; it never contains patient data.
@@ -38,7 +44,7 @@ fn at(path: &Option<PathBuf>) -> String {
 }
 
 impl DecodeError {
-    fn with_path(self, p: &Path) -> Self {
+    pub(crate) fn with_path(self, p: &Path) -> Self {
         match self {
             DecodeError::Pixels { reason, .. } => DecodeError::Pixels {
                 path: Some(p.to_owned()),
@@ -59,15 +65,33 @@ pub const MAX_FRAME_SAMPLES: u64 = 64_000_000;
 
 /// Reads a Part-10 file and decodes its first frame.
 pub fn read_file(path: &Path) -> Result<Image, DecodeError> {
-    let obj = dicom_object::open_file(path).map_err(|e| DecodeError::Read {
+    let obj = open_file(path)?;
+    decode_frame(&obj, 0).map_err(|e| e.with_path(path))
+}
+
+/// Reads a Part-10 file (its pixel data still encoded), to decode frames one by one.
+pub fn open_file(path: &Path) -> Result<DefaultDicomObject, DecodeError> {
+    dicom_object::open_file(path).map_err(|e| DecodeError::Read {
         path: path.to_owned(),
         reason: error_chain(&e),
-    })?;
-    decode_object(&obj).map_err(|e| e.with_path(path))
+    })
 }
 
 /// Decodes the first frame of a DICOM object into modality units.
 pub fn decode_object(obj: &DefaultDicomObject) -> Result<Image, DecodeError> {
+    decode_frame(obj, 0)
+}
+
+/// The number of frames in an object (1 when it does not say).
+pub fn frame_count(obj: &DefaultDicomObject) -> u32 {
+    number_of_frames(obj)
+}
+
+/// Decodes one frame into modality units, the way a viewer starts from it: stored values,
+/// then Pixel Padding marked (`NaN`), then the Modality LUT (a Modality LUT Sequence, else
+/// Rescale Slope/Intercept); the first VOI LUT or window is carried for [`crate::prepare`].
+/// Colour images become luma (ITU-R BT.601) in [0, 1].
+pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, DecodeError> {
     let pixels_err = |e: dicom_pixeldata::Error| DecodeError::Pixels {
         path: None,
         reason: error_chain(&e),
@@ -93,41 +117,111 @@ pub fn decode_object(obj: &DefaultDicomObject) -> Result<Image, DecodeError> {
             MAX_FRAME_SAMPLES / 1_000_000
         )));
     }
+    let frames = number_of_frames(obj);
+    if frame >= frames {
+        return Err(unsupported(format!(
+            "frame {frame} asked of an object with {frames}"
+        )));
+    }
 
     // A decoder must never take the daemon down with it: a panic inside a codec on a
     // hostile or broken file becomes an ordinary decode error.
-    let decoded = contain_panic(|| obj.decode_pixel_data_frame(0))
+    let decoded = contain_panic(|| obj.decode_pixel_data_frame(frame))
         .map_err(|msg| DecodeError::Pixels {
             path: None,
             reason: format!("the pixel decoder failed on this object ({msg})"),
         })?
         .map_err(pixels_err)?;
-
-    if decoded.samples_per_pixel() != 1 {
-        return Err(unsupported(format!(
-            "{} samples per pixel ({}); only grey images are read so far",
-            decoded.samples_per_pixel(),
-            decoded.photometric_interpretation()
-        )));
-    }
-    let photometric = match decoded.photometric_interpretation() {
-        PhotometricInterpretation::Monochrome1 => Photometric::Monochrome1,
-        PhotometricInterpretation::Monochrome2 => Photometric::Monochrome2,
-        other => return Err(unsupported(format!("photometric interpretation {other}"))),
-    };
     let (rows, cols) = (decoded.rows(), decoded.columns());
     if rows == 0 || cols == 0 {
         return Err(unsupported(format!("empty image ({rows}x{cols})")));
     }
-    let pixels: Vec<f32> = decoded.to_vec_frame(0).map_err(pixels_err)?;
-    if pixels.len() != rows as usize * cols as usize {
-        return Err(DecodeError::Pixels {
-            path: None,
-            reason: format!("{} samples for a {rows}x{cols} frame", pixels.len()),
-        });
-    }
+    let n = rows as usize * cols as usize;
+    let short = |got: usize, per: usize| DecodeError::Pixels {
+        path: None,
+        reason: format!(
+            "{got} samples for a {rows}x{cols} frame of {per} sample(s) per pixel: the pixel data is shorter than the image"
+        ),
+    };
 
-    let window = first_window(&decoded).map_err(pixels_err)?;
+    let (pixels, photometric, voi) = match (
+        decoded.samples_per_pixel(),
+        decoded.photometric_interpretation(),
+    ) {
+        (
+            1,
+            p @ (PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2),
+        ) => {
+            let photometric = if *p == PhotometricInterpretation::Monochrome1 {
+                Photometric::Monochrome1
+            } else {
+                Photometric::Monochrome2
+            };
+            let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+            let mut values: Vec<f32> = decoded
+                .to_vec_frame_with_options(0, &options)
+                .map_err(pixels_err)?;
+            if values.len() != n {
+                return Err(short(values.len(), 1));
+            }
+            let padding = padding_range(obj);
+            let modality = modality_lut(obj).map_err(unsupported)?;
+            let rescale = decoded
+                .rescale()
+                .ok()
+                .and_then(|r| r.get(frame as usize).or_else(|| r.first()).copied());
+            for v in values.iter_mut() {
+                let stored = *v;
+                if padding.is_some_and(|(lo, hi)| stored >= lo && stored <= hi) {
+                    *v = f32::NAN;
+                    continue;
+                }
+                *v = match (&modality, rescale) {
+                    (Some(lut), _) => lut.apply(stored),
+                    (None, Some(r)) => (stored as f64 * r.slope + r.intercept) as f32,
+                    (None, None) => stored,
+                };
+            }
+            let voi = first_voi(&decoded).map_err(pixels_err)?;
+            (values, photometric, voi)
+        }
+        (3, p) => {
+            let rgb: Vec<f32> = decoded.to_vec_frame(0).map_err(pixels_err)?;
+            if rgb.len() != 3 * n {
+                return Err(short(rgb.len(), 3));
+            }
+            let max = ((1u64 << decoded.bits_stored().clamp(1, 16)) - 1) as f32;
+            let ybr = matches!(
+                p,
+                PhotometricInterpretation::YbrFull | PhotometricInterpretation::YbrFull422
+            );
+            let luma = rgb
+                .chunks_exact(3)
+                .map(|s| {
+                    // Y of full-range YBR is BT.601 luma already.
+                    let y = if ybr {
+                        s[0]
+                    } else {
+                        0.299 * s[0] + 0.587 * s[1] + 0.114 * s[2]
+                    };
+                    y / max
+                })
+                .collect();
+            // Luma is already display values: the identity window over [0, 1].
+            let identity = Voi::Window(Window {
+                center: 0.5,
+                width: 1.0,
+                function: VoiFunction::LinearExact,
+            });
+            (luma, Photometric::Monochrome2, Some(identity))
+        }
+        (spp, p) => {
+            return Err(unsupported(format!(
+                "{spp} samples per pixel with photometric interpretation {p}"
+            )));
+        }
+    };
+
     let provenance = Provenance {
         modality: string_of(obj, tags::MODALITY),
         sop_instance_uid: string_of(obj, tags::SOP_INSTANCE_UID)
@@ -135,16 +229,109 @@ pub fn decode_object(obj: &DefaultDicomObject) -> Result<Image, DecodeError> {
             .map(|u| u.trim_end_matches(['\0', ' ']).to_owned())
             .filter(|u| !u.is_empty())
             .map(SopInstanceUid::new),
-        frames: number_of_frames(obj),
+        frames,
     };
     Ok(Image {
         rows,
         cols,
         pixels,
         photometric,
-        window,
+        voi,
+        frame,
+        pixel_spacing_mm: pixel_spacing(obj),
         provenance,
     })
+}
+
+/// Stored values that mean "no image here": Pixel Padding Value, up to Pixel Padding Range
+/// Limit when given.
+fn padding_range(obj: &InMemDicomObject) -> Option<(f32, f32)> {
+    let value = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<i32>().ok());
+    let pad = value(tags::PIXEL_PADDING_VALUE)?;
+    let limit = value(tags::PIXEL_PADDING_RANGE_LIMIT).unwrap_or(pad);
+    Some((pad.min(limit) as f32, pad.max(limit) as f32))
+}
+
+/// A Modality LUT table (PS3.3 C.11.1), which replaces Rescale Slope/Intercept when present.
+struct ModalityLut {
+    first: i32,
+    data: Vec<u16>,
+}
+
+impl ModalityLut {
+    fn apply(&self, stored: f32) -> f32 {
+        let i = (stored as i64 - self.first as i64).clamp(0, self.data.len() as i64 - 1);
+        self.data[i as usize] as f32
+    }
+}
+
+fn modality_lut(obj: &InMemDicomObject) -> Result<Option<ModalityLut>, String> {
+    let Ok(seq) = obj.element(tags::MODALITY_LUT_SEQUENCE) else {
+        return Ok(None);
+    };
+    let Some(item) = seq.items().and_then(|i| i.first()) else {
+        return Ok(None);
+    };
+    let descriptor: Vec<i32> = item
+        .element(tags::LUT_DESCRIPTOR)
+        .map_err(|_| "Modality LUT Sequence without LUT Descriptor".to_string())?
+        .to_multi_int::<i32>()
+        .map_err(|e| format!("Modality LUT Descriptor: {e}"))?;
+    if descriptor.len() != 3 {
+        return Err(format!(
+            "Modality LUT Descriptor has {} values",
+            descriptor.len()
+        ));
+    }
+    let entries = if descriptor[0] == 0 {
+        65536
+    } else {
+        descriptor[0] as usize & 0xFFFF
+    };
+    // The first mapped value is US or SS as the pixels are; a 16-bit pattern above 32767
+    // read as unsigned but meant signed is what viewers undo.
+    let first = descriptor[1];
+    let data: Vec<u16> = item
+        .element(tags::LUT_DATA)
+        .map_err(|_| "Modality LUT Sequence without LUT Data".to_string())?
+        .to_multi_int::<u16>()
+        .map_err(|e| format!("Modality LUT Data: {e}"))?;
+    if data.len() < entries || data.is_empty() {
+        return Err(format!(
+            "Modality LUT Data has {} entries, its descriptor says {entries}",
+            data.len()
+        ));
+    }
+    Ok(Some(ModalityLut {
+        first,
+        data: data[..entries].to_vec(),
+    }))
+}
+
+/// The first VOI transformation the object declares, as a viewer opens it: a VOI LUT
+/// Sequence wins over windows (PS3.3 C.11.2).
+fn first_voi(
+    decoded: &dicom_pixeldata::DecodedPixelData<'_>,
+) -> Result<Option<Voi>, dicom_pixeldata::Error> {
+    if let Some(lut) = decoded.voi_lut_sequence()?.and_then(|l| l.first())
+        && !lut.data.is_empty()
+    {
+        return Ok(Some(Voi::Lut(VoiLut {
+            first: lut.min_pixel_value,
+            bits: lut.bits_stored,
+            data: lut.data.clone(),
+        })));
+    }
+    Ok(first_window(decoded)?.map(Voi::Window))
+}
+
+fn pixel_spacing(obj: &InMemDicomObject) -> Option<[f64; 2]> {
+    [tags::PIXEL_SPACING, tags::IMAGER_PIXEL_SPACING]
+        .into_iter()
+        .find_map(|tag| {
+            let v: Vec<f64> = obj.element(tag).ok()?.to_multi_float64().ok()?;
+            (v.len() == 2 && v.iter().all(|x| x.is_finite() && *x > 0.0)).then(|| [v[0], v[1]])
+        })
 }
 
 /// The first VOI window the object declares, as a viewer opens it.

