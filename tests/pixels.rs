@@ -171,3 +171,98 @@ fn large_radiographs_match_dcmtk_and_survive_every_lossless_codec_unchanged() {
         assert_eq!(image.pixel_spacing_mm, Some([0.139, 0.139]));
     }
 }
+
+/// Syntaxes whose decoders may legitimately differ by a few steps from pydicom's
+/// (libjpeg/OpenJPEG/CharLS versions, chroma upsampling).
+const LOSSY: [&str; 4] = [
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91",
+];
+
+#[test]
+fn pydicom_test_files_display_as_pydicom_computes_them() {
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/pixels/index.json")).unwrap(),
+    )
+    .unwrap();
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for fx in index["fixtures"].as_array().unwrap() {
+        let file = repo().join(fx["file"].as_str().unwrap());
+        let frame = fx["frame"].as_u64().unwrap() as u32;
+        let ts = fx["transfer_syntax"].as_str().unwrap();
+        let name = fx["fixture"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let want: Vec<f32> = std::fs::read(repo().join(fx["fixture"].as_str().unwrap()))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        let obj = bedside::dicom::decode::open_file(&file).unwrap();
+        let image = match bedside::dicom::decode::decode_frame(&obj, frame) {
+            Ok(i) => i,
+            Err(e) => {
+                let e = e.to_string();
+                // Known gap: 12-bit lossy JPEG is beyond dicom-pixeldata's JPEG decoder.
+                if name.starts_with("JPGExtended") && e.contains("SamplePrecision(12)") {
+                    report.push(format!("{name:40} known gap: {e}"));
+                    continue;
+                }
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        assert_eq!(image.frame, frame);
+        let got = prepare::display(&image, &WindowChoice::Named(NamedWindow::Dicom));
+        if got.len() != want.len() {
+            failures.push(format!(
+                "{name}: {} pixels, fixture has {}",
+                got.len(),
+                want.len()
+            ));
+            continue;
+        }
+        let diffs: Vec<f32> = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).collect();
+        let worst = diffs.iter().copied().fold(0.0f32, f32::max);
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        let lossy = LOSSY.contains(&ts);
+        // pydicom's reference for YBR goes through 8-bit RGB (convert_color_space rounds and
+        // clips out-of-gamut values), bedside takes Y, which is BT.601 luma exactly: the
+        // reference's rounding is up to about 2 steps of 8 bits at a pixel.
+        let ybr = fx["photometric"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("YBR"));
+        // Lossless: the same numbers up to float rounding. Lossy: decoders may differ by a
+        // few steps of 8 bits at a pixel, but not on average.
+        let (max_tol, mean_tol) = if lossy || ybr {
+            (3.0 / 255.0, 0.5 / 255.0)
+        } else {
+            (1e-5, 1e-6)
+        };
+        report.push(format!(
+            "{name:40} {:>6} px  max {worst:.2e}  mean {mean:.2e}  {}",
+            got.len(),
+            if lossy {
+                "(lossy)"
+            } else if ybr {
+                "(YBR via 8-bit RGB)"
+            } else {
+                ""
+            }
+        ));
+        if worst > max_tol || mean > mean_tol {
+            failures.push(format!(
+                "{name}: max {worst:.3e} mean {mean:.3e} (tolerance {max_tol:.1e}/{mean_tol:.1e})"
+            ));
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 use dicom_pixeldata::{
-    ConvertOptions, ModalityLutOption, PhotometricInterpretation, PixelDecoder, VoiLutFunction,
+    ConvertOptions, ModalityLutOption, PhotometricInterpretation, PixelDecoder,
+    PixelRepresentation, PlanarConfiguration, VoiLutFunction,
 };
 
 use crate::source::{
@@ -124,6 +125,10 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
         )));
     }
 
+    if let Some(image) = native_ybr_422(obj, frame, rows, cols)? {
+        return Ok(image);
+    }
+
     // A decoder must never take the daemon down with it: a panic inside a codec on a
     // hostile or broken file becomes an ordinary decode error.
     let decoded = contain_panic(|| obj.decode_pixel_data_frame(frame))
@@ -164,6 +169,20 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
             if values.len() != n {
                 return Err(short(values.len(), 1));
             }
+            // Some codecs (CharLS on signed data with fewer than 16 bits stored) hand back
+            // the bit pattern unsigned: sign-extend or mask to Bits Stored, as a viewer does.
+            let bits = decoded.bits_stored().clamp(1, 16) as u32;
+            let span = (1u32 << bits) as f32;
+            if decoded.pixel_representation() == PixelRepresentation::Signed {
+                let top = span / 2.0;
+                for v in values.iter_mut().filter(|v| **v >= top) {
+                    *v -= span * ((*v + top) / span).floor();
+                }
+            } else {
+                for v in values.iter_mut().filter(|v| **v >= span) {
+                    *v = (*v as u32 & (span as u32 - 1)) as f32;
+                }
+            }
             let padding = padding_range(obj);
             let modality = modality_lut(obj).map_err(unsupported)?;
             let rescale = decoded
@@ -186,34 +205,14 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
             (values, photometric, voi)
         }
         (3, p) => {
-            let rgb: Vec<f32> = decoded.to_vec_frame(0).map_err(pixels_err)?;
-            if rgb.len() != 3 * n {
-                return Err(short(rgb.len(), 3));
-            }
             let max = ((1u64 << decoded.bits_stored().clamp(1, 16)) - 1) as f32;
-            let ybr = matches!(
-                p,
-                PhotometricInterpretation::YbrFull | PhotometricInterpretation::YbrFull422
-            );
-            let luma = rgb
-                .chunks_exact(3)
-                .map(|s| {
-                    // Y of full-range YBR is BT.601 luma already.
-                    let y = if ybr {
-                        s[0]
-                    } else {
-                        0.299 * s[0] + 0.587 * s[1] + 0.114 * s[2]
-                    };
-                    y / max
-                })
+            let luma: Vec<f32> = colour_luma(&decoded, p, n)
+                .map_err(|reason| DecodeError::Pixels { path: None, reason })?
+                .into_iter()
+                .map(|y| y / max)
                 .collect();
             // Luma is already display values: the identity window over [0, 1].
-            let identity = Voi::Window(Window {
-                center: 0.5,
-                width: 1.0,
-                function: VoiFunction::LinearExact,
-            });
-            (luma, Photometric::Monochrome2, Some(identity))
+            (luma, Photometric::Monochrome2, Some(identity_voi()))
         }
         (spp, p) => {
             return Err(unsupported(format!(
@@ -222,15 +221,7 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
         }
     };
 
-    let provenance = Provenance {
-        modality: string_of(obj, tags::MODALITY),
-        sop_instance_uid: string_of(obj, tags::SOP_INSTANCE_UID)
-            .or_else(|| Some(obj.meta().media_storage_sop_instance_uid().to_owned()))
-            .map(|u| u.trim_end_matches(['\0', ' ']).to_owned())
-            .filter(|u| !u.is_empty())
-            .map(SopInstanceUid::new),
-        frames,
-    };
+    let provenance = provenance(obj);
     Ok(Image {
         rows,
         cols,
@@ -241,6 +232,150 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
         pixel_spacing_mm: pixel_spacing(obj),
         provenance,
     })
+}
+
+/// Uncompressed YBR_FULL_422 (two pixels in four samples: Y0 Y1 Cb Cr), which
+/// dicom-pixeldata 0.10 sizes as if it had three samples per pixel and refuses: its luma is
+/// its Y samples, read here straight from the Pixel Data element.
+fn native_ybr_422(
+    obj: &DefaultDicomObject,
+    frame: u32,
+    rows: u64,
+    cols: u64,
+) -> Result<Option<Image>, DecodeError> {
+    let is_422 =
+        string_of(obj, tags::PHOTOMETRIC_INTERPRETATION).as_deref() == Some("YBR_FULL_422");
+    let native = !obj
+        .meta()
+        .transfer_syntax()
+        .starts_with("1.2.840.10008.1.2.4")
+        && obj.meta().transfer_syntax().trim_end_matches('\0') != "1.2.840.10008.1.2.5";
+    if !is_422 || !native {
+        return Ok(None);
+    }
+    let bits_allocated = obj
+        .element(tags::BITS_ALLOCATED)
+        .ok()
+        .and_then(|e| e.to_int::<u16>().ok())
+        .unwrap_or(8);
+    let bits_stored = obj
+        .element(tags::BITS_STORED)
+        .ok()
+        .and_then(|e| e.to_int::<u16>().ok())
+        .unwrap_or(bits_allocated);
+    let bytes = bits_allocated.div_ceil(8) as usize;
+    let n = (rows * cols) as usize;
+    let fail = |reason: String| DecodeError::Pixels { path: None, reason };
+    let data = obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|_| fail("no Pixel Data".into()))?
+        .to_bytes()
+        .map_err(|e| fail(e.to_string()))?;
+    let len = n * 2 * bytes;
+    let start = len * frame as usize;
+    let Some(frame_bytes) = data.get(start..start + len) else {
+        return Err(fail(format!(
+            "{} bytes of YBR_FULL_422 pixel data, frame {frame} needs bytes {start}..{}: the pixel data is shorter than the image",
+            data.len(),
+            start + len
+        )));
+    };
+    let max = ((1u32 << bits_stored.clamp(1, 16)) - 1) as f32;
+    let sample = |i: usize| -> f32 {
+        if bytes == 1 {
+            frame_bytes[i] as f32
+        } else {
+            u16::from_le_bytes([frame_bytes[2 * i], frame_bytes[2 * i + 1]]) as f32
+        }
+    };
+    let pixels = (0..n).map(|i| sample((i / 2) * 4 + i % 2) / max).collect();
+    Ok(Some(Image {
+        rows: rows as u32,
+        cols: cols as u32,
+        pixels,
+        photometric: Photometric::Monochrome2,
+        voi: Some(identity_voi()),
+        frame,
+        pixel_spacing_mm: pixel_spacing(obj),
+        provenance: provenance(obj),
+    }))
+}
+
+/// Display values already in [0, 1] (luma): the identity window.
+fn identity_voi() -> Voi {
+    Voi::Window(Window {
+        center: 0.5,
+        width: 1.0,
+        function: VoiFunction::LinearExact,
+    })
+}
+
+fn provenance(obj: &DefaultDicomObject) -> Provenance {
+    Provenance {
+        modality: string_of(obj, tags::MODALITY),
+        sop_instance_uid: string_of(obj, tags::SOP_INSTANCE_UID)
+            .or_else(|| Some(obj.meta().media_storage_sop_instance_uid().to_owned()))
+            .map(|u| u.trim_end_matches(['\0', ' ']).to_owned())
+            .filter(|u| !u.is_empty())
+            .map(SopInstanceUid::new),
+        frames: number_of_frames(obj),
+    }
+}
+
+/// Luma samples (BT.601, in stored units) of one decoded colour frame. Native planar RGB and
+/// native YBR_FULL_422 are read here from the raw samples: dicom-pixeldata 0.10 refuses the
+/// first and miscounts the second.
+fn colour_luma(
+    decoded: &dicom_pixeldata::DecodedPixelData<'_>,
+    p: &PhotometricInterpretation,
+    n: usize,
+) -> Result<Vec<f32>, String> {
+    let bytes = decoded.bits_allocated().div_ceil(8) as usize;
+    let data = decoded.data();
+    let sample = |i: usize| -> f32 {
+        if bytes == 1 {
+            data[i] as f32
+        } else {
+            u16::from_le_bytes([data[2 * i], data[2 * i + 1]]) as f32
+        }
+    };
+    let ybr = matches!(
+        p,
+        PhotometricInterpretation::YbrFull | PhotometricInterpretation::YbrFull422
+    );
+    // Y of full-range YBR is BT.601 luma already.
+    let luma = |r: f32, g: f32, b: f32| {
+        if ybr {
+            r
+        } else {
+            0.299 * r + 0.587 * g + 0.114 * b
+        }
+    };
+    let short = |have: usize, need: usize| {
+        format!(
+            "{have} bytes of colour pixel data where {need} are needed: the pixel data is shorter than the image"
+        )
+    };
+    if *p == PhotometricInterpretation::YbrFull422 && data.len() == n * 2 * bytes {
+        // Two pixels in four samples: Y0 Y1 Cb Cr.
+        return Ok((0..n).map(|i| sample((i / 2) * 4 + i % 2)).collect());
+    }
+    if decoded.planar_configuration() == PlanarConfiguration::PixelFirst && bytes <= 2 {
+        if data.len() < 3 * n * bytes {
+            return Err(short(data.len(), 3 * n * bytes));
+        }
+        return Ok((0..n)
+            .map(|i| luma(sample(i), sample(n + i), sample(2 * n + i)))
+            .collect());
+    }
+    let rgb: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| error_chain(&e))?;
+    if rgb.len() != 3 * n {
+        return Err(short(rgb.len(), 3 * n));
+    }
+    Ok(rgb
+        .chunks_exact(3)
+        .map(|s| luma(s[0], s[1], s[2]))
+        .collect())
 }
 
 /// Stored values that mean "no image here": Pixel Padding Value, up to Pixel Padding Range
