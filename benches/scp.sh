@@ -66,7 +66,7 @@ dump2dcm --write-xfer-little "$WORK/base.dump" "$WORK/base.dcm"
 mkdir -p "$WORK/img"
 for i in $(seq 1 $((N + CONC * PER))); do
   cp "$WORK/base.dcm" "$WORK/tmp.dcm"
-  dcmodify -nb -m "(0008,0018)=2.25.$RANDOM$RANDOM$i" -m "(0002,0003)=2.25.$RANDOM$RANDOM$i" "$WORK/tmp.dcm" >/dev/null
+  dcmodify -nb -i "(0008,0018)=2.25.$RANDOM$RANDOM$i" "$WORK/tmp.dcm" >/dev/null
   dcmcjpeg +e1 "$WORK/tmp.dcm" "$WORK/img/$(printf %04d "$i").dcm"
 done
 IMGS=("$WORK"/img/*.dcm)
@@ -115,9 +115,9 @@ echo "== 1. receive-to-finding, one image per association, $N images in a row"
 for i in $(seq 0 $((N - 1))); do
   f=${IMGS[$i]}
   # Reference first: the same image to storescp (receive and store only).
-  t0=$(date +%s.%N); storescu -aec REFERENCE 127.0.0.1 "$RP" "$f"; t1=$(date +%s.%N)
+  t0=$(date +%s.%N); storescu -xs -aec REFERENCE 127.0.0.1 "$RP" "$f"; t1=$(date +%s.%N)
   echo "$t0 $t1" >> "$WORK/ref.txt"
-  t0=$(date +%s.%N); storescu -aec BEDSIDE 127.0.0.1 "$DP" "$f"; t1=$(date +%s.%N)
+  t0=$(date +%s.%N); storescu -xs -aec BEDSIDE 127.0.0.1 "$DP" "$f"; t1=$(date +%s.%N)
   echo "$t0 $t1" >> "$WORK/sent.txt"
   wait_for $((i + 1))
 done
@@ -126,7 +126,7 @@ echo "== 3. $CONC storescu at once, $PER images each"
 send_all() {  # $1 = called AE, $2 = port; waits for the senders only
   local senders=()
   for k in $(seq 0 $((CONC - 1))); do
-    storescu -aec "$1" 127.0.0.1 "$2" "${IMGS[@]:$((N + k * PER)):$PER}" & senders+=($!)
+    storescu -xs -aec "$1" 127.0.0.1 "$2" "${IMGS[@]:$((N + k * PER)):$PER}" & senders+=($!)
   done
   wait "${senders[@]}"
 }

@@ -21,6 +21,34 @@ fn scp_board(dir: &Path, mqtt_port: u16, dicom_port: u16, extra: &str) -> PathBu
     )
 }
 
+/// A broker, a consumer counting findings, and a daemon with the SCP on a free port;
+/// `extra` goes into the `[dicom]` table.
+struct Rig {
+    tmp: tempfile::TempDir,
+    broker: Mosquitto,
+    consumer: Collector,
+    port: u16,
+    board: PathBuf,
+    daemon: Daemon,
+}
+
+fn rig(consumer_id: &str, persist: bool, extra: &str) -> Rig {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), persist);
+    let consumer = Collector::start(broker.port, FINDINGS, consumer_id);
+    let port = free_port();
+    let board = scp_board(tmp.path(), broker.port, port, extra);
+    let daemon = start(&board, tmp.path());
+    Rig {
+        tmp,
+        broker,
+        consumer,
+        port,
+        board,
+        daemon,
+    }
+}
+
 fn start(board: &Path, dir: &Path) -> Daemon {
     let daemon = Daemon::start(board, dir);
     assert!(
@@ -76,11 +104,14 @@ fn convert(tool: &str, flag: Option<&str>, src: &Path, dst: &Path) {
 
 #[test]
 fn echo_and_every_common_transfer_syntax_are_acknowledged_and_make_findings() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
-    let consumer = Collector::start(broker.port, FINDINGS, "consumer-ts");
-    let port = free_port();
-    let daemon = start(&scp_board(tmp.path(), broker.port, port, ""), tmp.path());
+    let Rig {
+        tmp,
+        consumer,
+        port,
+        daemon,
+        broker: _broker,
+        ..
+    } = rig("consumer-ts", false, "");
 
     let echo = Command::new("echoscu")
         .args(["-v", "-aec", "BEDSIDE", "127.0.0.1", &port.to_string()])
@@ -182,14 +213,14 @@ fn echo_and_every_common_transfer_syntax_are_acknowledged_and_make_findings() {
 
 #[test]
 fn eight_storescu_at_once_fifty_images_each_all_acknowledged_none_twice() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
-    let consumer = Collector::start(broker.port, FINDINGS, "consumer-400");
-    let port = free_port();
-    let daemon = start(
-        &scp_board(tmp.path(), broker.port, port, "max_associations = 8"),
-        tmp.path(),
-    );
+    let Rig {
+        tmp,
+        consumer,
+        port,
+        daemon,
+        broker: _broker,
+        ..
+    } = rig("consumer-400", false, "max_associations = 8");
     let files = distinct_copies(&sample("cxr-other-8bit.dcm"), &tmp.path().join("made"), 400);
     let senders: Vec<_> = files
         .chunks(50)
@@ -237,18 +268,17 @@ fn put_us(obj: &mut dicom_object::DefaultDicomObject, tag: dicom_core::Tag, v: u
 #[test]
 fn strangers_and_broken_objects_get_clear_failures_and_the_scp_keeps_serving() {
     use dicom_dictionary_std::tags;
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
-    let consumer = Collector::start(broker.port, FINDINGS, "consumer-bad");
-    let port = free_port();
-    let daemon = start(
-        &scp_board(
-            tmp.path(),
-            broker.port,
-            port,
-            "allowed_callers = [\"XRAY-1\"]\nallowed_addresses = [\"127.0.0.0/8\"]\nmax_object_mib = 1",
-        ),
-        tmp.path(),
+    let Rig {
+        tmp,
+        consumer,
+        port,
+        daemon,
+        broker: _broker,
+        ..
+    } = rig(
+        "consumer-bad",
+        false,
+        "allowed_callers = [\"XRAY-1\"]\nallowed_addresses = [\"127.0.0.0/8\"]\nmax_object_mib = 1",
     );
     let made = tmp.path().join("made");
     let good = distinct_copies(&sample("cxr-other-8bit.dcm"), &made, 4);
@@ -376,12 +406,15 @@ fn strangers_and_broken_objects_get_clear_failures_and_the_scp_keeps_serving() {
 
 #[test]
 fn an_object_acknowledged_just_before_a_sigkill_still_makes_its_finding() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), true);
-    let consumer = Collector::start(broker.port, FINDINGS, "consumer-kill-scp");
-    let port = free_port();
-    let board = scp_board(tmp.path(), broker.port, port, "");
-    let daemon = start(&board, tmp.path());
+    let Rig {
+        tmp,
+        consumer,
+        port,
+        board,
+        daemon,
+        broker: _broker,
+        ..
+    } = rig("consumer-kill-scp", true, "");
     let files = distinct_copies(&sample("cxr-ptx-mono2.dcm"), &tmp.path().join("made"), 20);
     let out = storescu(port, "XRAY-1", "BEDSIDE", &[], &files);
     assert_eq!(successes(&out), 20, "{}", text(&out));
@@ -407,19 +440,18 @@ fn an_object_acknowledged_just_before_a_sigkill_still_makes_its_finding() {
 
 #[test]
 fn jpeg_ls_and_jpeg_2000_from_other_encoders_are_received_and_decoded() {
-    let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
-    let consumer = Collector::start(broker.port, FINDINGS, "consumer-codecs");
-    let port = free_port();
     // MR is not an X-ray class: the profile adds it, as a site would for its own modalities.
-    let daemon = start(
-        &scp_board(
-            tmp.path(),
-            broker.port,
-            port,
-            "extra_sop_classes = [\"1.2.840.10008.5.1.4.1.1.4\"]",
-        ),
-        tmp.path(),
+    let Rig {
+        tmp,
+        consumer,
+        port,
+        daemon,
+        broker: _broker,
+        ..
+    } = rig(
+        "consumer-codecs",
+        false,
+        "extra_sop_classes = [\"1.2.840.10008.5.1.4.1.1.4\"]",
     );
     let made = tmp.path().join("made");
     let src = distinct_copies(&sample("cxr-ptx-mono2.dcm"), &made.join("src"), 2);

@@ -112,29 +112,7 @@ fn encode(elements: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
 
 /// The C-ECHO-RSP to a C-ECHO-RQ.
 pub fn echo_response(message_id: u16) -> Vec<u8> {
-    encode(vec![
-        DataElement::new(
-            tags::AFFECTED_SOP_CLASS_UID,
-            VR::UI,
-            PrimitiveValue::from(VERIFICATION),
-        ),
-        DataElement::new(
-            tags::COMMAND_FIELD,
-            VR::US,
-            PrimitiveValue::from(C_ECHO_RSP),
-        ),
-        DataElement::new(
-            tags::MESSAGE_ID_BEING_RESPONDED_TO,
-            VR::US,
-            PrimitiveValue::from(message_id),
-        ),
-        DataElement::new(
-            tags::COMMAND_DATA_SET_TYPE,
-            VR::US,
-            PrimitiveValue::from(NO_DATA_SET),
-        ),
-        DataElement::new(tags::STATUS, VR::US, PrimitiveValue::from(status::SUCCESS)),
-    ])
+    response(C_ECHO_RSP, message_id, VERIFICATION, "", status::SUCCESS)
 }
 
 /// The C-STORE-RSP (also used for any other command, with its own command field).
