@@ -211,3 +211,54 @@ fn a_bad_board_profile_names_the_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_cine_gives_one_finding_per_frame_the_manifest_asks_for() {
+    // The shipped model reads the first frame; a copy of it whose manifest asks for frames
+    // 0, 5, 9 and 40 (past the end of this 10-frame MR cine, so skipped).
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["model.onnx", "model.fp32.onnx", "model.toml"] {
+        std::fs::copy(model_dir().join(f), tmp.path().join(f)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(tmp.path().join("model.toml")).unwrap();
+    assert!(manifest.contains("layout = \"NCHW\""));
+    std::fs::write(
+        tmp.path().join("model.toml"),
+        manifest.replace(
+            "layout = \"NCHW\"",
+            "layout = \"NCHW\"\nframes = [0, 5, 9, 40]",
+        ),
+    )
+    .unwrap();
+    let cine = repo().join("tests/data/pydicom/emri_small_RLE.dcm");
+    let out = run_infer(&[cine.as_os_str(), "--model".as_ref(), tmp.path().as_os_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let frames: Vec<u64> = findings
+        .iter()
+        .map(|f| f["image"]["frame"].as_u64().unwrap())
+        .collect();
+    assert_eq!(frames, vec![0, 5, 9]);
+    let ids: std::collections::HashSet<&str> =
+        findings.iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 3, "one id per frame");
+    for f in &findings {
+        assert_valid_finding(f);
+        assert_eq!(f["image"]["frames"], 10);
+    }
+
+    // And the default manifest: the first frame only; pixel spacing travels with it.
+    let out = run_infer(&[sample("cxr-ptx-mono2.dcm").as_os_str()]);
+    let f: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(f["image"]["frame"], 0);
+    assert!(f["image"].get("pixel_spacing_mm").is_some(), "{f}");
+}

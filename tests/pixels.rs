@@ -101,15 +101,14 @@ fn bedside_display(path: &Path) -> Vec<f32> {
 
 /// DCMTK's rendering with the object's first window, as 16-bit values scaled to [0, 1].
 fn dcmtk_display(path: &Path, out: &Path) -> Vec<f32> {
+    dcmtk_render(path, out, "+Wi", (COLS, ROWS))
+}
+
+/// DCMTK's rendering with its first window (`+Wi`) or VOI LUT (`+Wl`), 16-bit, in [0, 1].
+fn dcmtk_render(path: &Path, out: &Path, voi: &str, size: (u32, u32)) -> Vec<f32> {
     dcmtk(
         "dcmj2pnm",
-        &[
-            Path::new("+Wi"),
-            Path::new("1"),
-            Path::new("+opw"),
-            path,
-            out,
-        ],
+        &[Path::new(voi), Path::new("1"), Path::new("+opw"), path, out],
     );
     let text = std::fs::read_to_string(out).unwrap();
     let mut fields = text
@@ -121,7 +120,7 @@ fn dcmtk_display(path: &Path, out: &Path) -> Vec<f32> {
         fields.next().unwrap().parse().unwrap(),
         fields.next().unwrap().parse().unwrap(),
     );
-    assert_eq!((w, h), (COLS, ROWS));
+    assert_eq!((w, h), size);
     let max: f32 = fields.next().unwrap().parse().unwrap();
     fields.map(|v| v.parse::<f32>().unwrap() / max).collect()
 }
@@ -169,6 +168,125 @@ fn large_radiographs_match_dcmtk_and_survive_every_lossless_codec_unchanged() {
         }
         let image = bedside::dicom::read_file(&src).unwrap();
         assert_eq!(image.pixel_spacing_mm, Some([0.139, 0.139]));
+    }
+}
+
+/// A 256x256 12-bit image with a non-linear Modality LUT Sequence (`modality`) or VOI LUT
+/// Sequence (`voi`), as a vendor's processing might write it.
+fn with_luts(path: &Path, modality: bool, voi: bool) {
+    let (rows, cols) = (256u16, 256u16);
+    let mut px = Vec::new();
+    for r in 0..rows as u32 {
+        for c in 0..cols as u32 {
+            px.extend_from_slice(&(((r * 16 + c * 3) % 4096) as u16).to_le_bytes());
+        }
+    }
+    let e = |tag, vr, v: PrimitiveValue| DataElement::new(tag, vr, v);
+    let lut_item = |data: Vec<u16>, window: bool| {
+        let mut elements = vec![
+            e(
+                tags::LUT_DESCRIPTOR,
+                VR::US,
+                PrimitiveValue::U16(vec![4096, 0, 16].into()),
+            ),
+            e(tags::LUT_DATA, VR::OW, PrimitiveValue::U16(data.into())),
+        ];
+        if !window {
+            elements.push(e(tags::LUT_EXPLANATION, VR::LO, "test curve".into()));
+        }
+        InMemDicomObject::from_element_iter(elements)
+    };
+    let mut elements = vec![
+        e(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE.into(),
+        ),
+        e(tags::SOP_INSTANCE_UID, VR::UI, "2.25.77".into()),
+        e(tags::MODALITY, VR::CS, "CR".into()),
+        e(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+        e(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            "MONOCHROME2".into(),
+        ),
+        e(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
+        e(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)),
+        e(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+        e(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
+        e(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
+        e(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
+        e(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(px)),
+    ];
+    if modality {
+        // A gamma-like curve onto 0..=65535.
+        let curve = (0..4096u32)
+            .map(|i| ((i as f64 / 4095.0).powf(0.6) * 65535.0).round() as u16)
+            .collect();
+        elements.push(DataElement::new(
+            tags::MODALITY_LUT_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![lut_item(curve, false)]),
+        ));
+        elements.push(e(tags::WINDOW_CENTER, VR::DS, "30000".into()));
+        elements.push(e(tags::WINDOW_WIDTH, VR::DS, "40000".into()));
+    }
+    if voi {
+        // An S-shaped display curve.
+        let curve = (0..4096u32)
+            .map(|i| {
+                let x = (i as f64 - 2048.0) / 500.0;
+                (65535.0 / (1.0 + (-x).exp())).round() as u16
+            })
+            .collect();
+        elements.push(DataElement::new(
+            tags::VOILUT_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![lut_item(curve, true)]),
+        ));
+    }
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE)
+        .media_storage_sop_instance_uid("2.25.77")
+        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .build()
+        .unwrap();
+    InMemDicomObject::from_element_iter(elements)
+        .with_exact_meta(meta)
+        .write_to_file(path)
+        .unwrap();
+}
+
+#[test]
+fn modality_and_voi_lut_sequences_render_as_dcmtk_renders_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, modality, voi, dcmtk_voi) in [
+        ("modality-lut", true, false, "+Wi"),
+        ("voi-lut", false, true, "+Wl"),
+    ] {
+        let src = tmp.path().join(format!("{name}.dcm"));
+        with_luts(&src, modality, voi);
+        let ours = bedside_display(&src);
+        let theirs = dcmtk_render(
+            &src,
+            &tmp.path().join(format!("{name}.pgm")),
+            dcmtk_voi,
+            (256, 256),
+        );
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{name}: max |bedside - dcmj2pnm| = {worst:.2e}");
+        assert!(worst <= 1.5 / 65535.0, "{name}: {worst}");
+        let distinct: std::collections::BTreeSet<u32> =
+            ours.iter().map(|v| (v * 1000.0) as u32).collect();
+        assert!(distinct.len() > 200, "{name}: the curve spreads the values");
     }
 }
 
