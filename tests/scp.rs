@@ -510,3 +510,33 @@ fn jpeg_ls_and_jpeg_2000_from_other_encoders_are_received_and_decoded() {
     // All 14 of TRANSFER_SYNTAXES, HTJ2K included, with both codec features on.
     assert!(log.contains("transfer_syntaxes=14"), "{log}");
 }
+
+#[test]
+fn a_source_address_outside_the_allow_list_is_rejected_and_logged() {
+    let Rig {
+        tmp,
+        port,
+        daemon,
+        broker: _broker,
+        ..
+    } = rig(
+        "consumer-addr",
+        false,
+        "allowed_addresses = [\"10.0.0.0/8\", \"192.168.1.7\"]",
+    );
+    let files = distinct_copies(&sample("cxr-other-8bit.dcm"), &tmp.path().join("made"), 1);
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &[], &files);
+    assert!(
+        text(&out).contains("Association Rejected"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(successes(&out), 0);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert!(
+        log.contains("source address is not in dicom.allowed_addresses")
+            && log.contains("peer=127.0.0.1"),
+        "{log}"
+    );
+}
