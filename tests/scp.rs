@@ -125,7 +125,7 @@ fn echo_and_every_common_transfer_syntax_are_acknowledged_and_make_findings() {
     );
 
     // (name, 12-bit source?, DCMTK tool and flag, storescu proposal)
-    // (JPEG Lossless non-SV1, .57, is left out: storescu has no flag to propose it.)
+    // (JPEG Lossless non-SV1, .57, has no storescu flag: it is sent below with a config file.)
     let variants: [(&str, bool, &str, Option<&str>, &str); 8] = [
         ("explicit-le", true, "dcmconv", Some("+te"), "-xe"),
         ("implicit-le", true, "dcmconv", Some("+ti"), "-xi"),
@@ -160,11 +160,32 @@ fn echo_and_every_common_transfer_syntax_are_acknowledged_and_make_findings() {
             daemon.log()
         );
     }
+    // JPEG Lossless, Non-hierarchical, Process 14 (.57), proposed through a storescu profile.
+    let cfg = made.join("storescu.cfg");
+    std::fs::write(
+        &cfg,
+        "[[TransferSyntaxes]]\n[P14]\nTransferSyntax1 = 1.2.840.10008.1.2.4.57\n\
+         [[PresentationContexts]]\n[DX]\nPresentationContext1 = 1.2.840.10008.5.1.4.1.1.1.1\\P14\n\
+         [[Profiles]]\n[P14]\nPresentationContexts = DX\n",
+    )
+    .unwrap();
+    let p14 = made.join("jpeg-lossless-p14.dcm");
+    let src = distinct_copies(&sample("cxr-ptx-mono2.dcm"), &made.join("p14"), 1);
+    convert("dcmcjpeg", Some("+el"), &src[0], &p14);
+    let out = storescu(
+        port,
+        "XRAY-1",
+        "BEDSIDE",
+        &["-xf", cfg.to_str().unwrap(), "P14"],
+        &[p14],
+    );
+    assert_eq!(successes(&out), 1, "{}", text(&out));
+    let variants_len = variants.len() + 1;
     assert!(
-        consumer.wait_unique(variants.len(), Duration::from_secs(60)),
+        consumer.wait_unique(variants_len, Duration::from_secs(60)),
         "{} of {} findings:\n{}",
         consumer.unique(),
-        variants.len(),
+        variants_len,
         daemon.log()
     );
     for f in consumer.docs() {
@@ -179,7 +200,7 @@ fn echo_and_every_common_transfer_syntax_are_acknowledged_and_make_findings() {
     let ptx = labels.iter().filter(|l| l.contains("pneumothorax")).count();
     assert_eq!(
         ptx,
-        variants.len() - 2,
+        variants_len - 2,
         "every 12-bit variant decodes to the same verdict: {labels:?}"
     );
 
@@ -539,4 +560,39 @@ fn a_source_address_outside_the_allow_list_is_rejected_and_logged() {
             && log.contains("peer=127.0.0.1"),
         "{log}"
     );
+}
+
+#[test]
+fn a_full_spool_answers_out_of_resources_and_keeps_nothing() {
+    let Rig {
+        tmp,
+        port,
+        daemon,
+        broker: _broker,
+        ..
+    } = rig(
+        "consumer-spool",
+        false,
+        "spool_max_mib = 1\nmax_object_mib = 1",
+    );
+    // What other objects waiting in the spool would take: a file the inbox ignores (a
+    // dotfile) that the spool counts.
+    let spool = tmp.path().join("state/spool");
+    std::fs::write(spool.join(".ballast"), vec![0u8; 1 << 20]).unwrap();
+    let files = distinct_copies(&sample("cxr-other-8bit.dcm"), &tmp.path().join("made"), 1);
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &[], &files);
+    assert_eq!(successes(&out), 0, "{}", text(&out));
+    assert!(
+        text(&out).contains("Refused: OutOfResources"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(count(&spool), 1, "nothing kept beside the ballast");
+    // Room again: the next one is taken.
+    std::fs::remove_file(spool.join(".ballast")).unwrap();
+    let out = storescu(port, "XRAY-1", "BEDSIDE", &[], &files);
+    assert_eq!(successes(&out), 1, "{}", text(&out));
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("the spool is full"), "{log}");
 }
