@@ -1,0 +1,150 @@
+//! 12-bit lossy JPEG (JPEG Extended, process 2 & 4: transfer syntax 1.2.840.10008.1.2.4.51)
+//! through libjpeg-turbo 3's TurboJPEG API. The JPEG decoder behind dicom-pixeldata 0.10
+//! (jpeg-decoder) reads 8-bit DCT and lossless JPEG only, and 12 bits stored is what
+//! radiographs compressed with Extended carry.
+//!
+//! The frame is decoded here and handed back as an uncompressed copy of the object, so that
+//! every attribute (rescale, windows, padding, signedness) still goes through the one path
+//! in [`super::decode`].
+
+use dicom_core::value::Value;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::DefaultDicomObject;
+
+/// Transfer syntax JPEG Extended (Process 2 & 4).
+pub const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+
+/// True for objects this module must decode: JPEG Extended grey data with more than 8 bits.
+pub fn applies(obj: &DefaultDicomObject) -> bool {
+    let ts = obj.meta().transfer_syntax().trim_end_matches('\0');
+    let int = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_int::<u16>().ok())
+            .unwrap_or(0)
+    };
+    ts == JPEG_EXTENDED && int(tags::BITS_STORED) > 8 && int(tags::SAMPLES_PER_PIXEL) <= 1
+}
+
+/// The compressed bytes of one frame: one fragment per frame, or every fragment of a
+/// single-frame object.
+fn frame_bytes(obj: &DefaultDicomObject, frame: u32, frames: u32) -> Result<Vec<u8>, String> {
+    let element = obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|_| "no Pixel Data".to_string())?;
+    let Value::PixelSequence(seq) = element.value() else {
+        return Err("JPEG Extended pixel data is not encapsulated".into());
+    };
+    let fragments = seq.fragments();
+    if frames == 1 {
+        return Ok(fragments.concat());
+    }
+    if fragments.len() == frames as usize {
+        return Ok(fragments[frame as usize].clone());
+    }
+    Err(format!(
+        "{} fragments for {frames} frames: only one fragment per frame is read",
+        fragments.len()
+    ))
+}
+
+/// Owns a TurboJPEG decompressor.
+struct Handle(turbojpeg_sys::tjhandle);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from tj3Init and is destroyed once.
+        unsafe { turbojpeg_sys::tj3Destroy(self.0) }
+    }
+}
+
+impl Handle {
+    fn error(&self) -> String {
+        // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
+        unsafe {
+            std::ffi::CStr::from_ptr(turbojpeg_sys::tj3GetErrorStr(self.0))
+                .to_string_lossy()
+                .into_owned()
+        }
+    }
+}
+
+/// Decodes a 12-bit grey JPEG into (rows, cols, samples).
+fn decode_gray12(jpeg: &[u8]) -> Result<(u32, u32, Vec<u16>), String> {
+    use turbojpeg_sys as tj;
+    // SAFETY: plain FFI calls; every buffer passed is valid for the length given, and the
+    // output buffer holds width * height samples of the grey pixel format asked for.
+    unsafe {
+        let handle = tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as i32);
+        if handle.is_null() {
+            return Err("cannot start the TurboJPEG decompressor".into());
+        }
+        let h = Handle(handle);
+        if tj::tj3DecompressHeader(h.0, jpeg.as_ptr(), jpeg.len() as _) != 0 {
+            return Err(format!("JPEG header: {}", h.error()));
+        }
+        let width = tj::tj3Get(h.0, tj::TJPARAM_TJPARAM_JPEGWIDTH as i32);
+        let height = tj::tj3Get(h.0, tj::TJPARAM_TJPARAM_JPEGHEIGHT as i32);
+        let precision = tj::tj3Get(h.0, tj::TJPARAM_TJPARAM_PRECISION as i32);
+        if width <= 0 || height <= 0 {
+            return Err(format!("JPEG of {width}x{height}"));
+        }
+        if precision != 12 {
+            return Err(format!(
+                "a {precision}-bit JPEG where 12 bits were expected"
+            ));
+        }
+        let mut out = vec![0i16; width as usize * height as usize];
+        if tj::tj3Decompress12(
+            h.0,
+            jpeg.as_ptr(),
+            jpeg.len() as _,
+            out.as_mut_ptr(),
+            0,
+            tj::TJPF_TJPF_GRAY,
+        ) != 0
+        {
+            return Err(format!("12-bit JPEG: {}", h.error()));
+        }
+        Ok((
+            height as u32,
+            width as u32,
+            out.into_iter().map(|v| v as u16).collect(),
+        ))
+    }
+}
+
+/// An uncompressed, single-frame copy of `obj` holding frame `frame`, decoded here.
+pub fn to_native(
+    obj: &DefaultDicomObject,
+    frame: u32,
+    frames: u32,
+) -> Result<DefaultDicomObject, String> {
+    let jpeg = frame_bytes(obj, frame, frames)?;
+    let (rows, cols, samples) = decode_gray12(&jpeg)?;
+    let mut native = obj.clone();
+    let bytes: Vec<u8> = samples.iter().flat_map(|v| v.to_le_bytes()).collect();
+    native.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::from(bytes),
+    ));
+    native.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(rows as u16),
+    ));
+    native.put(DataElement::new(
+        tags::COLUMNS,
+        VR::US,
+        PrimitiveValue::from(cols as u16),
+    ));
+    native.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from("1"),
+    ));
+    native.update_meta(|m| m.transfer_syntax = uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned());
+    Ok(native)
+}
