@@ -187,6 +187,22 @@ fn check(board: &Path) -> anyhow::Result<ExitCode> {
         profile.mqtt.url,
         profile.paths.inbox.display()
     );
+    let (outbox, limits) = profile.outbox_config();
+    println!(
+        "  outbox {}: at most {} findings, {} MiB",
+        outbox.display(),
+        limits.max_records,
+        limits.max_bytes >> 20
+    );
+    if let Some(scp) = profile.scp_config() {
+        println!(
+            "  DICOM C-STORE SCP {} on {}, {} associations at once, {} transfer syntaxes decodable",
+            scp.ae_title,
+            scp.bind,
+            scp.max_associations,
+            bedside::source::scp::decodable_transfer_syntaxes().len()
+        );
+    }
     let processor = bedside::daemon::processor_for(&profile)?;
     for e in processor.engines() {
         let m = e.model_ref();
