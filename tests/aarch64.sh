@@ -2,13 +2,15 @@
 # bedside on aarch64, without the boards: cross-build the release binary with Debian's
 # rustc-web (rustup cannot add targets here) and run it under qemu-user.
 #
-#  1. `bedside infer` on every sample DICOM, on a CPU with dotprod (neoverse-n1, like the
-#     Jetson Orin's A78AE and the Pi 5's A76) and one without (cortex-a72): the scores must
-#     match the x86 build's within the model manifest's parity tolerance, with the same id
-#     and the same labels over threshold.
+#  1. `bedside infer` on every sample DICOM and on compressed copies (JPEG-LS through CharLS,
+#     12-bit JPEG Extended through libjpeg-turbo, JPEG lossless, RLE, JPEG 2000), on a CPU
+#     with dotprod (neoverse-n1, like the Jetson Orin's A78AE and the Pi 5's A76) and one
+#     without (cortex-a72): the scores must match the x86 build's within the model
+#     manifest's parity tolerance, with the same id and the same labels over threshold.
 #  2. `bedside check` on the dev board profile (loads and verifies the model).
 #  3. `bedside run` for real: a multi-thread tokio runtime, inotify and the notify socket
-#     under qemu; a dropped file must be processed and SIGTERM must stop it cleanly.
+#     under qemu; a dropped file and an object pushed by DCMTK's storescu to its C-STORE
+#     SCP must be processed, and SIGTERM must stop it cleanly.
 #
 # Needs `.ci/install-deps aarch64`. Timings under qemu are printed for information only.
 set -euo pipefail
@@ -46,7 +48,16 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
 echo "== bedside infer, x86 vs aarch64 under qemu"
-for dcm in tests/data/*.dcm; do
+# The C and C++ codecs (CharLS, libjpeg-turbo) and the Rust ones, on ARM: compressed
+# copies made by DCMTK, and JPEG 2000 files from pydicom (DCMTK cannot write it).
+mkdir -p "$WORK/codecs"
+dcmcjpls +el tests/data/cxr-ptx-mono2.dcm "$WORK/codecs/codec-jpegls.dcm"
+dcmcjpeg +ee tests/data/cxr-ptx-mono2.dcm "$WORK/codecs/codec-jpeg12-extended.dcm"
+dcmcjpeg +e1 tests/data/cxr-ptx-mono1.dcm "$WORK/codecs/codec-jpeg-lossless.dcm"
+dcmcrle tests/data/cxr-normal-mono2.dcm "$WORK/codecs/codec-rle.dcm"
+cp tests/data/pydicom/JPEG2000.dcm "$WORK/codecs/codec-jpeg2000.dcm"
+cp tests/data/pydicom/MR_small_jp2klossless.dcm "$WORK/codecs/codec-jpeg2000-lossless.dcm"
+for dcm in tests/data/*.dcm "$WORK"/codecs/*.dcm; do
   name=$(basename "$dcm" .dcm)
   "$X86_BIN" infer "$dcm" > "$WORK/$name.x86.json"
   for cpu in neoverse-n1 cortex-a72; do
@@ -77,6 +88,7 @@ echo "== bedside check under qemu"
 qemu neoverse-n1 "$ARM_BIN" check --board board/dev.toml
 
 echo "== bedside run under qemu (no broker: it must say so and keep working)"
+DICOM_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat > "$WORK/board.toml" <<TOML
 [device]
 id = "qemu-1"
@@ -87,6 +99,10 @@ inbox = "$WORK/inbox"
 state = "$WORK/state"
 [mqtt]
 url = "mqtt://127.0.0.1:9"
+[dicom]
+ae_title = "BEDSIDE"
+port = $DICOM_PORT
+bind = "127.0.0.1"
 [[models]]
 path = "$PWD/models/cxr-tiny-cls"
 TOML
@@ -99,8 +115,13 @@ grep -q "bedside running" "$WORK/run.log" || { cat "$WORK/run.log"; echo "the da
 cp tests/data/cxr-ptx-mono2.dcm "$WORK/inbox/a.dcm"
 for _ in $(seq 1 300); do [ -f "$WORK/state/done/a.dcm" ] && break; sleep 0.1; done
 [ -f "$WORK/state/done/a.dcm" ] || { cat "$WORK/run.log"; echo "the file was not processed under qemu" >&2; exit 1; }
+# And a modality's push to the SCP, JPEG-LS, acknowledged by the aarch64 build.
+storescu -xt -aec BEDSIDE 127.0.0.1 "$DICOM_PORT" "$WORK/codecs/codec-jpegls.dcm" \
+  || { cat "$WORK/run.log"; echo "storescu to the aarch64 SCP failed" >&2; exit 1; }
+for _ in $(seq 1 300); do [ "$(grep -c 'finding made' "$WORK/run.log")" -ge 2 ] && break; sleep 0.1; done
+[ "$(grep -c 'finding made' "$WORK/run.log")" -ge 2 ] || { cat "$WORK/run.log"; echo "no finding for the object received under qemu" >&2; exit 1; }
 kill -TERM "$PID"
 wait "$PID" || { cat "$WORK/run.log"; echo "the daemon did not stop cleanly under qemu" >&2; exit 1; }
 grep -q "MQTT broker unreachable" "$WORK/run.log"
 grep -q '"pneumothorax"' "$WORK/run.log"
-echo "aarch64: daemon ran under qemu, processed a file, stopped cleanly"
+echo "aarch64: daemon ran under qemu, processed a file and a C-STORE, stopped cleanly"
