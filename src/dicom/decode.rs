@@ -128,11 +128,11 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
     if let Some(image) = native_ybr_422(obj, frame, rows, cols)? {
         return Ok(image);
     }
-    if super::jpeg12::applies(obj) {
-        let native = contain_panic(|| super::jpeg12::to_native(obj, frame, frames))
+    if super::turbo::applies(obj) {
+        let native = contain_panic(|| super::turbo::to_native(obj, frame, frames))
             .map_err(|msg| DecodeError::Pixels {
                 path: None,
-                reason: format!("the 12-bit JPEG decoder failed on this object ({msg})"),
+                reason: format!("the JPEG decoder failed on this object ({msg})"),
             })?
             .map_err(|reason| DecodeError::Pixels { path: None, reason })?;
         let mut image = decode_frame(&native, 0)?;

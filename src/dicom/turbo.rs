@@ -1,7 +1,7 @@
-//! 12-bit lossy JPEG (JPEG Extended, process 2 & 4: transfer syntax 1.2.840.10008.1.2.4.51)
-//! through libjpeg-turbo 3's TurboJPEG API. The JPEG decoder behind dicom-pixeldata 0.10
-//! (jpeg-decoder) reads 8-bit DCT and lossless JPEG only, and 12 bits stored is what
-//! radiographs compressed with Extended carry.
+//! Grey JPEG through libjpeg-turbo 3's TurboJPEG API where dicom-pixeldata's decoder
+//! (jpeg-decoder) falls short: 12-bit lossy JPEG (Extended, .51), which it cannot read at
+//! all, and lossless JPEG (.57, .70), which libjpeg-turbo reads faster (see
+//! `benches/scp.sh`).
 //!
 //! The frame is decoded here and handed back as an uncompressed copy of the object, so that
 //! every attribute (rescale, windows, padding, signedness) still goes through the one path
@@ -15,7 +15,11 @@ use dicom_object::DefaultDicomObject;
 /// Transfer syntax JPEG Extended (Process 2 & 4).
 pub const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
 
-/// True for objects this module must decode: JPEG Extended grey data with more than 8 bits.
+/// JPEG Lossless, process 14, and its first-order-prediction (SV1) form.
+pub const JPEG_LOSSLESS: [&str; 2] = ["1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"];
+
+/// True for objects this module decodes: grey JPEG Extended with more than 8 bits, and grey
+/// lossless JPEG.
 pub fn applies(obj: &DefaultDicomObject) -> bool {
     let ts = obj.meta().transfer_syntax().trim_end_matches('\0');
     let int = |tag| {
@@ -24,7 +28,8 @@ pub fn applies(obj: &DefaultDicomObject) -> bool {
             .and_then(|e| e.to_int::<u16>().ok())
             .unwrap_or(0)
     };
-    ts == JPEG_EXTENDED && int(tags::BITS_STORED) > 8 && int(tags::SAMPLES_PER_PIXEL) <= 1
+    let grey = int(tags::SAMPLES_PER_PIXEL) <= 1;
+    grey && ((ts == JPEG_EXTENDED && int(tags::BITS_STORED) > 8) || JPEG_LOSSLESS.contains(&ts))
 }
 
 /// The compressed bytes of one frame: one fragment per frame, or every fragment of a
@@ -70,11 +75,13 @@ impl Handle {
     }
 }
 
-/// Decodes a 12-bit grey JPEG into (rows, cols, samples).
-fn decode_gray12(jpeg: &[u8]) -> Result<(u32, u32, Vec<u16>), String> {
+/// Decodes a grey JPEG of any precision TurboJPEG reads (2–16 bits) into (rows, cols,
+/// samples).
+fn decode_gray(jpeg: &[u8]) -> Result<(u32, u32, Vec<u16>), String> {
     use turbojpeg_sys as tj;
     // SAFETY: plain FFI calls; every buffer passed is valid for the length given, and the
-    // output buffer holds width * height samples of the grey pixel format asked for.
+    // output buffer holds width * height samples of the grey pixel format asked for, in the
+    // sample type of the function called (8, 12 or 16 bits).
     unsafe {
         let handle = tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as i32);
         if handle.is_null() {
@@ -90,28 +97,31 @@ fn decode_gray12(jpeg: &[u8]) -> Result<(u32, u32, Vec<u16>), String> {
         if width <= 0 || height <= 0 {
             return Err(format!("JPEG of {width}x{height}"));
         }
-        if precision != 12 {
-            return Err(format!(
-                "a {precision}-bit JPEG where 12 bits were expected"
-            ));
+        let n = width as usize * height as usize;
+        let (ptr, len) = (jpeg.as_ptr(), jpeg.len() as _);
+        let gray = tj::TJPF_TJPF_GRAY;
+        let (status, samples) = match precision {
+            2..=8 => {
+                let mut out = vec![0u8; n];
+                let s = tj::tj3Decompress8(h.0, ptr, len, out.as_mut_ptr(), 0, gray);
+                (s, out.into_iter().map(u16::from).collect())
+            }
+            9..=12 => {
+                let mut out = vec![0i16; n];
+                let s = tj::tj3Decompress12(h.0, ptr, len, out.as_mut_ptr(), 0, gray);
+                (s, out.into_iter().map(|v| v as u16).collect())
+            }
+            13..=16 => {
+                let mut out = vec![0u16; n];
+                let s = tj::tj3Decompress16(h.0, ptr, len, out.as_mut_ptr(), 0, gray);
+                (s, out)
+            }
+            p => return Err(format!("a JPEG of {p}-bit precision")),
+        };
+        if status != 0 {
+            return Err(format!("{precision}-bit JPEG: {}", h.error()));
         }
-        let mut out = vec![0i16; width as usize * height as usize];
-        if tj::tj3Decompress12(
-            h.0,
-            jpeg.as_ptr(),
-            jpeg.len() as _,
-            out.as_mut_ptr(),
-            0,
-            tj::TJPF_TJPF_GRAY,
-        ) != 0
-        {
-            return Err(format!("12-bit JPEG: {}", h.error()));
-        }
-        Ok((
-            height as u32,
-            width as u32,
-            out.into_iter().map(|v| v as u16).collect(),
-        ))
+        Ok((height as u32, width as u32, samples))
     }
 }
 
@@ -122,12 +132,24 @@ pub fn to_native(
     frames: u32,
 ) -> Result<DefaultDicomObject, String> {
     let jpeg = frame_bytes(obj, frame, frames)?;
-    let (rows, cols, samples) = decode_gray12(&jpeg)?;
+    let (rows, cols, samples) = decode_gray(&jpeg)?;
     let mut native = obj.clone();
-    let bytes: Vec<u8> = samples.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let bits_allocated = obj
+        .element(tags::BITS_ALLOCATED)
+        .ok()
+        .and_then(|e| e.to_int::<u16>().ok())
+        .unwrap_or(16);
+    let (vr, bytes): (VR, Vec<u8>) = if bits_allocated <= 8 {
+        (VR::OB, samples.iter().map(|&v| v as u8).collect())
+    } else {
+        (
+            VR::OW,
+            samples.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    };
     native.put(DataElement::new(
         tags::PIXEL_DATA,
-        VR::OW,
+        vr,
         PrimitiveValue::from(bytes),
     ));
     native.put(DataElement::new(
