@@ -334,9 +334,9 @@ fn provenance(obj: &DefaultDicomObject) -> Provenance {
     }
 }
 
-/// Luma samples (BT.601, in stored units) of one decoded colour frame. Native planar RGB and
-/// native YBR_FULL_422 are read here from the raw samples: dicom-pixeldata 0.10 refuses the
-/// first and miscounts the second.
+/// Luma samples (BT.601, in stored units) of one decoded colour frame. Native planar RGB is
+/// read here from the raw samples (dicom-pixeldata 0.10 refuses it); native YBR_FULL_422
+/// never gets this far ([`native_ybr_422`]), and compressed 4:2:2 arrives upsampled.
 fn colour_luma(
     decoded: &dicom_pixeldata::DecodedPixelData<'_>,
     p: &PhotometricInterpretation,
@@ -368,10 +368,6 @@ fn colour_luma(
             "{have} bytes of colour pixel data where {need} are needed: the pixel data is shorter than the image"
         )
     };
-    if *p == PhotometricInterpretation::YbrFull422 && data.len() == n * 2 * bytes {
-        // Two pixels in four samples: Y0 Y1 Cb Cr.
-        return Ok((0..n).map(|i| sample((i / 2) * 4 + i % 2)).collect());
-    }
     if decoded.planar_configuration() == PlanarConfiguration::PixelFirst && bytes <= 2 {
         if data.len() < 3 * n * bytes {
             return Err(short(data.len(), 3 * n * bytes));
