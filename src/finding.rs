@@ -8,6 +8,14 @@ use sha2::{Digest, Sha256};
 
 use crate::model::ModelRef;
 use crate::model::manifest::{Activation, Label, Task};
+
+/// Most labels a model may have: per-frame scores live in fixed arrays of this size, so that
+/// scoring a video frame allocates nothing.
+pub const MAX_LABELS: usize = 16;
+
+/// Per-label numbers of one output, without allocation: the score compared with the label's
+/// finding threshold, and the peak probability (for segmentation, of the likeliest pixel).
+pub type LabelValues = heapless::Vec<f32, MAX_LABELS>;
 use crate::source::{SopInstanceUid, SourceKind};
 
 /// Schema identifier carried by every finding; bumped when the JSON form changes.
@@ -31,6 +39,12 @@ pub struct Finding {
     /// Labels whose score reached their threshold, in manifest order.
     pub over_threshold: Vec<String>,
     pub image: ImageInfo,
+    /// Segmentation: what each label covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regions: Option<Vec<Region>>,
+    /// Live video: the span of frames this finding summarises.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoSpan>,
     pub timings_ms: Timings,
     /// RFC 3339, UTC.
     pub created_at: String,
@@ -40,8 +54,68 @@ pub struct Finding {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LabelScore {
     pub label: String,
+    /// Classification: the probability; segmentation: the fraction of the image the region
+    /// covers. Over a video span: the mean over its frames.
     pub score: f32,
     pub threshold: f32,
+    /// Over a video span: the highest per-frame score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<f32>,
+}
+
+/// The part of the image a segmentation label covers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Region {
+    pub label: String,
+    /// Fraction of the image (the model's field of view) over the pixel threshold; over a
+    /// video span, the mean.
+    pub fraction: f32,
+    /// `fraction` × the image's area, when its pixel spacing is known.
+    pub area_mm2: Option<f64>,
+    /// Over a video span: the largest per-frame area; for one image, equal to `area_mm2`.
+    pub peak_area_mm2: Option<f64>,
+    /// Highest pixel probability of the label.
+    pub peak_probability: f32,
+}
+
+/// Why a live-video finding was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VideoEvent {
+    /// A label became present: published at once, the span is still open.
+    Onset,
+    /// A label stopped being present: the whole span it was present for.
+    End,
+    /// The state has not changed for `publish_interval_s`: what it was over that time.
+    Interval,
+}
+
+/// The frames a live-video finding summarises.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VideoSpan {
+    /// One capture session (a camera opened once), unique per device.
+    pub stream: String,
+    pub event: VideoEvent,
+    /// Labels present (smoothed) over the span, in manifest order.
+    pub present: Vec<String>,
+    /// Capture sequence numbers, both included.
+    pub first_frame: u64,
+    pub last_frame: u64,
+    /// Frames of the span that went through the model, and those the pipeline dropped
+    /// because the model was busy (latest-wins).
+    pub frames_processed: u64,
+    pub frames_dropped: u64,
+    /// Capture times (RFC 3339, UTC) of the first and last frame.
+    pub first_captured_at: String,
+    pub last_captured_at: String,
+    /// Capture-to-result latency over the span.
+    pub latency_ms: Latency,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Latency {
+    pub mean: f64,
+    pub max: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -118,36 +192,124 @@ pub fn finding_id(model: &ModelRef, input: &InputKey, frame: u32) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// Turns a classifier's raw outputs into per-label scores and the labels over threshold.
-pub fn classify(
+/// Scores one output into fixed arrays (nothing allocated): per label, the score compared
+/// with its finding threshold and the peak probability.
+///
+/// Classification: `outputs` are one logit per label. Segmentation: `outputs` are
+/// `[labels, h, w]` logits; a pixel counts for a label when its probability reaches the
+/// label's `threshold`, and the score is the fraction of pixels that do.
+pub fn score_into(
+    task: Task,
     outputs: &[f32],
     labels: &[Label],
     activation: Activation,
-) -> (Vec<LabelScore>, Vec<String>) {
-    let Activation::Softmax = activation;
-    let probs = softmax(outputs);
+    scores: &mut LabelValues,
+    peaks: &mut LabelValues,
+) {
+    scores.clear();
+    peaks.clear();
+    let n = labels.len().min(MAX_LABELS);
+    match task {
+        Task::Classification => {
+            let probs = |i: usize| match activation {
+                Activation::Softmax => {
+                    let max = outputs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = outputs.iter().map(|v| (v - max).exp()).sum();
+                    (outputs[i] - max).exp() / sum
+                }
+                Activation::Sigmoid => sigmoid(outputs[i]),
+            };
+            for i in 0..n.min(outputs.len()) {
+                let p = probs(i);
+                let _ = scores.push(p);
+                let _ = peaks.push(p);
+            }
+        }
+        Task::Segmentation => {
+            let plane = outputs.len() / labels.len().max(1);
+            for (c, label) in labels.iter().enumerate().take(n) {
+                let (count, peak) = match activation {
+                    Activation::Sigmoid => {
+                        // p >= t  <=>  logit >= ln(t / (1 - t)): no exp per pixel.
+                        let t = label.threshold.clamp(1e-7, 1.0 - 1e-7);
+                        let cut = (t / (1.0 - t)).ln();
+                        let px = &outputs[c * plane..(c + 1) * plane];
+                        let count = px.iter().filter(|&&x| x >= cut).count();
+                        let max = px.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        (count, sigmoid(max))
+                    }
+                    Activation::Softmax => {
+                        let (mut count, mut peak) = (0usize, 0.0f32);
+                        for i in 0..plane {
+                            let at = |k: usize| outputs[k * plane + i];
+                            let max = (0..labels.len()).map(at).fold(f32::NEG_INFINITY, f32::max);
+                            let sum: f32 = (0..labels.len()).map(|k| (at(k) - max).exp()).sum();
+                            let p = (at(c) - max).exp() / sum;
+                            count += (p >= label.threshold) as usize;
+                            peak = peak.max(p);
+                        }
+                        (count, peak)
+                    }
+                };
+                let _ = scores.push(count as f32 / plane.max(1) as f32);
+                let _ = peaks.push(peak);
+            }
+        }
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Turns a model's raw outputs into per-label scores, the labels over threshold and, for
+/// segmentation, the regions (`image_area_mm2`: the area the model saw, when known).
+pub fn score(
+    task: Task,
+    outputs: &[f32],
+    labels: &[Label],
+    activation: Activation,
+    image_area_mm2: Option<f64>,
+) -> (Vec<LabelScore>, Vec<String>, Option<Vec<Region>>) {
+    let (mut values, mut peaks) = (LabelValues::new(), LabelValues::new());
+    score_into(task, outputs, labels, activation, &mut values, &mut peaks);
     let scores: Vec<LabelScore> = labels
         .iter()
-        .zip(probs)
-        .map(|(l, score)| LabelScore {
+        .zip(&values)
+        .map(|(l, &score)| LabelScore {
             label: l.name.clone(),
             score,
-            threshold: l.threshold,
+            threshold: l.finding_threshold(task),
+            peak: None,
         })
         .collect();
     let over = scores
         .iter()
-        .filter(|s| s.score >= s.threshold)
+        .filter(|s| s.score >= s.threshold && !(task == Task::Segmentation && s.score == 0.0))
         .map(|s| s.label.clone())
         .collect();
-    (scores, over)
+    let regions = (task == Task::Segmentation).then(|| {
+        labels
+            .iter()
+            .zip(values.iter().zip(&peaks))
+            .map(|(l, (&fraction, &peak))| {
+                let area = image_area_mm2.map(|a| round3(a * fraction as f64));
+                Region {
+                    label: l.name.clone(),
+                    fraction,
+                    area_mm2: area,
+                    peak_area_mm2: area,
+                    peak_probability: peak,
+                }
+            })
+            .collect()
+    });
+    (scores, over, regions)
 }
 
-fn softmax(x: &[f32]) -> Vec<f32> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = x.iter().map(|v| (v - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
+/// Rounds to 3 decimals (milliseconds, mm²): enough for a reader, short on the wire.
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }
 
 /// Now, as RFC 3339 UTC with millisecond precision.
@@ -201,17 +363,59 @@ mod tests {
             Label {
                 name: "normal".into(),
                 threshold: 0.5,
+                min_fraction: None,
             },
             Label {
                 name: "ptx".into(),
                 threshold: 0.2,
+                min_fraction: None,
             },
         ];
-        let (scores, over) = classify(&[0.0, 0.0], &labels, Activation::Softmax);
+        let classify = |o: &[f32]| {
+            let (s, over, regions) =
+                score(Task::Classification, o, &labels, Activation::Softmax, None);
+            assert!(regions.is_none());
+            (s, over)
+        };
+        let (scores, over) = classify(&[0.0, 0.0]);
         assert!((scores[0].score - 0.5).abs() < 1e-6);
         assert_eq!(over, vec!["normal".to_string(), "ptx".to_string()]);
-        let (scores, over) = classify(&[3.0, 0.0], &labels, Activation::Softmax);
+        let (scores, over) = classify(&[3.0, 0.0]);
         assert!((scores.iter().map(|s| s.score).sum::<f32>() - 1.0).abs() < 1e-6);
         assert_eq!(over, vec!["normal".to_string()]);
+    }
+
+    #[test]
+    fn segmentation_counts_pixels_over_the_pixel_threshold() {
+        let labels = vec![Label {
+            name: "fluid".into(),
+            threshold: 0.5,
+            min_fraction: Some(0.2),
+        }];
+        // 10 pixels: 3 with logit > 0 (p > 0.5), one exactly 0 (p = 0.5 counts), 6 below.
+        let out = [2.0, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0];
+        let (scores, over, regions) = score(
+            Task::Segmentation,
+            &out,
+            &labels,
+            Activation::Sigmoid,
+            Some(200.0),
+        );
+        assert!((scores[0].score - 0.4).abs() < 1e-6);
+        assert_eq!(scores[0].threshold, 0.2);
+        assert_eq!(over, vec!["fluid".to_string()]);
+        let r = &regions.unwrap()[0];
+        assert_eq!(r.area_mm2, Some(80.0));
+        assert!((r.peak_probability - sigmoid(2.0)).abs() < 1e-6);
+        let none = [-9.0f32; 10];
+        let (scores, over, _) = score(
+            Task::Segmentation,
+            &none,
+            &labels,
+            Activation::Sigmoid,
+            None,
+        );
+        assert_eq!(scores[0].score, 0.0);
+        assert!(over.is_empty());
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tract_onnx::prelude::*;
 
+use crate::model::manifest::Task;
 use crate::model::{Manifest, ModelError, ModelRef, sha256_hex};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,20 @@ fn configure_tract() {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     Shipped,
+    /// The fp32 dense parent (`[model.parent]`).
     Parent,
+    /// The pruned fp32 model (`[model.pruned]`).
+    Pruned,
+}
+
+impl Variant {
+    fn section(self) -> &'static str {
+        match self {
+            Variant::Shipped => "model",
+            Variant::Parent => "parent",
+            Variant::Pruned => "pruned",
+        }
+    }
 }
 
 /// A model ready to run: manifest, verified identity and tract plan.
@@ -68,16 +82,31 @@ impl Engine {
         Self::load_variant(dir, Variant::Shipped)
     }
 
+    /// Another runner of the same optimised plan (for a second inference thread): shares
+    /// the weights, has its own working memory.
+    pub fn fork(&self) -> Self {
+        Engine {
+            manifest: self.manifest.clone(),
+            model_ref: self.model_ref.clone(),
+            path: self.path.clone(),
+            state: self.state.clone(),
+        }
+    }
+
     pub fn load_variant(dir: &Path, variant: Variant) -> Result<Self, ModelError> {
         configure_tract();
         let manifest = Manifest::load(dir)?;
         let (file, expected) = match (variant, &manifest.model.parent) {
             (Variant::Shipped, _) => (&manifest.model.file, &manifest.model.sha256),
             (Variant::Parent, Some(p)) => (&p.file, &p.sha256),
-            (Variant::Parent, None) => {
+            (Variant::Pruned, _) if manifest.model.pruned.is_some() => {
+                let p = manifest.model.pruned.as_ref().expect("checked");
+                (&p.file, &p.sha256)
+            }
+            (Variant::Parent | Variant::Pruned, _) => {
                 return Err(ModelError::Manifest {
                     path: dir.join("model.toml"),
-                    reason: "no [model.parent] to load".into(),
+                    reason: format!("no [model.{}] to load", variant.section()),
                 });
             }
         };
@@ -128,7 +157,12 @@ impl Engine {
             })?
             .len();
         let want = engine.manifest.labels.len();
-        if got != want {
+        let fits = match engine.manifest.model.task {
+            Task::Classification => got == want,
+            // [1, labels, h, w]: a whole map per label.
+            Task::Segmentation => got >= want && got % want == 0,
+        };
+        if !fits {
             return Err(ModelError::OutputShape { path, got, want });
         }
         Ok(engine)
@@ -146,6 +180,15 @@ impl Engine {
     /// the raw outputs (logits). tract takes ownership of its inputs, so the input is copied
     /// once into the tensor it consumes.
     pub fn run(&mut self, input: &[f32]) -> Result<Vec<f32>, InferError> {
+        self.run_with(input, |out| out.to_vec())
+    }
+
+    /// Runs the model and hands its first output to `read` without copying it.
+    pub fn run_with<R>(
+        &mut self,
+        input: &[f32],
+        read: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, InferError> {
         let err = |e: TractError| InferError {
             model: self.model_ref.id.clone(),
             reason: format!("{e:#}"),
@@ -162,6 +205,6 @@ impl Engine {
         let outputs = self.state.run(tvec!(tensor.into())).map_err(err)?;
         let out = outputs[0].cast_to::<f32>().map_err(err)?;
         let view = out.try_as_plain_ram().map_err(err)?;
-        Ok(view.as_slice::<f32>().map_err(err)?.to_vec())
+        Ok(read(view.as_slice::<f32>().map_err(err)?))
     }
 }

@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod dicom;
 pub mod finding;
 pub mod infer;
+pub mod live;
 pub mod model;
 pub mod pipeline;
 pub mod prepare;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::board::{BoardError, BoardProfile};
 use crate::dicom::{self, DecodeError};
-use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher};
+use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher, round3};
 use crate::infer::{Engine, InferError};
 use crate::model::ModelError;
 use crate::prepare::{PrepareError, Preparer};
@@ -159,8 +159,16 @@ impl Processor {
             let outputs = slot.engine.run(tensor)?;
             let infer_ms = ms(t.elapsed());
             let manifest = slot.engine.manifest();
-            let (scores, over_threshold) =
-                finding::classify(&outputs, &manifest.labels, manifest.output.activation);
+            let area_mm2 = image
+                .pixel_spacing_mm
+                .map(|[r, c]| image.rows as f64 * r * image.cols as f64 * c);
+            let (scores, over_threshold, regions) = finding::score(
+                manifest.model.task,
+                &outputs,
+                &manifest.labels,
+                manifest.output.activation,
+                area_mm2,
+            );
             let model = slot.engine.model_ref().clone();
             findings.push(Finding {
                 schema: finding::SCHEMA,
@@ -181,6 +189,8 @@ impl Processor {
                     frame: image.frame,
                     pixel_spacing_mm: image.pixel_spacing_mm,
                 },
+                regions,
+                video: None,
                 timings_ms: Timings {
                     decode: round3(decode_ms),
                     prepare: round3(prepare_ms),
@@ -208,8 +218,4 @@ fn pixel_hash(image: &Image) -> String {
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

@@ -24,6 +24,8 @@ pub struct Preparer {
     display: Vec<F32>,
     resized: TypedImage<'static, F32>,
     tensor: Vec<f32>,
+    /// Luma → display value for video frames, and the window it was built for.
+    luma_lut: (Option<Window>, [f32; 256]),
 }
 
 impl Preparer {
@@ -35,7 +37,52 @@ impl Preparer {
             display: Vec::new(),
             resized: TypedImage::new(width as u32, height as u32),
             tensor: vec![0.0; height * width],
+            luma_lut: (None, [0.0; 256]),
         }
+    }
+
+    /// Prepares one 8-bit luma video frame (`width` × `height`, row-major, 0 black): the
+    /// manifest's window maps the 256 luma values through a table built once, then resize and
+    /// normalise as for [`Preparer::prepare`].
+    /// Allocates nothing once the first frame of a size has been seen.
+    pub fn prepare_luma(
+        &mut self,
+        luma: &[u8],
+        width: u32,
+        height: u32,
+    ) -> Result<&[f32], PrepareError> {
+        let err = |reason: String| PrepareError {
+            rows: height,
+            cols: width,
+            reason,
+        };
+        if luma.len() != width as usize * height as usize {
+            return Err(err(format!("{} pixels given", luma.len())));
+        }
+        // Video has no VOI of its own: "dicom" means as shown, 0..255 → 0..1.
+        let voi = match self.spec.window {
+            WindowChoice::Named(NamedWindow::Dicom) => Window {
+                center: 128.0,
+                width: 256.0,
+                function: VoiFunction::Linear,
+            },
+            WindowChoice::Fixed { center, width } => Window {
+                center,
+                width,
+                function: VoiFunction::Linear,
+            },
+        };
+        if self.luma_lut.0 != Some(voi) {
+            for (v, o) in self.luma_lut.1.iter_mut().enumerate() {
+                *o = apply_window(voi, v as f64) as f32;
+            }
+            self.luma_lut.0 = Some(voi);
+        }
+        let lut = &self.luma_lut.1;
+        self.display.clear();
+        self.display
+            .extend(luma.iter().map(|&v| F32::new(lut[v as usize])));
+        self.resize_normalise(width, height).map_err(err)
     }
 
     /// Prepares `image` and returns the NCHW tensor (one channel), valid until the next call.
@@ -50,14 +97,17 @@ impl Preparer {
             return Err(err(format!("{} pixels given", image.pixels.len())));
         }
         display_into(image, &self.spec.window, &mut self.display);
-        let src = TypedImageRef::new(image.cols, image.rows, &self.display)
-            .map_err(|e| err(e.to_string()))?;
+        self.resize_normalise(image.cols, image.rows).map_err(err)
+    }
+
+    /// Resizes `self.display` (`width` × `height`) to the model's size and normalises it.
+    fn resize_normalise(&mut self, width: u32, height: u32) -> Result<&[f32], String> {
+        let src = TypedImageRef::new(width, height, &self.display).map_err(|e| e.to_string())?;
         let ResizeKind::BilinearAntialias = self.spec.resize;
         let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
         self.resizer
             .resize_typed(&src, &mut self.resized, &options)
-            .map_err(|e| err(e.to_string()))?;
-
+            .map_err(|e| e.to_string())?;
         let (mean, std) = (self.spec.mean, self.spec.std);
         for (t, p) in self.tensor.iter_mut().zip(self.resized.pixels()) {
             *t = (p.0 - mean) / std;

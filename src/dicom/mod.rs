@@ -6,7 +6,7 @@
 
 pub mod decode;
 pub mod dimse;
-mod turbo;
+pub(crate) mod turbo;
 
 pub use decode::{DecodeError, decode_object, install_panic_hook, read_file};
 

@@ -54,8 +54,12 @@ fn frame_bytes(obj: &DefaultDicomObject, frame: u32, frames: u32) -> Result<Vec<
     ))
 }
 
-/// Owns a TurboJPEG decompressor.
-struct Handle(turbojpeg_sys::tjhandle);
+/// Owns a TurboJPEG decompressor (also used by the live video path for MJPEG frames).
+pub(crate) struct Handle(turbojpeg_sys::tjhandle);
+
+// SAFETY: a TurboJPEG handle is not tied to the thread that made it; it is only ever used
+// through `&mut`/owned access, one call at a time.
+unsafe impl Send for Handle {}
 
 impl Drop for Handle {
     fn drop(&mut self) {
@@ -65,7 +69,22 @@ impl Drop for Handle {
 }
 
 impl Handle {
-    fn error(&self) -> String {
+    /// A new decompressor.
+    pub(crate) fn decompressor() -> Result<Self, String> {
+        // SAFETY: plain FFI constructor; a null handle is an error.
+        let handle =
+            unsafe { turbojpeg_sys::tj3Init(turbojpeg_sys::TJINIT_TJINIT_DECOMPRESS as i32) };
+        if handle.is_null() {
+            return Err("cannot start the TurboJPEG decompressor".into());
+        }
+        Ok(Handle(handle))
+    }
+
+    pub(crate) fn raw(&self) -> turbojpeg_sys::tjhandle {
+        self.0
+    }
+
+    pub(crate) fn error(&self) -> String {
         // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
         unsafe {
             std::ffi::CStr::from_ptr(turbojpeg_sys::tj3GetErrorStr(self.0))
@@ -83,11 +102,7 @@ fn decode_gray(jpeg: &[u8]) -> Result<(u32, u32, Vec<u16>), String> {
     // output buffer holds width * height samples of the grey pixel format asked for, in the
     // sample type of the function called (8, 12 or 16 bits).
     unsafe {
-        let handle = tj::tj3Init(tj::TJINIT_TJINIT_DECOMPRESS as i32);
-        if handle.is_null() {
-            return Err("cannot start the TurboJPEG decompressor".into());
-        }
-        let h = Handle(handle);
+        let h = Handle::decompressor()?;
         if tj::tj3DecompressHeader(h.0, jpeg.as_ptr(), jpeg.len() as _) != 0 {
             return Err(format!("JPEG header: {}", h.error()));
         }

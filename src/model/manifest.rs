@@ -18,7 +18,18 @@ pub struct Manifest {
     pub output: OutputSection,
     #[serde(default)]
     pub parity: Option<Parity>,
+    #[serde(default)]
+    pub memory: Option<MemorySection>,
     pub labels: Vec<Label>,
+}
+
+/// What the model factory measured of the model's memory (informational; bedside measures
+/// its own plan at start).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySection {
+    #[serde(default)]
+    pub tract_working_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,9 +46,13 @@ pub struct ModelSection {
     pub quantization: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
-    /// The fp32 model this one was quantized from (kept for comparison and benchmarks).
+    /// The fp32 dense model this one was pruned and quantized from (kept for comparison
+    /// and benchmarks).
     #[serde(default)]
     pub parent: Option<ParentModel>,
+    /// The pruned fp32 model, the int8 model's direct parent, when there is one.
+    #[serde(default)]
+    pub pruned: Option<ParentModel>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -51,6 +66,9 @@ pub struct ParentModel {
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     Classification,
+    /// A per-pixel map per label (`[1, labels, h, w]` logits); findings give the fraction of
+    /// the image each label covers and its area when the pixel spacing is known.
+    Segmentation,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,20 +175,45 @@ pub struct OutputSection {
 #[serde(rename_all = "lowercase")]
 pub enum Activation {
     Softmax,
+    /// Independent per-label (or per-pixel) probabilities.
+    Sigmoid,
 }
 
 /// How far tract may stray from onnxruntime on this model's outputs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Parity {
+    /// Tolerance on the shipped model's outputs.
     pub max_abs: f32,
+    /// Tolerance on the fp32 forms (parent, pruned), when they differ from `max_abs`.
+    #[serde(default)]
+    pub fp32_max_abs: Option<f32>,
+    /// Segmentation: the fraction of output pixels whose thresholded class must agree.
+    #[serde(default)]
+    pub min_mask_agreement: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Label {
     pub name: String,
+    /// Classification: the probability that counts as present. Segmentation: the per-pixel
+    /// probability that counts a pixel in the region.
     pub threshold: f32,
+    /// Segmentation: the fraction of the image the region must cover to count as present.
+    #[serde(default)]
+    pub min_fraction: Option<f32>,
+}
+
+impl Label {
+    /// The score a finding compares with its threshold: a probability for classification,
+    /// the region's fraction of the image for segmentation.
+    pub fn finding_threshold(&self, task: Task) -> f32 {
+        match task {
+            Task::Classification => self.threshold,
+            Task::Segmentation => self.min_fraction.unwrap_or(0.0),
+        }
+    }
 }
 
 impl Manifest {
@@ -216,6 +259,9 @@ impl Manifest {
         if let Some(p) = &m.parent {
             check_sha256("model.parent.sha256", &p.sha256)?;
         }
+        if let Some(p) = &m.pruned {
+            check_sha256("model.pruned.sha256", &p.sha256)?;
+        }
         let s = &self.input.shape;
         if s.len() != 4 || s[0] != 1 || s[1] != 1 || s[2] == 0 || s[3] == 0 {
             return Err(format!(
@@ -244,6 +290,28 @@ impl Manifest {
                     l.name, l.threshold
                 ));
             }
+            match (m.task, l.min_fraction) {
+                (Task::Segmentation, Some(f)) if (0.0..=1.0).contains(&f) => {}
+                (Task::Segmentation, f) => {
+                    return Err(format!(
+                        "label {:?}: a segmentation label needs min_fraction in [0, 1] (got {f:?})",
+                        l.name
+                    ));
+                }
+                (Task::Classification, Some(_)) => {
+                    return Err(format!(
+                        "label {:?}: min_fraction is for segmentation models",
+                        l.name
+                    ));
+                }
+                (Task::Classification, None) => {}
+            }
+        }
+        match (m.task, self.output.activation) {
+            (Task::Segmentation, Activation::Softmax) if self.labels.len() < 2 => {
+                return Err("output.activation softmax needs at least two labels".into());
+            }
+            _ => {}
         }
         if let Some(par) = &self.parity
             && !(par.max_abs.is_finite() && par.max_abs > 0.0)

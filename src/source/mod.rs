@@ -2,8 +2,12 @@
 //! inference and findings never need to know whether pixels came from a file, a DICOM
 //! association or a camera.
 
+pub mod camera;
+pub mod convert;
+pub mod replay;
 pub mod scp;
 pub mod spool;
+pub mod v4l2;
 pub mod watch;
 
 use serde::Serialize;
@@ -18,6 +22,10 @@ pub enum SourceKind {
     WatchFolder,
     /// Received by the daemon's DICOM C-STORE SCP.
     DicomScp,
+    /// Live video from a V4L2 capture device.
+    V4l2,
+    /// Live video replayed from a recording (demos, tests, benchmarks).
+    Replay,
 }
 
 /// Whether the smallest value is shown black (MONOCHROME2) or white (MONOCHROME1).
