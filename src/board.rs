@@ -37,6 +37,9 @@ pub struct BoardProfile {
     pub dicom: Option<Dicom>,
     #[serde(default)]
     pub privacy: Privacy,
+    /// Live ultrasound video (a V4L2 capture device, or a replayed recording); absent: none.
+    #[serde(default)]
+    pub video: Option<Video>,
     pub models: Vec<ModelSlot>,
     /// The file this profile was read from.
     #[serde(skip)]
@@ -226,6 +229,100 @@ pub struct Privacy {
 pub struct ModelSlot {
     /// A model folder holding `model.toml`.
     pub path: PathBuf,
+    /// Which inputs the model runs on: `"dicom"` (watch folder and C-STORE SCP) and/or
+    /// `"video"` (the live pipeline). Default: DICOM only.
+    #[serde(default = "default_model_sources")]
+    pub sources: Vec<ModelSource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelSource {
+    Dicom,
+    Video,
+}
+
+fn default_model_sources() -> Vec<ModelSource> {
+    vec![ModelSource::Dicom]
+}
+
+/// `[video]`: where live frames come from and how the live pipeline runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Video {
+    /// `"v4l2"` (the `[video.v4l2]` device) or `"replay"` (the `[video.replay]` recording).
+    pub source: VideoSource,
+    /// The region of each frame the models see (the ultrasound sector's bounding box, without
+    /// the cart's menus): `[x, y, width, height]` in pixels; absent: the whole frame.
+    #[serde(default)]
+    pub crop: Option<crate::source::convert::Rect>,
+    /// Row and column spacing of the frames in mm (the cart's depth setting), so that
+    /// segmentation findings can give areas; a recording's own spacing is used otherwise.
+    #[serde(default)]
+    pub pixel_spacing_mm: Option<[f64; 2]>,
+    #[serde(default)]
+    pub v4l2: Option<crate::source::v4l2::V4l2Config>,
+    #[serde(default)]
+    pub replay: Option<Replay>,
+    /// Inference threads for video.
+    #[serde(default = "default_video_threads")]
+    pub threads: usize,
+    /// Cores the inference threads are pinned to, in order; empty: not pinned.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    /// Core for the capture thread; absent: not pinned.
+    #[serde(default)]
+    pub capture_core: Option<usize>,
+    /// Frames voted over before a label counts as present or gone.
+    #[serde(default = "default_window_frames")]
+    pub window_frames: usize,
+    /// While nothing changes, one finding per model this often.
+    #[serde(default = "default_publish_interval")]
+    pub publish_interval_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoSource {
+    V4l2,
+    Replay,
+}
+
+/// `[video.replay]`: a recording played as if it were a camera.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    /// A DICOM multi-frame file, a `.y4m` clip, or a folder of PNG frames.
+    pub path: PathBuf,
+    /// Frames per second; absent: the recording's own.
+    #[serde(default)]
+    pub fps: Option<f64>,
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+}
+
+fn default_video_threads() -> usize {
+    1
+}
+fn default_window_frames() -> usize {
+    5
+}
+fn default_publish_interval() -> f64 {
+    10.0
+}
+
+impl Video {
+    /// The live pipeline's settings.
+    pub fn live_config(&self) -> crate::live::LiveConfig {
+        crate::live::LiveConfig {
+            threads: self.threads,
+            cores: self.cores.clone(),
+            capture_core: self.capture_core,
+            window_frames: self.window_frames,
+            publish_interval: std::time::Duration::from_secs_f64(self.publish_interval_s),
+            ..Default::default()
+        }
+    }
 }
 
 /// Broker address parsed from `mqtt.url`.
@@ -278,6 +375,9 @@ impl BoardProfile {
         for m in &mut p.models {
             resolve(&mut m.path);
         }
+        if let Some(r) = p.video.as_mut().and_then(|v| v.replay.as_mut()) {
+            resolve(&mut r.path);
+        }
         p.validate()?;
         Ok(p)
     }
@@ -288,6 +388,104 @@ impl BoardProfile {
             field,
             reason: reason.into(),
         }
+    }
+
+    fn validate_video(&self, v: &Video, models: usize) -> Result<(), BoardError> {
+        if models == 0 {
+            return Err(self.field(
+                "video",
+                "no [[models]] with sources = [\"video\"]: the frames would go nowhere",
+            ));
+        }
+        match v.source {
+            VideoSource::V4l2 => {
+                let Some(c) = &v.v4l2 else {
+                    return Err(
+                        self.field("video.v4l2", "source = \"v4l2\" needs a [video.v4l2] table")
+                    );
+                };
+                if c.width == 0 || c.height == 0 || c.width > 8192 || c.height > 8192 {
+                    return Err(self.field(
+                        "video.v4l2.width",
+                        format!(
+                            "{}x{} is not a frame size (1..=8192 each)",
+                            c.width, c.height
+                        ),
+                    ));
+                }
+                if !(1..=240).contains(&c.fps) {
+                    return Err(
+                        self.field("video.v4l2.fps", format!("{} is not in 1..=240", c.fps))
+                    );
+                }
+                if c.formats.is_empty() {
+                    return Err(self.field("video.v4l2.formats", "name at least one pixel format"));
+                }
+                if !(2..=32).contains(&c.buffers) {
+                    return Err(self.field(
+                        "video.v4l2.buffers",
+                        format!("{} is not in 2..=32", c.buffers),
+                    ));
+                }
+                if let Some(crop) = v.crop
+                    && !crop.fits(c.width, c.height)
+                {
+                    return Err(self.field(
+                        "video.crop",
+                        format!("{crop:?} does not fit the {}x{} frame", c.width, c.height),
+                    ));
+                }
+            }
+            VideoSource::Replay => {
+                let Some(r) = &v.replay else {
+                    return Err(self.field(
+                        "video.replay",
+                        "source = \"replay\" needs a [video.replay] table",
+                    ));
+                };
+                if let Some(fps) = r.fps
+                    && !(fps > 0.0 && fps <= 1000.0)
+                {
+                    return Err(
+                        self.field("video.replay.fps", format!("{fps} is not in (0, 1000]"))
+                    );
+                }
+            }
+        }
+        if let Some([r, c]) = v.pixel_spacing_mm
+            && !(r > 0.0 && c > 0.0 && r.is_finite() && c.is_finite())
+        {
+            return Err(self.field("video.pixel_spacing_mm", "both spacings must be > 0"));
+        }
+        if !(1..=64).contains(&v.threads) {
+            return Err(self.field("video.threads", format!("{} is not in 1..=64", v.threads)));
+        }
+        if !(1..=crate::live::smooth::MAX_WINDOW).contains(&v.window_frames) {
+            return Err(self.field(
+                "video.window_frames",
+                format!(
+                    "{} is not in 1..={}",
+                    v.window_frames,
+                    crate::live::smooth::MAX_WINDOW
+                ),
+            ));
+        }
+        if !(v.publish_interval_s >= 0.5 && v.publish_interval_s <= 86_400.0) {
+            return Err(self.field(
+                "video.publish_interval_s",
+                format!("{} is not in 0.5..=86400", v.publish_interval_s),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Model folders that run on `source`.
+    pub fn models_for(&self, source: ModelSource) -> Vec<&Path> {
+        self.models
+            .iter()
+            .filter(|m| m.sources.contains(&source))
+            .map(|m| m.path.as_path())
+            .collect()
     }
 
     fn validate(&self) -> Result<(), BoardError> {
@@ -413,6 +611,32 @@ impl BoardProfile {
                 "models",
                 "no [[models]]: the daemon would have nothing to run",
             ));
+        }
+        for m in &self.models {
+            if m.sources.is_empty() {
+                return Err(self.field(
+                    "models.sources",
+                    format!(
+                        "{}: name at least one of \"dicom\", \"video\"",
+                        m.path.display()
+                    ),
+                ));
+            }
+        }
+        let video_models = self
+            .models
+            .iter()
+            .filter(|m| m.sources.contains(&ModelSource::Video))
+            .count();
+        match &self.video {
+            None if video_models > 0 => {
+                return Err(self.field(
+                    "models.sources",
+                    "a model runs on \"video\" but the profile has no [video] table",
+                ));
+            }
+            None => {}
+            Some(v) => self.validate_video(v, video_models)?,
         }
         if self.paths.inbox == self.paths.state {
             return Err(self.field("paths.inbox", "must differ from paths.state"));

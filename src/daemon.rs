@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::board::{BoardError, BoardProfile};
+use crate::board::{BoardError, BoardProfile, ModelSource, Video, VideoSource};
+use crate::live::{CameraState, FindingContext, Live, Opener};
 use crate::model::ModelError;
 use crate::pipeline::{Identity, Processor};
 use crate::publish::mqtt::{DeviceStatus, Topics};
@@ -58,14 +59,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Builds the processor for a board: identity from the profile, every listed model loaded.
 pub fn processor_for(profile: &BoardProfile) -> Result<Processor, DaemonError> {
     let identity = Identity::for_board(profile)?;
-    let dirs: Vec<&Path> = profile.models.iter().map(|m| m.path.as_path()).collect();
+    let dirs = profile.models_for(ModelSource::Dicom);
     Ok(Processor::new(identity, &dirs)?)
 }
 
 /// Runs until SIGTERM or SIGINT.
 pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     let processor = processor_for(&profile)?;
-    let models: Vec<_> = processor.engines().map(|e| e.model_ref().clone()).collect();
+    let video_engines = match &profile.video {
+        Some(_) => crate::live::load_engines(&profile.models_for(ModelSource::Video))?,
+        None => Vec::new(),
+    };
+    let mut models: Vec<_> = processor.engines().map(|e| e.model_ref().clone()).collect();
+    for e in &video_engines {
+        if !models.contains(e.model_ref()) {
+            models.push(e.model_ref().clone());
+        }
+    }
     for m in &models {
         info!(model = %m.id, version = %m.version, sha256 = %m.sha256, "model loaded and verified");
     }
@@ -165,11 +175,19 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                     source,
                 })?
         };
+        let live = match &profile.video {
+            Some(video) => Some(start_live(&profile, video, video_engines, &publisher)?),
+            None => None,
+        };
         info!(inbox = %inbox.dir.display(), findings = %profile.topic("findings"), "bedside running");
         service::ready(&format!("watching {}", inbox.dir.display()));
         let watchdog = service::watchdog_period().map(|period| {
             info!(?period, "feeding the service manager's watchdog while the image worker is alive");
-            tokio::spawn(service::feed_watchdog(period, heartbeat))
+            let mut beats = vec![("image worker", heartbeat)];
+            if let Some(live) = &live {
+                beats.push(("live video pipeline", live.stats().heartbeat().clone()));
+            }
+            tokio::spawn(service::feed_watchdog(period, beats))
         });
         let worker_failed = tokio::select! {
             _ = wait_for_signal() => false,
@@ -193,6 +211,10 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             warn!("DICOM associations still open after 10 s; closing them (objects not yet acknowledged are not kept)");
         }
         drop(watchers);
+        if let Some(live) = live {
+            // Capture stops; what is still present is closed with an end finding.
+            let _ = tokio::task::spawn_blocking(move || live.stop()).await;
+        }
         stop.store(true, Ordering::SeqCst);
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         let left = publisher.shutdown(connection, SHUTDOWN_GRACE).await;
@@ -204,6 +226,100 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         }
         info!("stopped");
         Ok(())
+    })
+}
+
+/// Starts the live video pipeline: its camera (V4L2 or replay), its models, its findings
+/// into the outbox, its camera state into the status topic and its counters into metrics.
+fn start_live(
+    profile: &BoardProfile,
+    video: &Video,
+    engines: Vec<crate::infer::Engine>,
+    publisher: &Publisher,
+) -> Result<Live, DaemonError> {
+    let opener = camera_opener(video);
+    let source = match video.source {
+        VideoSource::V4l2 => SourceKind::V4l2,
+        VideoSource::Replay => SourceKind::Replay,
+    };
+    let context = FindingContext {
+        identity: Identity::for_board(profile)?,
+        source,
+    };
+    let recorder = publisher.clone();
+    let sink =
+        Box::new(
+            move |f: crate::finding::Finding| match recorder.record(Class::Summary, &f) {
+                Ok(()) => info!(
+                    id = %f.id,
+                    model = %f.model.id,
+                    event = ?f.video.as_ref().map(|v| v.event),
+                    present = ?f.over_threshold,
+                    first_frame = f.video.as_ref().map(|v| v.first_frame),
+                    last_frame = f.video.as_ref().map(|v| v.last_frame),
+                    "video finding made"
+                ),
+                Err(e) => {
+                    recorder
+                        .metrics()
+                        .inputs_deferred
+                        .fetch_add(1, Ordering::Relaxed);
+                    error!(id = %f.id, "cannot record a video finding: {e}");
+                }
+            },
+        );
+    let status = publisher.clone();
+    let on_state = Box::new(move |s: &CameraState| {
+        status.set_video_status(serde_json::to_value(s).unwrap_or_default());
+    });
+    publisher.set_video_status(serde_json::to_value(CameraState::Starting).unwrap_or_default());
+    let live = Live::start(
+        video.live_config(),
+        opener,
+        engines,
+        context,
+        sink,
+        on_state,
+    );
+    let stats = live.stats().clone();
+    publisher.set_video_metrics(Box::new(move || stats.to_json()));
+    info!(
+        source = ?video.source,
+        threads = video.threads,
+        cores = ?video.cores,
+        window_frames = video.window_frames,
+        publish_interval_s = video.publish_interval_s,
+        "live video pipeline started"
+    );
+    Ok(live)
+}
+
+/// Opens the profile's camera; called again after the camera is lost.
+pub fn camera_opener(video: &Video) -> Opener {
+    let video = video.clone();
+    Box::new(move || -> Result<Box<dyn crate::source::camera::Camera>, crate::source::camera::CameraError> {
+        match video.source {
+            VideoSource::V4l2 => {
+                let config = video.v4l2.as_ref().expect("validated: v4l2 has its table");
+                Ok(Box::new(crate::source::v4l2::V4l2Camera::open(
+                    config,
+                    video.crop,
+                    video.pixel_spacing_mm,
+                )?))
+            }
+            VideoSource::Replay => {
+                let r = video.replay.as_ref().expect("validated: replay has its table");
+                Ok(Box::new(crate::source::replay::Replay::open(
+                    crate::source::replay::ReplayConfig {
+                        path: r.path.clone(),
+                        fps: r.fps,
+                        looping: r.looping,
+                        crop: video.crop,
+                        pixel_spacing_mm: video.pixel_spacing_mm,
+                    },
+                )?))
+            }
+        }
     })
 }
 

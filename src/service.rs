@@ -70,22 +70,27 @@ pub fn watchdog_period() -> Option<Duration> {
 
 /// Pings the watchdog every half period for as long as the heartbeat is younger than the
 /// period. Runs until the task is dropped.
-pub async fn feed_watchdog(period: Duration, heartbeat: Heartbeat) {
+pub async fn feed_watchdog(period: Duration, heartbeats: Vec<(&'static str, Heartbeat)>) {
     let mut tick = tokio::time::interval(period / 2);
     let mut starving = false;
     loop {
         tick.tick().await;
-        if should_ping(heartbeat.age(), period) {
+        // The stalest worker decides: one wedged pipeline is enough to stop pinging.
+        let (name, age) = heartbeats
+            .iter()
+            .map(|(n, h)| (*n, h.age()))
+            .max_by_key(|(_, a)| *a)
+            .unwrap_or(("", Duration::ZERO));
+        if should_ping(age, period) {
             if starving {
-                warn!("the image worker is alive again; feeding the watchdog");
+                warn!("every worker is alive again; feeding the watchdog");
                 starving = false;
             }
             debug!("watchdog ping");
             notify(&[NotifyState::Watchdog]);
         } else if !starving {
             warn!(
-                "the image worker has shown no sign of life for {:?}; no longer feeding the watchdog",
-                heartbeat.age()
+                "the {name} has shown no sign of life for {age:?}; no longer feeding the watchdog"
             );
             starving = true;
         }

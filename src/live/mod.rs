@@ -80,8 +80,9 @@ pub enum CameraState {
     Ended,
 }
 
-/// Latency histogram: 1 ms buckets up to 2 s, then one overflow bucket.
-const LATENCY_BUCKETS: usize = 2001;
+/// Latency histogram: 0.1 ms buckets up to 2 s, then one overflow bucket (160 KB, fixed).
+const LATENCY_BUCKETS: usize = 20_001;
+const LATENCY_BUCKET_US: u128 = 100;
 
 /// Counters of the live pipeline (lock-free; read for metrics and tests).
 pub struct LiveStats {
@@ -96,9 +97,8 @@ pub struct LiveStats {
     /// Findings handed to the sink.
     pub findings: AtomicU64,
     latency: Box<[AtomicU64]>,
-    /// Milliseconds since `started` at which an inference thread last looked for work.
-    heartbeat_ms: AtomicU64,
-    started: Instant,
+    /// Beaten whenever an inference thread looks for work (the watchdog watches it).
+    heartbeat: crate::service::Heartbeat,
     state: Mutex<CameraState>,
 }
 
@@ -112,22 +112,14 @@ impl LiveStats {
             camera_lost: AtomicU64::new(0),
             findings: AtomicU64::new(0),
             latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            heartbeat_ms: AtomicU64::new(0),
-            started: Instant::now(),
+            heartbeat: crate::service::Heartbeat::new(),
             state: Mutex::new(CameraState::Starting),
         }
     }
 
-    fn beat(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.heartbeat_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// True while an inference thread has looked for work within `limit` (the watchdog's
-    /// test: a wedged model stops it).
-    pub fn healthy(&self, limit: Duration) -> bool {
-        let now = self.started.elapsed().as_millis() as u64;
-        now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)) <= limit.as_millis() as u64
+    /// The inference threads' sign of life.
+    pub fn heartbeat(&self) -> &crate::service::Heartbeat {
+        &self.heartbeat
     }
 
     pub fn state(&self) -> CameraState {
@@ -135,11 +127,12 @@ impl LiveStats {
     }
 
     fn record_latency(&self, d: Duration) {
-        let i = (d.as_millis() as usize).min(LATENCY_BUCKETS - 1);
+        let i = ((d.as_micros() / LATENCY_BUCKET_US) as usize).min(LATENCY_BUCKETS - 1);
         self.latency[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Capture-to-result latency percentile in ms (bucket upper bound), over all frames.
+    /// Capture-to-result latency percentile in ms (the bucket's upper bound, 0.1 ms wide),
+    /// over all frames so far.
     pub fn latency_percentile(&self, p: f64) -> Option<f64> {
         let counts: Vec<u64> = self
             .latency
@@ -152,10 +145,10 @@ impl LiveStats {
         }
         let want = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
         let mut seen = 0;
-        for (ms, c) in counts.iter().enumerate() {
+        for (i, c) in counts.iter().enumerate() {
             seen += c;
             if seen >= want {
-                return Some(ms as f64 + 1.0);
+                return Some((i + 1) as f64 * LATENCY_BUCKET_US as f64 / 1000.0);
             }
         }
         None
@@ -518,7 +511,7 @@ fn infer_loop(
 ) {
     let mut size: Option<(u32, u32)> = None;
     loop {
-        stats.beat();
+        stats.heartbeat.beat();
         let frame = match handoff.take(Duration::from_millis(200)) {
             Taken::Item(f) => f,
             Taken::Empty if !stop.load(Ordering::Relaxed) => continue,

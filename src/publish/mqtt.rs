@@ -91,6 +91,9 @@ pub struct StatusDoc<'a> {
     pub protocol: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbox: Option<OutboxStatus>,
+    /// The live video camera's state, when the device has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video: Option<&'a serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -103,6 +106,9 @@ pub struct OutboxStatus {
     /// New findings are being refused (see `publish::outbox`).
     pub full: bool,
 }
+
+/// Makes the `video` part of a metrics document.
+pub type VideoMetrics = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// Counters the daemon keeps for the metrics topic.
 #[derive(Debug, Default)]
@@ -361,6 +367,7 @@ struct Flight {
     /// After the broker refused a finding, wait before sending findings again.
     hold_until: Option<Instant>,
     buf: Vec<u8>,
+    video: Option<serde_json::Value>,
 }
 
 struct Shared {
@@ -368,6 +375,8 @@ struct Shared {
     flight: Mutex<Flight>,
     wake: Notify,
     metrics: Metrics,
+    /// The live pipeline's part of the metrics document, when there is one.
+    video_metrics: std::sync::OnceLock<VideoMetrics>,
     started: Instant,
 }
 
@@ -384,6 +393,7 @@ impl Shared {
             device: &self.config.identity,
             protocol: Some(f.client.name()),
             outbox: Some(outbox_status(&f.outbox)),
+            video: f.video.as_ref(),
         };
         serde_json::to_vec(&doc).expect("status serialises")
     }
@@ -543,6 +553,10 @@ impl Shared {
             },
             "memory": { "rss_bytes": rss, "peak_rss_bytes": peak },
         });
+        let mut doc = doc;
+        if let Some(video) = self.video_metrics.get() {
+            doc["video"] = video();
+        }
         // QoS 0: a lost sample is replaced by the next one, and never waits in the outbox.
         f.client.try_publish(
             &self.config.topics.metrics,
@@ -608,10 +622,12 @@ impl Publisher {
                 full_reported: false,
                 hold_until: None,
                 buf: Vec::new(),
+                video: None,
             }),
             config,
             wake: Notify::new(),
             metrics: Metrics::default(),
+            video_metrics: std::sync::OnceLock::new(),
             started: Instant::now(),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -661,6 +677,20 @@ impl Publisher {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Sets the camera's state in the retained status document (republished at once).
+    pub fn set_video_status(&self, state: serde_json::Value) {
+        let mut f = self.shared.lock();
+        f.video = Some(state);
+        f.status_dirty = true;
+        drop(f);
+        self.shared.wake.notify_one();
+    }
+
+    /// Adds the live pipeline's counters to every metrics document.
+    pub fn set_video_metrics(&self, make: VideoMetrics) {
+        let _ = self.shared.video_metrics.set(make);
     }
 
     /// Waits up to `grace` for the broker to take what the outbox holds, then marks the
@@ -723,6 +753,7 @@ fn will(config: &PublisherConfig) -> Vec<u8> {
         device: &config.identity,
         protocol: None,
         outbox: None,
+        video: None,
     })
     .expect("status serialises")
 }

@@ -313,12 +313,10 @@ fn decode_jpeg_grey(
             0,
             tj::TJPF_TJPF_GRAY,
         );
+        // A warning too (data cut short, a corrupt segment) loses the frame: a half-grey
+        // image must not reach a model. The next frame comes a frame period later.
         if status != 0 {
-            // A warning (e.g. a few bytes missing at the end of a frame) still leaves a
-            // whole image; only an error loses the frame.
-            if tj::tj3GetErrorCode(h) == tj::TJERR_TJERR_FATAL as i32 {
-                return Err(ConvertError::Jpeg(jpeg.handle.error()));
-            }
+            return Err(ConvertError::Jpeg(jpeg.handle.error()));
         }
     }
     Ok(())

@@ -238,15 +238,14 @@ impl Camera for Replay {
             std::thread::sleep(due - now);
         }
         self.next_due = Some(due + self.period);
+        // The frame "arrives" now, as a capture card's buffer would: cropping it is the
+        // pipeline's work and counts in its latency.
+        let (at, wall) = (Instant::now(), SystemTime::now());
         let converted = self.converter.to_luma(&self.full, out);
         converted.map_err(|e| self.bad(e.to_string()))?;
         let seq = self.seq;
         self.seq += 1;
-        Ok(Captured {
-            seq,
-            at: Instant::now(),
-            wall: SystemTime::now(),
-        })
+        Ok(Captured { seq, at, wall })
     }
 }
 

@@ -1,0 +1,285 @@
+"""Static int8 quantization of model.pruned.onnx -> model.onnx, held-out evaluation of the three forms,
+min_fraction choice, parity fixtures and model.toml.
+
+  python quantize_us.py            # quantize, evaluate, fixtures, manifest (tolerances from $CACHE_US/tract.json
+                                   # when bench_us.py has measured them, else the defaults below)
+
+int8 format: onnxruntime QOperator restricted to Conv+Relu -> QLinearConv with the ReLU folded into its output
+range, u8 activations / s8 weights, per-tensor scales, MinMax calibration. Every Conv including the 1x1 head is a
+QLinearConv, so tract keeps the tensors u8 from the input QuantizeLinear to the head; only DepthToSpace runs
+after the final DequantizeLinear (see the model card for what else was tried).
+"""
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+import data_us as data
+import preprocess_us as P
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
+OUT_DIR = os.path.join(ROOT, "models", "us-fast-fluid")
+FIX_DIR = os.path.join(ROOT, "tests", "fixtures", "us-fast-fluid")
+FP32 = os.path.join(OUT_DIR, "model.fp32.onnx")
+PRUNED = os.path.join(OUT_DIR, "model.pruned.onnx")
+INT8 = os.path.join(OUT_DIR, "model.onnx")
+FORMS = (("fp32", FP32), ("pruned", PRUNED), ("int8", INT8))
+METRICS = os.path.join(data.CACHE, "metrics.json")
+TRACT_JSON = os.path.join(data.CACHE, "tract.json")
+THRESHOLD = 0.5       # per-pixel probability (logit > 0)
+EXCLUDE_HEAD = os.environ.get("EXCLUDE_HEAD", "") == "1"
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, x):
+        self.it = iter([{"input": x[i:i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def session(path, threads=1):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def run(sess, x):
+    return np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])[:, 0]
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def quantize():
+    xc, _, _, _ = data.load("calib")
+    pre = os.path.join(data.CACHE, "model.pruned.pre.onnx")
+    quant_pre_process(PRUNED, pre, skip_symbolic_shape=True)
+    m = onnx.load(pre)
+    head = [n.name for n in m.graph.node if n.op_type == "Conv"][-1]
+    quantize_static(pre, INT8, Reader(xc), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+                    op_types_to_quantize=["Conv", "Relu"], calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=[head] if EXCLUDE_HEAD else [])
+    m = onnx.load(INT8)
+    m.producer_name, m.producer_version = "bedside-model-factory", "0.1.0"
+    m.doc_string = (f"us-fast-fluid int8 (QOperator QLinearConv u8/s8 per-tensor, ReLU folded), calibrated on "
+                    f"{len(xc)} synthetic images")
+    onnx.save(m, INT8)
+    ops = [(n.domain or "ai.onnx") + ":" + n.op_type for n in m.graph.node]
+    print("quantized", INT8, ops, os.path.getsize(INT8), "bytes")
+    assert all(o.startswith("ai.onnx:") for o in ops), "non-standard-domain op in the int8 graph"
+    return len(xc)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+def auc_score(score, y):
+    from train_us import auc_score as a
+    return a(score, y)
+
+
+def metrics(logits, t, y, min_fraction):
+    pred = logits > 0.0
+    gt = t.astype(np.float32) >= 0.5
+    pos = y == 1
+
+    def pooled(sel):
+        p, g = pred[sel], gt[sel]
+        inter, ps, gs = (p & g).sum(), p.sum(), g.sum()
+        return float(2 * inter / max(ps + gs, 1)), float(inter / max((p | g).sum(), 1))
+
+    dpos, ipos = pooled(pos)
+    dall, iall = pooled(np.ones_like(pos))
+    per = []
+    for i in np.where(pos)[0]:
+        p, g = pred[i], gt[i]
+        s = p.sum() + g.sum()
+        per.append(1.0 if s == 0 else 2 * (p & g).sum() / s)
+    frac = pred.reshape(len(pred), -1).mean(1)
+    present = frac >= min_fraction
+    return {"dice_pos": dpos, "iou_pos": ipos, "dice_all": dall, "iou_all": iall,
+            "dice_pos_mean_per_image": float(np.mean(per)),
+            "sensitivity": float(present[pos].mean()), "specificity": float((~present[~pos]).mean()),
+            "auc": float(auc_score(frac, y)),
+            "fp_pixels_on_negatives": float(pred[~pos].mean())}
+
+
+def choose_min_fraction(logits, y):
+    """Fluid-pixel count k (of OUT*OUT) maximising Youden's J on validation; ties -> middle of the best
+    plateau. Written as (k - 0.5) / (OUT*OUT) so that `fraction >= min_fraction` means `count >= k`."""
+    n = P.OUT * P.OUT
+    cnt = (logits > 0).reshape(len(logits), -1).sum(1)
+    ks = np.arange(1, 80)
+    j = np.array([(cnt[y == 1] >= k).mean() + (cnt[y == 0] < k).mean() for k in ks])
+    best = np.where(j >= j.max() - 1e-12)[0]
+    k = int(ks[best[len(best) // 2]])
+    return k, round((k - 0.5) / n, 6), float(j.max() - 1)
+
+
+def evaluate(n_calib):
+    xv, tv, yv, _ = data.load("val")
+    xt, tt, yt, mt = data.load("test")
+    logits = {}
+    for name, path in FORMS:
+        s = session(path)
+        logits[name] = (run(s, xv), run(s, xt))
+    k, minf, j = choose_min_fraction(logits["int8"][0], yv)
+    res = {"n_calib": n_calib, "n_val": int(len(yv)), "n_test": int(len(yt)), "n_test_pos": int(yt.sum()),
+           "min_fraction": minf, "min_fraction_pixels": k, "val_youden_j_int8": j,
+           "test_pos_with_empty_gt": int(((tt >= 0.5).reshape(len(tt), -1).sum(1)[yt == 1] == 0).sum()),
+           "forms": {}}
+    for name, _ in FORMS:
+        res["forms"][name] = metrics(logits[name][1], tt, yt, minf)
+        res["forms"][name]["val"] = metrics(logits[name][0], tv, yv, minf)
+    # by fluid size (test positives): sensitivity per thickness band, int8
+    cnt = (logits["int8"][1] > 0).reshape(len(yt), -1).mean(1) >= minf
+    bands = [(0, 5), (5, 10), (10, 30)]
+    res["int8_sensitivity_by_max_thickness_mm"] = {
+        f"{a}-{b}": float(cnt[(yt == 1) & (mt[:, 0] >= a) & (mt[:, 0] < b)].mean()) for a, b in bands}
+    res["int8_specificity_gallbladder_next_to_kidney"] = float((~cnt[(yt == 0) & (mt[:, 3] == 1)]).mean())
+    d = logits["int8"][1] - logits["pruned"][1]
+    res["int8_vs_pruned_test_max_abs_logit"] = float(np.abs(d).max())
+    res["int8_vs_pruned_mask_agreement"] = float(((logits["int8"][1] > 0) == (logits["pruned"][1] > 0)).mean())
+    res["pruned_vs_fp32_mask_agreement"] = float(((logits["pruned"][1] > 0) == (logits["fp32"][1] > 0)).mean())
+    print(json.dumps(res, indent=1))
+    with open(METRICS, "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+def r7(a):
+    return [float(f"{v:.7g}") for v in np.asarray(a, dtype=np.float32).ravel()]
+
+
+def fixtures():
+    """6 held-out test inputs: 3 positives (small, medium, large fluid), 3 negatives (one with a gallbladder next
+    to the kidney when available); outputs of the three forms from onnxruntime (1 thread)."""
+    os.makedirs(FIX_DIR, exist_ok=True)
+    xt, tt, yt, mt = data.load("test")
+    sess = {name: session(path) for name, path in FORMS}
+    pos = [i for i in np.where(yt == 1)[0]]
+    picks = []
+    for lo, hi in ((2.5, 6), (6, 12), (12, 30)):
+        picks.append(next(i for i in pos if lo <= mt[i, 0] < hi and (tt[i] >= 0.5).sum() > 0))
+    negs = np.where(yt == 0)[0]
+    gbn = [i for i in negs if mt[i, 3] == 1]
+    picks += ([gbn[0]] if gbn else []) + [i for i in negs if i not in gbn[:1]][:3 - min(1, len(gbn))]
+    cases = []
+    for n, i in enumerate(picks):
+        x = xt[i:i + 1]
+        name = f"case{n}.f32"
+        x.astype("<f4").tofile(os.path.join(FIX_DIR, name))
+        c = {"input": name, "positive": bool(yt[i] == 1), "test_index": int(i),
+             "fluid_max_thickness_mm": round(float(mt[i, 0]), 2)}
+        for form, _ in (("int8", 0), ("pruned", 0), ("fp32", 0)):
+            c[form] = r7(sess[form].run(None, {"input": x})[0])
+        cases.append(c)
+    doc = {"model": "us-fast-fluid", "input_shape": [1, 1, P.SIZE, P.SIZE], "output_shape": [1, 1, P.OUT, P.OUT],
+           "note": "inputs are after preprocessing step 5 (raw little-endian float32); outputs are logits from "
+                   f"onnxruntime {ort.__version__} CPUExecutionProvider, 1 thread, flattened row-major, rounded to "
+                   "7 significant digits; int8 = model.onnx, pruned = model.pruned.onnx, fp32 = model.fp32.onnx",
+           "cases": cases}
+    with open(os.path.join(FIX_DIR, "parity.json"), "w") as f:
+        f.write(json.dumps(doc, separators=(",", ":")))
+        f.write("\n")
+    tot = sum(os.path.getsize(os.path.join(FIX_DIR, p)) for p in os.listdir(FIX_DIR))
+    print("wrote", len(cases), "fixtures to", FIX_DIR, tot, "bytes")
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+def tolerances():
+    """[parity] values: ~3x what tract vs onnxruntime measured on the fixtures (bench_us.py), floors below."""
+    if os.path.exists(TRACT_JSON):
+        tj = json.load(open(TRACT_JSON))
+        p = tj["parity"]
+        def tol(v, floor):
+            return float(f"{max(3 * v, floor):.2g}")
+        return (tol(p["int8"]["max_abs"], 1e-5), tol(max(p["fp32"]["max_abs"], p["pruned"]["max_abs"]), 1e-5),
+                min(0.999, float(np.floor(min(p[f]["mask_agreement"] for f in p) * 1000) / 1000) - 0.001))
+    return 1e-3, 1e-4, 0.999
+
+
+def manifest(res):
+    max_abs, fp32_max_abs, agree = tolerances()
+    mem = ""
+    if os.path.exists(TRACT_JSON) and json.load(open(TRACT_JSON)).get("tract_working_bytes"):
+        mem = f"tract_working_bytes = {json.load(open(TRACT_JSON))['tract_working_bytes']}\n"
+    toml = f'''[model]
+id = "us-fast-fluid"
+version = "0.1.0"
+task = "segmentation"
+file = "model.onnx"
+sha256 = "{sha256(INT8)}"
+quantization = "int8 static, QOperator QLinearConv u8/s8 per-tensor (ReLU folded), MinMax calibration on {res["n_calib"]} synthetic images"
+description = "Free fluid in Morison's pouch (FAST RUQ view) segmentation, trained on synthetic ultrasound phantoms; runtime reference, not a medical device"
+
+[model.parent]
+file = "model.fp32.onnx"
+sha256 = "{sha256(FP32)}"
+
+[model.pruned]
+file = "model.pruned.onnx"
+sha256 = "{sha256(PRUNED)}"
+
+[input]
+name = "input"
+shape = [1, 1, {P.SIZE}, {P.SIZE}]
+layout = "NCHW"
+frames = "all"
+
+[preprocess]
+window = {{ center = 128.0, width = 256.0 }}
+resize = "bilinear-antialias"
+mean = {P.MEAN}
+std = {P.STD}
+
+[output]
+name = "mask"
+activation = "sigmoid"
+
+[parity]
+# tract vs onnxruntime on tests/fixtures/us-fast-fluid, ~3x the measured max |diff| (README.md; bench_us.py)
+max_abs = {max_abs}
+fp32_max_abs = {fp32_max_abs}
+min_mask_agreement = {agree}
+
+[memory]
+{mem}
+[[labels]]
+name = "free_fluid"
+threshold = {THRESHOLD}
+min_fraction = {res["min_fraction"]}
+'''
+    if not mem:
+        toml = toml.replace("[memory]\n\n", "")
+    with open(os.path.join(OUT_DIR, "model.toml"), "w") as f:
+        f.write(toml)
+    print("wrote model.toml")
+    for _, p in FORMS:
+        print("sha256", os.path.basename(p), sha256(p), os.path.getsize(p), "bytes")
+
+
+if __name__ == "__main__":
+    import torch
+    torch.set_num_threads(1)
+    what = sys.argv[1:] or ["quantize", "evaluate", "fixtures", "manifest"]
+    n = quantize() if "quantize" in what else len(data.load("calib")[0])
+    res = evaluate(n) if "evaluate" in what else json.load(open(METRICS))
+    if "fixtures" in what:
+        fixtures()
+    if "manifest" in what:
+        manifest(res)
