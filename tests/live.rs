@@ -28,7 +28,12 @@ fn crop_toml() -> String {
 }
 
 /// A board whose only model runs on video, replaying `clip` with `video` settings.
-fn video_board(dir: &std::path::Path, port: u16, model: &std::path::Path, video: &str) -> std::path::PathBuf {
+fn video_board(
+    dir: &std::path::Path,
+    port: u16,
+    model: &std::path::Path,
+    video: &str,
+) -> std::path::PathBuf {
     let board = write_board_with(
         dir,
         &format!("url = \"mqtt://127.0.0.1:{port}\"\nmetrics_interval_s = 1"),
@@ -104,9 +109,16 @@ fn capture_keeps_its_rate_into_a_slower_model_and_nothing_grows() {
     let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     for fps in [30u32, 60] {
         let (samples, findings, log) = replay_into_slow_model(fps, 60);
-        assert!(samples.len() >= 50, "{} metrics samples in 60 s:\n{log}", samples.len());
+        assert!(
+            samples.len() >= 50,
+            "{} metrics samples in 60 s:\n{log}",
+            samples.len()
+        );
         // Steady state: from 10 s on.
-        let steady: Vec<&Sample> = samples.iter().filter(|s| s.at >= Duration::from_secs(10)).collect();
+        let steady: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.at >= Duration::from_secs(10))
+            .collect();
         let (a, b) = (steady[0], steady[steady.len() - 1]);
         let span = (b.at - a.at).as_secs_f64();
         let capture_fps = (b.captured - a.captured) as f64 / span;
@@ -208,8 +220,16 @@ fn smoothed_findings_follow_a_known_event_within_a_few_frames() {
             ended = doc["video"]["state"] == "ended";
         }
     }
-    assert!(ended, "no video state \"ended\" on the status topic:\n{}", daemon.log());
-    assert!(findings.wait_unique(2, Duration::from_secs(10)), "{}", daemon.log());
+    assert!(
+        ended,
+        "no video state \"ended\" on the status topic:\n{}",
+        daemon.log()
+    );
+    assert!(
+        findings.wait_unique(2, Duration::from_secs(10)),
+        "{}",
+        daemon.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (_, log) = daemon.stop();
     let docs = findings.docs();
@@ -231,29 +251,56 @@ fn smoothed_findings_follow_a_known_event_within_a_few_frames() {
     assert_eq!(onsets.len(), 1, "one onset expected: {events:?}\n{log}");
     assert_eq!(ends.len(), 1, "one end expected: {events:?}\n{log}");
     const SLACK: u64 = 3;
-    assert!(onsets[0].1.abs_diff(first) <= SLACK, "onset at {} for {first}", onsets[0].1);
-    assert!(ends[0].1.abs_diff(first) <= SLACK, "span starts at {} for {first}", ends[0].1);
-    assert!(ends[0].2.abs_diff(last) <= SLACK, "span ends at {} for {last}", ends[0].2);
+    assert!(
+        onsets[0].1.abs_diff(first) <= SLACK,
+        "onset at {} for {first}",
+        onsets[0].1
+    );
+    assert!(
+        ends[0].1.abs_diff(first) <= SLACK,
+        "span starts at {} for {first}",
+        ends[0].1
+    );
+    assert!(
+        ends[0].2.abs_diff(last) <= SLACK,
+        "span ends at {} for {last}",
+        ends[0].2
+    );
     let end = docs.iter().find(|f| f["video"]["event"] == "end").unwrap();
     assert_valid_finding(end);
     assert_eq!(end["task"], "segmentation");
     assert_eq!(end["source"], "replay");
     assert_eq!(end["over_threshold"], serde_json::json!(["free_fluid"]));
     let region = &end["regions"][0];
-    let area = region["area_mm2"].as_f64().expect("area in mm² (the clip has a pixel spacing)");
+    let area = region["area_mm2"]
+        .as_f64()
+        .expect("area in mm² (the clip has a pixel spacing)");
     let peak = region["peak_area_mm2"].as_f64().unwrap();
-    assert!(area > 0.0 && peak >= area, "area {area} mm², peak {peak} mm²");
+    assert!(
+        area > 0.0 && peak >= area,
+        "area {area} mm², peak {peak} mm²"
+    );
     // The area is the fraction of the cropped frame times its size in mm².
     let c = &facts["crop"];
     let s = &facts["pixel_spacing_mm"];
-    let frame_mm2 = c[2].as_f64().unwrap() * s[1].as_f64().unwrap() * c[3].as_f64().unwrap() * s[0].as_f64().unwrap();
+    let frame_mm2 = c[2].as_f64().unwrap()
+        * s[1].as_f64().unwrap()
+        * c[3].as_f64().unwrap()
+        * s[0].as_f64().unwrap();
     let fraction = region["fraction"].as_f64().unwrap();
-    assert!((area - fraction * frame_mm2).abs() <= 0.01 * area.max(1.0), "{area} vs {fraction} x {frame_mm2}");
-    assert_eq!(end["model"]["sha256"], serde_json::json!(model_sha256(&model)));
+    assert!(
+        (area - fraction * frame_mm2).abs() <= 0.01 * area.max(1.0),
+        "{area} vs {fraction} x {frame_mm2}"
+    );
+    assert_eq!(
+        end["model"]["sha256"],
+        serde_json::json!(model_sha256(&model))
+    );
 }
 
 fn model_sha256(dir: &std::path::Path) -> String {
-    let m: toml::Value = toml::from_str(&std::fs::read_to_string(dir.join("model.toml")).unwrap()).unwrap();
+    let m: toml::Value =
+        toml::from_str(&std::fs::read_to_string(dir.join("model.toml")).unwrap()).unwrap();
     m["model"]["sha256"].as_str().unwrap().to_string()
 }
 
@@ -286,7 +333,10 @@ fn a_missing_camera_is_reported_and_dicom_carries_on() {
     }
     let down = down.unwrap_or_else(|| panic!("no video state \"down\":\n{}", daemon.log()));
     let reason = down["video"]["reason"].as_str().unwrap();
-    assert!(reason.contains("/dev/video-bedside-test-absent"), "{reason}");
+    assert!(
+        reason.contains("/dev/video-bedside-test-absent"),
+        "{reason}"
+    );
     assert!(down["video"]["since"].is_string());
     // Retrying with backoff: the log says so more than once within a few seconds.
     assert!(daemon.wait_log("will try again", Duration::from_secs(5)));
@@ -295,10 +345,19 @@ fn a_missing_camera_is_reported_and_dicom_carries_on() {
     assert!(retries >= 2, "{retries} attempts in the log");
     // DICOM still works.
     std::fs::copy(sample("cxr-ptx-mono2.dcm"), dir.path().join("inbox/.part")).unwrap();
-    std::fs::rename(dir.path().join("inbox/.part"), dir.path().join("inbox/a.dcm")).unwrap();
+    std::fs::rename(
+        dir.path().join("inbox/.part"),
+        dir.path().join("inbox/a.dcm"),
+    )
+    .unwrap();
     let (_, f) = findings
         .next_json(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("no DICOM finding while the camera is down:\n{}", daemon.log()));
+        .unwrap_or_else(|| {
+            panic!(
+                "no DICOM finding while the camera is down:\n{}",
+                daemon.log()
+            )
+        });
     assert_eq!(f["source"], "watch-folder");
     let (status_code, log) = daemon.stop();
     assert!(status_code.success(), "{log}");

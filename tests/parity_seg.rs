@@ -23,7 +23,11 @@ fn check(variant: Variant, key: &str) {
         serde_json::from_str(&std::fs::read_to_string(fixtures.join("parity.json")).unwrap())
             .unwrap();
     let mut engine = Engine::load_variant(&dir, variant).unwrap();
-    let p = engine.manifest().parity.clone().expect("the manifest states its tolerances");
+    let p = engine
+        .manifest()
+        .parity
+        .clone()
+        .expect("the manifest states its tolerances");
     let tolerance = match variant {
         Variant::Shipped => p.max_abs,
         _ => p.fp32_max_abs.expect("parity.fp32_max_abs"),

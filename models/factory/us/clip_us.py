@@ -52,10 +52,10 @@ def clip_scene():
     s["diaph"] = (-68.0 + 120.0, 80.0, 120.0)
     s["fluid"].update(t=11.0, phic=-112.0, half=62.0, sharp=0.8, echo=0.02)
     # confounders, always present: gallbladder (dark oval) away from the pouch, an IVC-like tube, a rib shadow
-    s["gb"] = dict(near=False, phi=-60.0, off=35.0, a=20.0, b=9.0, rot=10.0, wall=2.5, sludge=False)
+    s["gb"] = dict(near=False, phi=-75.0, off=25.0, a=20.0, b=9.0, rot=10.0, wall=2.5, sludge=False)
     s["vessels"] = [dict(kind="ivc", r=8.0, wall=True, rel=(-1.3, 0.7, 80.0, 8.0, -6.0)),
                     dict(kind="hv", r=3.5, wall=False, rel=(-0.2, -2.6, 45.0, 150.0, 8.0))]
-    s["ribs"] = [(0.78, 0.08, 4.0)]
+    s["ribs"] = [(0.9, 0.08, 3.5)]
     s["gas"] = [(1.1, 1.5, 5.0)]
     return s
 
@@ -98,7 +98,7 @@ def render_frames():
     s = clip_scene()
     box, rows_s, cols_s = box_mm()
     x0 = (COLS - cols_s) // 2
-    y0 = ROWS - rows_s - 31
+    y0 = 44
     crop = [x0, y0, cols_s, rows_s]
     frames, masks = [], []
     for t in range(FRAMES):
