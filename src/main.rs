@@ -13,6 +13,11 @@ use bedside::pipeline::{Identity, Processor};
 use bedside::prepare::Preparer;
 use bedside::source::SourceKind;
 
+/// Counts every allocation, so that the daemon can report its heap and tests can prove the
+/// hot path allocates nothing new (see `bedside::alloc`).
+#[global_allocator]
+static ALLOC: bedside::alloc::Counting = bedside::alloc::Counting;
+
 /// Exit status for an input that cannot be read or decoded.
 const EXIT_BAD_INPUT: u8 = 2;
 const DEFAULT_MODEL: &str = "models/cxr-tiny-cls";

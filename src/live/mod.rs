@@ -96,6 +96,12 @@ pub struct LiveStats {
     pub camera_lost: AtomicU64,
     /// Findings handed to the sink.
     pub findings: AtomicU64,
+    /// Heap allocations (count, bytes) an inference thread made for its last frame, and the
+    /// most for any frame after the first (see `crate::alloc`; zero without the counting
+    /// allocator).
+    pub frame_allocations: AtomicU64,
+    pub frame_allocated_bytes: AtomicU64,
+    pub frame_allocations_max: AtomicU64,
     latency: Box<[AtomicU64]>,
     /// Beaten whenever an inference thread looks for work (the watchdog watches it).
     heartbeat: crate::service::Heartbeat,
@@ -111,6 +117,9 @@ impl LiveStats {
             bad_frames: AtomicU64::new(0),
             camera_lost: AtomicU64::new(0),
             findings: AtomicU64::new(0),
+            frame_allocations: AtomicU64::new(0),
+            frame_allocated_bytes: AtomicU64::new(0),
+            frame_allocations_max: AtomicU64::new(0),
             latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             heartbeat: crate::service::Heartbeat::new(),
             state: Mutex::new(CameraState::Starting),
@@ -166,6 +175,11 @@ impl LiveStats {
                 "bad": get(&self.bad_frames),
             },
             "camera_lost": get(&self.camera_lost),
+            "heap_per_frame": {
+                "allocations": get(&self.frame_allocations),
+                "bytes": get(&self.frame_allocated_bytes),
+                "max_allocations": get(&self.frame_allocations_max),
+            },
             "findings": get(&self.findings),
             "latency_ms": {
                 "p50": self.latency_percentile(50.0),
@@ -517,6 +531,7 @@ fn infer_loop(
             Taken::Empty if !stop.load(Ordering::Relaxed) => continue,
             Taken::Empty | Taken::Closed => return,
         };
+        let (allocs0, bytes0) = crate::alloc::thread_allocations();
         let (w, h) = *size.get_or_insert_with(|| {
             let s = frame_size.lock().unwrap_or_else(|p| p.into_inner());
             s.map(|(w, h, _)| (w, h))
@@ -561,7 +576,17 @@ fn infer_loop(
             }
         }
         stats.record_latency(frame.captured.at.elapsed());
-        stats.processed.fetch_add(1, Ordering::Relaxed);
+        let (allocs1, bytes1) = crate::alloc::thread_allocations();
+        let allocs = allocs1 - allocs0;
+        stats.frame_allocations.store(allocs, Ordering::Relaxed);
+        stats
+            .frame_allocated_bytes
+            .store(bytes1 - bytes0, Ordering::Relaxed);
+        if stats.processed.fetch_add(1, Ordering::Relaxed) > 0 {
+            stats
+                .frame_allocations_max
+                .fetch_max(allocs, Ordering::Relaxed);
+        }
         let _ = pool_tx.send(frame);
     }
 }
