@@ -40,6 +40,9 @@ pub struct BoardProfile {
     /// Live ultrasound video (a V4L2 capture device, or a replayed recording); absent: none.
     #[serde(default)]
     pub video: Option<Video>,
+    /// The memory budget and the largest inputs it is planned for.
+    #[serde(default)]
+    pub memory: Memory,
     pub models: Vec<ModelSlot>,
     /// The file this profile was read from.
     #[serde(skip)]
@@ -244,6 +247,65 @@ pub enum ModelSource {
 
 fn default_model_sources() -> Vec<ModelSource> {
     vec![ModelSource::Dicom]
+}
+
+/// `[memory]`: what the daemon may use, and the largest inputs it plans for. Inputs beyond
+/// these limits are refused before anything large is allocated (see `crate::plan`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    /// The daemon's whole budget (resident memory), MiB. `bedside run` refuses to start when
+    /// its plan does not fit; the systemd unit's `MemoryMax=` is set from it. Absent: the
+    /// plan is printed but not enforced.
+    #[serde(default)]
+    pub budget_mib: Option<u64>,
+    #[serde(default = "default_max_rows")]
+    pub max_image_rows: u32,
+    #[serde(default = "default_max_cols")]
+    pub max_image_cols: u32,
+    /// Frames per DICOM object (a cine).
+    #[serde(default = "default_max_frames")]
+    pub max_frames: u32,
+    /// Largest DICOM file read whole into memory (watch folder and spooled objects alike).
+    #[serde(default = "default_max_file_mib")]
+    pub max_file_mib: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            budget_mib: None,
+            max_image_rows: default_max_rows(),
+            max_image_cols: default_max_cols(),
+            max_frames: default_max_frames(),
+            max_file_mib: default_max_file_mib(),
+        }
+    }
+}
+
+fn default_max_rows() -> u32 {
+    4096
+}
+fn default_max_cols() -> u32 {
+    4096
+}
+fn default_max_frames() -> u32 {
+    2000
+}
+fn default_max_file_mib() -> u64 {
+    256
+}
+
+impl Memory {
+    /// The limits DICOM inputs are checked against before decoding.
+    pub fn image_limits(&self) -> crate::plan::ImageLimits {
+        crate::plan::ImageLimits {
+            max_rows: self.max_image_rows,
+            max_cols: self.max_image_cols,
+            max_frames: self.max_frames,
+            max_file_bytes: self.max_file_mib << 20,
+        }
+    }
 }
 
 /// `[video]`: where live frames come from and how the live pipeline runs.
@@ -637,6 +699,38 @@ impl BoardProfile {
             }
             None => {}
             Some(v) => self.validate_video(v, video_models)?,
+        }
+        let m = &self.memory;
+        if let Some(b) = m.budget_mib
+            && !(16..=1 << 20).contains(&b)
+        {
+            return Err(self.field("memory.budget_mib", format!("{b} is not in 16..=1048576")));
+        }
+        if !(1..=65_535).contains(&m.max_image_rows) || !(1..=65_535).contains(&m.max_image_cols) {
+            return Err(self.field(
+                "memory.max_image_rows",
+                format!(
+                    "{}x{}: rows and columns are 1..=65535 in DICOM",
+                    m.max_image_rows, m.max_image_cols
+                ),
+            ));
+        }
+        if m.max_frames == 0 || m.max_file_mib == 0 {
+            return Err(self.field(
+                "memory.max_frames",
+                "max_frames and max_file_mib must be > 0",
+            ));
+        }
+        if let Some(d) = &self.dicom
+            && d.max_object_mib > m.max_file_mib
+        {
+            return Err(self.field(
+                "dicom.max_object_mib",
+                format!(
+                    "{} MiB is more than memory.max_file_mib ({} MiB): such an object would be received and then refused",
+                    d.max_object_mib, m.max_file_mib
+                ),
+            ));
         }
         if self.paths.inbox == self.paths.state {
             return Err(self.field("paths.inbox", "must differ from paths.state"));

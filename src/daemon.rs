@@ -44,6 +44,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    OverBudget(#[from] crate::plan::OverBudget),
     #[error("the image worker thread stopped unexpectedly")]
     WorkerFailed,
     #[error("cannot watch the inbox {path}: {source}")]
@@ -56,20 +58,25 @@ pub enum DaemonError {
 /// How long the daemon waits at shutdown for the broker to acknowledge what it has.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Builds the processor for a board: identity from the profile, every listed model loaded.
+/// Builds the processor for a board: identity from the profile, its DICOM models loaded,
+/// inputs limited as the profile's memory plan says.
 pub fn processor_for(profile: &BoardProfile) -> Result<Processor, DaemonError> {
     let identity = Identity::for_board(profile)?;
     let dirs = profile.models_for(ModelSource::Dicom);
-    Ok(Processor::new(identity, &dirs)?)
+    Ok(Processor::new(identity, &dirs)?.with_limits(profile.memory.image_limits()))
 }
 
 /// Runs until SIGTERM or SIGINT.
 pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
-    let processor = processor_for(&profile)?;
-    let video_engines = match &profile.video {
-        Some(_) => crate::live::load_engines(&profile.models_for(ModelSource::Video))?,
-        None => Vec::new(),
-    };
+    // Every model is loaded and dry-run under the counting allocator: the plan's measured
+    // lines. Nothing else of size is allocated before the plan is checked.
+    let planned = crate::plan::plan_for(&profile)?;
+    info!("memory plan\n{}", planned.plan.table());
+    planned.plan.check()?;
+    let processor = Processor::from_engines(Identity::for_board(&profile)?, planned.dicom)
+        .with_limits(profile.memory.image_limits());
+    let video_engines = planned.video;
+    let plan = planned.plan;
     let mut models: Vec<_> = processor.engines().map(|e| e.model_ref().clone()).collect();
     for e in &video_engines {
         if !models.contains(e.model_ref()) {
@@ -115,6 +122,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     let config = publisher_config(&profile, models, outbox_config.max_payload())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_stack_size(crate::plan::THREAD_STACK)
         .thread_name("bedside-io")
         .enable_all()
         .build()
@@ -124,6 +132,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         })?;
     rt.block_on(async move {
         let (publisher, connection) = Publisher::start(config, outbox);
+        publisher.set_memory_plan(plan.total(), plan.heap(), plan.budget);
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(64);
         // Watch before the worker scans, so that no file slips between scan and watch.
@@ -165,6 +174,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             };
             std::thread::Builder::new()
                 .name("bedside-dicom".into())
+                .stack_size(crate::plan::THREAD_STACK)
                 .spawn(move || {
                     // Dropped when the thread ends, however it ends.
                     let _alive = alive;

@@ -18,6 +18,10 @@ pub const MAX_LABELS: usize = 16;
 pub type LabelValues = heapless::Vec<f32, MAX_LABELS>;
 use crate::source::{SopInstanceUid, SourceKind};
 
+/// The largest finding (JSON) bedside records: at most 16 labels of short names make a few
+/// KB; the bound lets the memory plan size MQTT and outbox buffers.
+pub const MAX_FINDING_BYTES: usize = 16 * 1024;
+
 /// Schema identifier carried by every finding; bumped when the JSON form changes.
 pub const SCHEMA: &str = "bedside.finding.v1";
 

@@ -65,6 +65,9 @@ pub struct Engine {
     model_ref: ModelRef,
     path: PathBuf,
     state: TypedSimpleState,
+    /// The input tensor, reused from run to run: tract takes its inputs by value, but an
+    /// `Arc` it has dropped by the end of a run can be written again without allocating.
+    input: std::sync::Arc<Tensor>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -90,6 +93,7 @@ impl Engine {
             model_ref: self.model_ref.clone(),
             path: self.path.clone(),
             state: self.state.clone(),
+            input: std::sync::Arc::new(self.input.as_ref().clone()),
         }
     }
 
@@ -141,11 +145,13 @@ impl Engine {
             .and_then(|m| m.into_runnable())
             .map_err(tract_err)?;
         let state = plan.spawn().map_err(tract_err)?;
+        let input = std::sync::Arc::new(Tensor::zero::<f32>(&shape).map_err(tract_err)?);
         let mut engine = Engine {
             manifest,
             model_ref,
             path: path.clone(),
             state,
+            input,
         };
         // A dry run proves the plan runs and that its output matches the labels.
         let zeros = vec![0.0; shape.iter().product()];
@@ -201,8 +207,22 @@ impl Engine {
                 reason: format!("input has {} values, the model takes {want}", input.len()),
             });
         }
-        let tensor = Tensor::from_shape(shape, input).map_err(err)?;
-        let outputs = self.state.run(tvec!(tensor.into())).map_err(err)?;
+        match std::sync::Arc::get_mut(&mut self.input) {
+            Some(t) => t
+                .try_as_plain_ram_mut()
+                .map_err(err)?
+                .as_slice_mut::<f32>()
+                .map_err(err)?
+                .copy_from_slice(input),
+            // tract kept a reference from the last run: a fresh tensor this time.
+            None => {
+                self.input = std::sync::Arc::new(Tensor::from_shape(shape, input).map_err(err)?)
+            }
+        }
+        let outputs = self
+            .state
+            .run(tvec!(TValue::from_const(self.input.clone())))
+            .map_err(err)?;
         let out = outputs[0].cast_to::<f32>().map_err(err)?;
         let view = out.try_as_plain_ram().map_err(err)?;
         Ok(read(view.as_slice::<f32>().map_err(err)?))

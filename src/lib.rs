@@ -35,6 +35,7 @@ pub mod infer;
 pub mod live;
 pub mod model;
 pub mod pipeline;
+pub mod plan;
 pub mod prepare;
 pub mod publish;
 pub mod service;

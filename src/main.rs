@@ -261,21 +261,24 @@ fn check(board: &Path) -> anyhow::Result<ExitCode> {
             v.crop, v.threads, v.cores, v.window_frames, v.publish_interval_s
         );
     }
-    let processor = bedside::daemon::processor_for(&profile)?;
-    for e in processor.engines() {
+    let planned = bedside::plan::plan_for(&profile)?;
+    for (e, source) in planned
+        .dicom
+        .iter()
+        .map(|e| (e, "DICOM"))
+        .chain(planned.video.iter().map(|e| (e, "video")))
+    {
         let m = e.model_ref();
         println!(
-            "  model {} {} sha256 {}: verified, runs in tract (DICOM)",
+            "  model {} {} sha256 {}: verified, runs in tract ({source})",
             m.id, m.version, m.sha256
         );
     }
-    for dir in profile.models_for(bedside::board::ModelSource::Video) {
-        let e = Engine::load(dir)?;
-        let m = e.model_ref();
-        println!(
-            "  model {} {} sha256 {}: verified, runs in tract (video)",
-            m.id, m.version, m.sha256
-        );
+    println!();
+    print!("{}", planned.plan.table());
+    if let Err(e) = planned.plan.check() {
+        eprintln!("bedside: the plan does not fit: {}", e.line);
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }

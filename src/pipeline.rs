@@ -10,6 +10,7 @@ use crate::dicom::{self, DecodeError};
 use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher, round3};
 use crate::infer::{Engine, InferError};
 use crate::model::ModelError;
+use crate::plan::ImageLimits;
 use crate::prepare::{PrepareError, Preparer};
 use crate::source::{Image, SourceKind};
 
@@ -60,21 +61,40 @@ struct Slot {
 pub struct Processor {
     identity: Identity,
     slots: Vec<Slot>,
+    limits: ImageLimits,
 }
 
 impl Processor {
     /// Loads every model folder (checking each file's sha256).
     pub fn new<P: AsRef<Path>>(identity: Identity, model_dirs: &[P]) -> Result<Self, ModelError> {
-        let slots = model_dirs
+        let engines = model_dirs
             .iter()
-            .map(|dir| {
-                let engine = Engine::load(dir.as_ref())?;
+            .map(|dir| Engine::load(dir.as_ref()))
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Self::from_engines(identity, engines))
+    }
+
+    /// Uses models already loaded (and measured, see [`crate::plan`]).
+    pub fn from_engines(identity: Identity, engines: Vec<Engine>) -> Self {
+        let slots = engines
+            .into_iter()
+            .map(|engine| {
                 let (h, w) = engine.manifest().input_hw();
                 let preparer = Preparer::new(engine.manifest().preprocess.clone(), h, w);
-                Ok(Slot { engine, preparer })
+                Slot { engine, preparer }
             })
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Processor { identity, slots })
+            .collect();
+        Processor {
+            identity,
+            slots,
+            limits: ImageLimits::default(),
+        }
+    }
+
+    /// Inputs beyond these limits are refused before they are decoded.
+    pub fn with_limits(mut self, limits: ImageLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn engines(&self) -> impl Iterator<Item = &Engine> {
@@ -90,8 +110,10 @@ impl Processor {
         source: SourceKind,
     ) -> Result<Vec<Finding>, ProcessError> {
         let t0 = Instant::now();
+        dicom::decode::check_file_size(path, self.limits.max_file_bytes)?;
         let obj = dicom::decode::open_file(path)?;
         let read_ms = ms(t0.elapsed());
+        dicom::decode::check_limits(&obj, &self.limits).map_err(|e| e.with_path(path))?;
         let count = dicom::decode::frame_count(&obj);
         let mut wanted: Vec<u32> = self
             .slots

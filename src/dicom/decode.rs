@@ -70,6 +70,63 @@ pub fn read_file(path: &Path) -> Result<Image, DecodeError> {
     decode_frame(&obj, 0).map_err(|e| e.with_path(path))
 }
 
+/// Refuses a file larger than `max_bytes` before reading it (it would be read whole).
+pub fn check_file_size(path: &Path, max_bytes: u64) -> Result<(), DecodeError> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| DecodeError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?
+        .len();
+    if len > max_bytes {
+        return Err(DecodeError::Unsupported {
+            path: Some(path.to_owned()),
+            reason: format!(
+                "the file is {:.1} MiB; this board reads at most {} MiB (memory.max_file_mib)",
+                len as f64 / 1048576.0,
+                max_bytes >> 20
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an object whose header announces more than the board plans for (rows, columns,
+/// frames), before any pixel is decoded: a header of a few bytes can claim gigabytes.
+pub fn check_limits(
+    obj: &DefaultDicomObject,
+    limits: &crate::plan::ImageLimits,
+) -> Result<(), DecodeError> {
+    let dim = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_int::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (rows, cols, bits) = (
+        dim(tags::ROWS),
+        dim(tags::COLUMNS),
+        dim(tags::BITS_ALLOCATED),
+    );
+    let frames = number_of_frames(obj) as u64;
+    if rows > limits.max_rows as u64
+        || cols > limits.max_cols as u64
+        || frames > limits.max_frames as u64
+    {
+        return Err(DecodeError::Unsupported {
+            path: None,
+            reason: format!(
+                "the header announces {rows}x{cols} x {frames} frame(s) of {bits} bits ({:.1} MiB of pixels); this board plans for at most {}x{} x {} frames (memory.max_image_rows/cols, max_frames): refused before decoding",
+                (rows * cols * frames * bits.max(8) / 8) as f64 / 1048576.0,
+                limits.max_rows,
+                limits.max_cols,
+                limits.max_frames
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Reads a Part-10 file (its pixel data still encoded), to decode frames one by one.
 pub fn open_file(path: &Path) -> Result<DefaultDicomObject, DecodeError> {
     dicom_object::open_file(path).map_err(|e| DecodeError::Read {

@@ -102,6 +102,7 @@ pub struct LiveStats {
     pub frame_allocations: AtomicU64,
     pub frame_allocated_bytes: AtomicU64,
     pub frame_allocations_max: AtomicU64,
+    pub frame_allocations_min: AtomicU64,
     latency: Box<[AtomicU64]>,
     /// Beaten whenever an inference thread looks for work (the watchdog watches it).
     heartbeat: crate::service::Heartbeat,
@@ -120,6 +121,7 @@ impl LiveStats {
             frame_allocations: AtomicU64::new(0),
             frame_allocated_bytes: AtomicU64::new(0),
             frame_allocations_max: AtomicU64::new(0),
+            frame_allocations_min: AtomicU64::new(u64::MAX),
             latency: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             heartbeat: crate::service::Heartbeat::new(),
             state: Mutex::new(CameraState::Starting),
@@ -179,6 +181,7 @@ impl LiveStats {
                 "allocations": get(&self.frame_allocations),
                 "bytes": get(&self.frame_allocated_bytes),
                 "max_allocations": get(&self.frame_allocations_max),
+                "min_allocations": get(&self.frame_allocations_min),
             },
             "findings": get(&self.findings),
             "latency_ms": {
@@ -362,6 +365,7 @@ fn spawn(name: &str, core: Option<usize>, f: impl FnOnce() + Send + 'static) -> 
     let name = name.to_string();
     std::thread::Builder::new()
         .name(name.clone())
+        .stack_size(crate::plan::THREAD_STACK)
         .spawn(move || {
             if let Some(core) = core
                 && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
@@ -586,6 +590,9 @@ fn infer_loop(
             stats
                 .frame_allocations_max
                 .fetch_max(allocs, Ordering::Relaxed);
+            stats
+                .frame_allocations_min
+                .fetch_min(allocs, Ordering::Relaxed);
         }
         let _ = pool_tx.send(frame);
     }

@@ -283,6 +283,13 @@ impl Manifest {
         if self.labels.is_empty() {
             return Err("no [[labels]]".into());
         }
+        if self.labels.len() > crate::finding::MAX_LABELS {
+            return Err(format!(
+                "{} labels: bedside scores at most {} per model",
+                self.labels.len(),
+                crate::finding::MAX_LABELS
+            ));
+        }
         for l in &self.labels {
             if !(0.0..=1.0).contains(&l.threshold) {
                 return Err(format!(

@@ -36,6 +36,14 @@ pub enum PublishError {
     },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    #[error(
+        "finding {id} is {bytes} bytes; findings are at most {max} (the memory plan counts on it)"
+    )]
+    TooLarge {
+        id: String,
+        bytes: usize,
+        max: usize,
+    },
 }
 
 impl PublishError {
@@ -377,6 +385,7 @@ struct Shared {
     metrics: Metrics,
     /// The live pipeline's part of the metrics document, when there is one.
     video_metrics: std::sync::OnceLock<VideoMetrics>,
+    memory_plan: std::sync::OnceLock<(u64, u64, Option<u64>)>,
     started: Instant,
 }
 
@@ -551,7 +560,15 @@ impl Shared {
                 "resent": m.resent.load(Ordering::Relaxed),
                 "rejected": m.rejected.load(Ordering::Relaxed),
             },
-            "memory": { "rss_bytes": rss, "peak_rss_bytes": peak },
+            "memory": {
+                "rss_bytes": rss,
+                "peak_rss_bytes": peak,
+                "heap_bytes": crate::alloc::live_bytes(),
+                "peak_heap_bytes": crate::alloc::peak_bytes(),
+                "plan_bytes": self.memory_plan.get().map(|p| p.0),
+                "plan_heap_bytes": self.memory_plan.get().map(|p| p.1),
+                "budget_bytes": self.memory_plan.get().and_then(|p| p.2),
+            },
         });
         let mut doc = doc;
         if let Some(video) = self.video_metrics.get() {
@@ -628,6 +645,7 @@ impl Publisher {
             wake: Notify::new(),
             metrics: Metrics::default(),
             video_metrics: std::sync::OnceLock::new(),
+            memory_plan: std::sync::OnceLock::new(),
             started: Instant::now(),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -645,6 +663,13 @@ impl Publisher {
             id: finding.id.clone(),
             source,
         })?;
+        if payload.len() > crate::finding::MAX_FINDING_BYTES {
+            return Err(PublishError::TooLarge {
+                id: finding.id.clone(),
+                bytes: payload.len(),
+                max: crate::finding::MAX_FINDING_BYTES,
+            });
+        }
         let mut f = self.shared.lock();
         let result = f.outbox.append(class, &payload);
         if f.outbox.is_full() && !f.full_reported {
@@ -686,6 +711,12 @@ impl Publisher {
         f.status_dirty = true;
         drop(f);
         self.shared.wake.notify_one();
+    }
+
+    /// The memory plan's totals, reported in every metrics document beside the measured heap
+    /// and RSS.
+    pub fn set_memory_plan(&self, total: u64, heap: u64, budget: Option<u64>) {
+        let _ = self.shared.memory_plan.set((total, heap, budget));
     }
 
     /// Adds the live pipeline's counters to every metrics document.

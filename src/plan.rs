@@ -1,0 +1,428 @@
+//! The memory plan: everything the daemon will hold, computed at start from the board
+//! profile and the models, against the profile's budget.
+//!
+//! Unlike an arena whose size is found by trial and error, each line says where its figure
+//! comes from: *measured* (a model's weights and tract's working memory, by loading and
+//! dry-running it under the counting allocator, [`crate::alloc`]), *computed* from the
+//! profile (frame pool, decode buffers for the largest image the profile accepts, outbox,
+//! MQTT and DICOM buffers) or *reserved* (thread stacks, counted whole). `bedside check`
+//! prints it; `bedside run` refuses to start, with the table and the first line that does
+//! not fit, when the total exceeds the budget. Tests hold the running daemon to it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::board::{BoardProfile, ModelSource, VideoSource};
+use crate::infer::Engine;
+use crate::model::ModelError;
+
+/// Limits on one DICOM input, checked before anything large is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    pub max_rows: u32,
+    pub max_cols: u32,
+    pub max_frames: u32,
+    pub max_file_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        crate::board::Memory::default().image_limits()
+    }
+}
+
+/// Where a line's figure comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    Measured,
+    Computed,
+    Reserved,
+}
+
+impl Basis {
+    fn name(self) -> &'static str {
+        match self {
+            Basis::Measured => "measured",
+            Basis::Computed => "computed",
+            Basis::Reserved => "reserved",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub what: String,
+    pub bytes: u64,
+    pub basis: Basis,
+    /// Heap (counted by the allocator) rather than code, kernel buffers or stacks.
+    pub heap: bool,
+}
+
+/// A computed plan.
+#[derive(Debug, Clone)]
+pub struct MemoryPlan {
+    pub lines: Vec<Line>,
+    pub budget: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the memory plan does not fit the budget of {budget_mib} MiB: {line} (running total {total_mib:.1} MiB)\n{table}"
+)]
+pub struct OverBudget {
+    pub budget_mib: u64,
+    pub line: String,
+    pub total_mib: f64,
+    pub table: String,
+}
+
+/// A model's memory, measured by loading and dry-running it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelMemory {
+    /// Heap held once loaded: weights, the optimised plan, tract's state.
+    pub resident: u64,
+    /// Extra heap at the peak of one run (tract's intermediate tensors).
+    pub working: u64,
+}
+
+/// Measures `engine` by loading it: call with the model directory; returns the engine and its
+/// memory. Without the counting allocator the figures are zero (and the plan says so).
+pub fn load_measured(dir: &Path) -> Result<(Engine, ModelMemory), ModelError> {
+    let before = crate::alloc::live_bytes();
+    let mut engine = Engine::load(dir)?;
+    let resident = crate::alloc::live_bytes().saturating_sub(before) as u64;
+    let zeros = vec![0.0f32; engine.manifest().input.shape.iter().product()];
+    // The first run after load is the dry run inside `Engine::load`; this is a steady one.
+    let live = crate::alloc::live_bytes();
+    crate::alloc::reset_peak();
+    let _ = engine.run_with(&zeros, |_| ());
+    let working = crate::alloc::peak_bytes().saturating_sub(live) as u64;
+    Ok((engine, ModelMemory { resident, working }))
+}
+
+/// Bytes of thread stack bedside asks for its own threads (inference, image worker,
+/// capture, smoothing; tokio's workers get the same).
+pub const THREAD_STACK: usize = 2 << 20;
+
+const MIB: f64 = 1048576.0;
+
+impl MemoryPlan {
+    /// The plan for `profile`, with each model's measured memory (DICOM models, then video
+    /// models, in profile order) and the process's resident size before any model loaded.
+    pub fn compute(
+        profile: &BoardProfile,
+        dicom_models: &[(String, ModelMemory, (usize, usize))],
+        video_models: &[(String, ModelMemory, (usize, usize))],
+        baseline_rss: u64,
+    ) -> Self {
+        let mut lines = Vec::new();
+        let mut add = |what: String, bytes: u64, basis: Basis, heap: bool| {
+            lines.push(Line {
+                what,
+                bytes,
+                basis,
+                heap,
+            })
+        };
+        let measured = crate::alloc::installed();
+        let m_basis = if measured {
+            Basis::Measured
+        } else {
+            Basis::Computed
+        };
+        add(
+            "process before any model: code, libraries, runtime".into(),
+            baseline_rss,
+            Basis::Measured,
+            false,
+        );
+        let mem = &profile.memory;
+        let frame_px = mem.max_image_rows as u64 * mem.max_image_cols as u64;
+        for (id, m, (h, w)) in dicom_models {
+            add(
+                format!("model {id} (DICOM): weights, plan, state"),
+                m.resident,
+                m_basis,
+                true,
+            );
+            add(
+                format!("model {id} (DICOM): tract working memory, 1 runner"),
+                m.working,
+                m_basis,
+                true,
+            );
+            // Display values of the largest frame (f32), kept by its preparer; the resized
+            // image and the tensor at the model's size.
+            add(
+                format!(
+                    "model {id} (DICOM): preparation of a {}x{} frame",
+                    mem.max_image_rows, mem.max_image_cols
+                ),
+                frame_px * 4 + (*h * *w) as u64 * 8,
+                Basis::Computed,
+                true,
+            );
+        }
+        if !dicom_models.is_empty() {
+            let object = mem.max_file_mib << 20;
+            add(
+                format!(
+                    "DICOM object read whole (memory.max_file_mib {} MiB)",
+                    mem.max_file_mib
+                ),
+                object,
+                Basis::Computed,
+                true,
+            );
+            // Decoded samples (up to 2 bytes each, 3 for colour before luma), the frame in
+            // modality units (f32), and for libjpeg-turbo's path an uncompressed copy.
+            add(
+                format!(
+                    "DICOM decode of a {}x{} frame (14 B/pixel)",
+                    mem.max_image_rows, mem.max_image_cols
+                ),
+                frame_px * 14,
+                Basis::Computed,
+                true,
+            );
+        }
+        if let Some(v) = &profile.video {
+            let (fw, fh, bpp, buffers) = match (v.source, &v.v4l2) {
+                (VideoSource::V4l2, Some(c)) => {
+                    (c.width as u64, c.height as u64, 2, c.buffers as u64)
+                }
+                _ => (
+                    v.crop.map_or(1024, |c| c.width as u64 + c.x as u64),
+                    v.crop.map_or(768, |c| c.height as u64 + c.y as u64),
+                    0,
+                    0,
+                ),
+            };
+            let crop_px = v.crop.map_or(fw * fh, |c| c.pixels() as u64);
+            let threads = v.threads as u64;
+            add(
+                format!("video frame pool: {} frames of {} px", threads + 2, crop_px),
+                (threads + 2) * crop_px,
+                Basis::Computed,
+                true,
+            );
+            if buffers > 0 {
+                add(
+                    format!("V4L2 capture buffers: {buffers} x {fw}x{fh} x {bpp} B (driver, mmap)"),
+                    buffers * fw * fh * bpp,
+                    Basis::Computed,
+                    false,
+                );
+            }
+            // Decoding a whole frame first: MJPEG scratch, or the replayed recording's frame.
+            add(
+                format!("video full-frame scratch: {fw}x{fh}"),
+                fw * fh * 5,
+                Basis::Computed,
+                true,
+            );
+            for (id, m, (h, w)) in video_models {
+                add(
+                    format!("model {id} (video): weights, plan, state"),
+                    m.resident,
+                    m_basis,
+                    true,
+                );
+                add(
+                    format!("model {id} (video): tract working memory, {threads} runner(s)"),
+                    m.working * threads,
+                    m_basis,
+                    true,
+                );
+                add(
+                    format!("model {id} (video): preparation, {threads} thread(s)"),
+                    threads * (crop_px * 4 + (*h * *w) as u64 * 8),
+                    Basis::Computed,
+                    true,
+                );
+            }
+            add(
+                "live pipeline bookkeeping (latency histogram, channels)".into(),
+                256 << 10,
+                Basis::Computed,
+                true,
+            );
+        }
+        let (_, outbox) = profile.outbox_config();
+        add(
+            format!("outbox index: {} findings x 32 B", outbox.max_records),
+            outbox.max_records as u64 * 32,
+            Basis::Computed,
+            true,
+        );
+        add(
+            "outbox recovery: one segment read back".into(),
+            outbox.segment_bytes,
+            Basis::Computed,
+            true,
+        );
+        let payload = outbox.max_payload().min(crate::finding::MAX_FINDING_BYTES) as u64;
+        let inflight = profile.mqtt.inflight as u64;
+        add(
+            format!(
+                "MQTT: {} messages of at most {} B, queued and in flight",
+                inflight + 8,
+                payload
+            ),
+            (inflight + 8) * payload * 2 + (64 << 10),
+            Basis::Computed,
+            true,
+        );
+        if let Some(d) = &profile.dicom {
+            add(
+                format!(
+                    "DICOM SCP: {} associations x (2 PDUs of 64 KiB + 64 KiB spool buffer)",
+                    d.max_associations
+                ),
+                d.max_associations as u64 * 3 * (64 << 10),
+                Basis::Computed,
+                true,
+            );
+        }
+        let threads = 4 // main, image worker, 2 tokio workers
+            + profile.video.as_ref().map_or(0, |v| v.threads + 2) as u64
+            + profile.dicom.as_ref().map_or(0, |_| 1);
+        add(
+            format!("thread stacks: {threads} x {} MiB", THREAD_STACK >> 20),
+            threads * THREAD_STACK as u64,
+            Basis::Reserved,
+            false,
+        );
+        let heap: u64 = lines.iter().filter(|l| l.heap).map(|l| l.bytes).sum();
+        lines.push(Line {
+            what: "allocator overhead and fragmentation: 10% of the heap lines".into(),
+            bytes: heap / 10,
+            basis: Basis::Computed,
+            heap: false,
+        });
+        MemoryPlan {
+            lines,
+            budget: mem.budget_mib.map(|b| b << 20),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.lines.iter().map(|l| l.bytes).sum()
+    }
+
+    /// The heap the allocator should never exceed.
+    pub fn heap(&self) -> u64 {
+        self.lines.iter().filter(|l| l.heap).map(|l| l.bytes).sum()
+    }
+
+    /// The plan as a table: each line, its basis, and the running total against the budget.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<72} {:>10} {:>10}  basis",
+            "memory plan", "MiB", "total MiB"
+        );
+        let mut total = 0u64;
+        let mut marked = false;
+        for l in &self.lines {
+            total += l.bytes;
+            let over = self.budget.is_some_and(|b| total > b) && !marked;
+            marked |= over;
+            let _ = writeln!(
+                out,
+                "{:<72} {:>10.2} {:>10.2}  {}{}",
+                l.what,
+                l.bytes as f64 / MIB,
+                total as f64 / MIB,
+                l.basis.name(),
+                if over { "  <-- over budget here" } else { "" }
+            );
+        }
+        let _ = writeln!(out, "{:<72} {:>10.2}", "total", total as f64 / MIB);
+        match self.budget {
+            Some(b) => {
+                let _ = writeln!(
+                    out,
+                    "{:<72} {:>10.2} {:>10}  {}",
+                    "budget (memory.budget_mib)",
+                    b as f64 / MIB,
+                    "",
+                    if total <= b {
+                        format!("fits, {:.1} MiB to spare", (b - total) as f64 / MIB)
+                    } else {
+                        format!("DOES NOT FIT by {:.1} MiB", (total - b) as f64 / MIB)
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(out, "no memory.budget_mib: the plan is not enforced");
+            }
+        }
+        out
+    }
+
+    /// `Ok` when the total fits the budget (or there is none); else the table and the first
+    /// line at which the running total passes the budget.
+    pub fn check(&self) -> Result<(), OverBudget> {
+        let Some(budget) = self.budget else {
+            return Ok(());
+        };
+        let mut total = 0u64;
+        for l in &self.lines {
+            total += l.bytes;
+            if total > budget {
+                return Err(OverBudget {
+                    budget_mib: budget >> 20,
+                    line: format!("{} ({:.2} MiB)", l.what, l.bytes as f64 / MIB),
+                    total_mib: self.total() as f64 / MIB,
+                    table: self.table(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resident memory of this process now, from /proc (0 where there is none).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Loads every model of `profile` with its memory measured, and computes the plan.
+pub struct Planned {
+    pub dicom: Vec<Engine>,
+    pub video: Vec<Engine>,
+    pub plan: MemoryPlan,
+}
+
+pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
+    let baseline = rss_bytes();
+    let load =
+        |source| -> Result<(Vec<Engine>, Vec<(String, ModelMemory, (usize, usize))>), ModelError> {
+            let mut engines = Vec::new();
+            let mut facts = Vec::new();
+            for dir in profile.models_for(source) {
+                let (e, m) = load_measured(dir)?;
+                facts.push((e.model_ref().id.clone(), m, e.manifest().input_hw()));
+                engines.push(e);
+            }
+            Ok((engines, facts))
+        };
+    let (dicom, dicom_facts) = load(ModelSource::Dicom)?;
+    let (video, video_facts) = if profile.video.is_some() {
+        load(ModelSource::Video)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let plan = MemoryPlan::compute(profile, &dicom_facts, &video_facts, baseline);
+    Ok(Planned { dicom, video, plan })
+}
