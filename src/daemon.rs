@@ -71,8 +71,8 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     // Every model is loaded and dry-run under the counting allocator: the plan's measured
     // lines. Nothing else of size is allocated before the plan is checked.
     let planned = crate::plan::plan_for(&profile)?;
-    info!("memory plan\n{}", planned.plan.table());
     planned.plan.check()?;
+    info!("memory plan\n{}", planned.plan.table());
     let processor = Processor::from_engines(Identity::for_board(&profile)?, planned.dicom)
         .with_limits(profile.memory.image_limits());
     let video_engines = planned.video;
