@@ -58,6 +58,12 @@ enum Command {
         #[arg(long)]
         board: PathBuf,
     },
+    /// Print the systemd drop-in a board needs (MemoryMax= from its memory budget, access to
+    /// its capture device); install as /etc/systemd/system/bedside.service.d/board.conf.
+    SystemdDropin {
+        #[arg(long)]
+        board: PathBuf,
+    },
     /// Time a model's shipped (int8) file against its fp32 parent in tract.
     Bench {
         #[arg(long, default_value = DEFAULT_MODEL)]
@@ -130,6 +136,12 @@ fn main() -> ExitCode {
         } => infer(&file, model, board.as_deref(), pretty),
         Command::Run { board } => run(&board),
         Command::Check { board } => check(&board),
+        Command::SystemdDropin { board } => BoardProfile::load(&board)
+            .map(|p| {
+                print!("{}", bedside::service::dropin(&p, &board));
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
         Command::Bench { model, runs, image } => bench(&model, runs, image.as_deref()),
         Command::BenchOutbox {
             dir,

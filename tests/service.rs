@@ -150,3 +150,78 @@ fn the_daemon_speaks_the_notify_protocol() {
     let (exit, log) = stopper.join().unwrap();
     assert!(exit.success(), "{log}");
 }
+
+/// Every shipped board profile's drop-in (MemoryMax= from its budget, its capture device)
+/// verifies with the unit, keeps the exposure goal, and carries the profile's budget.
+#[test]
+fn board_dropins_carry_the_budget_and_keep_the_unit_hardened() {
+    let mut boards: Vec<_> = std::fs::read_dir(repo().join("board"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    boards.sort();
+    assert!(boards.len() >= 4, "{boards:?}");
+    for board in boards {
+        let tmp = tempfile::tempdir().unwrap();
+        let unit = unit_for_this_build(tmp.path());
+        let out = bedside()
+            .args(["systemd-dropin", "--board"])
+            .arg(&board)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dropin = String::from_utf8(out.stdout).unwrap();
+        let profile: toml::Value =
+            toml::from_str(&std::fs::read_to_string(&board).unwrap()).unwrap();
+        let budget = profile["memory"]["budget_mib"].as_integer().unwrap();
+        assert!(
+            dropin.contains(&format!("MemoryMax={budget}M")),
+            "{}: {dropin}",
+            board.display()
+        );
+        if let Some(dev) = profile
+            .get("video")
+            .and_then(|v| v.get("v4l2"))
+            .and_then(|v| v.get("device"))
+        {
+            assert!(dropin.contains(&format!("DeviceAllow={} rw", dev.as_str().unwrap())));
+        }
+        let dir = tmp.path().join("bedside.service.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("board.conf"), &dropin).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "{}: {stderr}",
+            board.display()
+        );
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", "--no-pager"])
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("Overall exposure level"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let level: f64 = line
+            .split(':')
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        eprintln!("{} with its drop-in: {line}", board.display());
+        assert!(level <= 2.0, "{}: exposure {level}", board.display());
+    }
+}

@@ -21,6 +21,7 @@ pub enum PixelFormat {
     /// `GREY`: 8-bit luma only.
     Grey,
     /// `MJPG`: one JPEG per frame (most USB capture sticks).
+    #[serde(rename = "MJPG")]
     Mjpeg,
 }
 
