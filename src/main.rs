@@ -384,10 +384,8 @@ fn bench_live(
                 .map(|x| x.trim().parse())
                 .collect::<Result<_, _>>()?;
             anyhow::ensure!(v.len() == 4, "--crop x,y,width,height");
-            Ok(
-                bedside::source::convert::Rect::try_from([v[0], v[1], v[2], v[3]])
-                    .map_err(anyhow::Error::msg)?,
-            )
+            bedside::source::convert::Rect::try_from([v[0], v[1], v[2], v[3]])
+                .map_err(anyhow::Error::msg)
         })
         .transpose()?;
     let config = ReplayConfig {

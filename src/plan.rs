@@ -100,6 +100,9 @@ pub fn load_measured(dir: &Path) -> Result<(Engine, ModelMemory), ModelError> {
     Ok((engine, ModelMemory { resident, working }))
 }
 
+/// A model as the plan sees it: id, measured memory, input (height, width).
+pub type ModelFacts = (String, ModelMemory, (usize, usize));
+
 /// Bytes of thread stack bedside asks for its own threads (inference, image worker,
 /// capture, smoothing; tokio's workers get the same).
 pub const THREAD_STACK: usize = 2 << 20;
@@ -111,8 +114,8 @@ impl MemoryPlan {
     /// models, in profile order) and the process's resident size before any model loaded.
     pub fn compute(
         profile: &BoardProfile,
-        dicom_models: &[(String, ModelMemory, (usize, usize))],
-        video_models: &[(String, ModelMemory, (usize, usize))],
+        dicom_models: &[ModelFacts],
+        video_models: &[ModelFacts],
         baseline_rss: u64,
     ) -> Self {
         let mut lines = Vec::new();
@@ -407,17 +410,16 @@ pub struct Planned {
 
 pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
     let baseline = rss_bytes();
-    let load =
-        |source| -> Result<(Vec<Engine>, Vec<(String, ModelMemory, (usize, usize))>), ModelError> {
-            let mut engines = Vec::new();
-            let mut facts = Vec::new();
-            for dir in profile.models_for(source) {
-                let (e, m) = load_measured(dir)?;
-                facts.push((e.model_ref().id.clone(), m, e.manifest().input_hw()));
-                engines.push(e);
-            }
-            Ok((engines, facts))
-        };
+    let load = |source| -> Result<(Vec<Engine>, Vec<ModelFacts>), ModelError> {
+        let mut engines = Vec::new();
+        let mut facts = Vec::new();
+        for dir in profile.models_for(source) {
+            let (e, m) = load_measured(dir)?;
+            facts.push((e.model_ref().id.clone(), m, e.manifest().input_hw()));
+            engines.push(e);
+        }
+        Ok((engines, facts))
+    };
     let (dicom, dicom_facts) = load(ModelSource::Dicom)?;
     let (video, video_facts) = if profile.video.is_some() {
         load(ModelSource::Video)?

@@ -34,15 +34,14 @@ fn video_board(
     model: &std::path::Path,
     video: &str,
 ) -> std::path::PathBuf {
-    let board = write_board_with(
+    write_board_with(
         dir,
         &format!("url = \"mqtt://127.0.0.1:{port}\"\nmetrics_interval_s = 1"),
         &format!(
             "[[models]]\npath = \"{}\"\nsources = [\"video\"]\n\n[video]\n{video}\n",
             model.display()
         ),
-    );
-    board
+    )
 }
 
 struct Sample {
@@ -361,5 +360,71 @@ fn a_missing_camera_is_reported_and_dicom_carries_on() {
     assert_eq!(f["source"], "watch-folder");
     let (status_code, log) = daemon.stop();
     assert!(status_code.success(), "{log}");
+    broker.stop();
+}
+
+/// A camera that comes back: the recording is not there at start (as a device not yet
+/// plugged in), capture retries with backoff, and streams once it appears — reported on the
+/// status topic both times.
+#[test]
+fn capture_resumes_when_the_camera_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = Mosquitto::start_on(port, dir.path(), false);
+    let later = dir.path().join("camera/fast-clip.dcm");
+    let board = video_board(
+        dir.path(),
+        port,
+        &repo().join("models/us-fast-fluid"),
+        &format!(
+            "source = \"replay\"\n{}\n[video.replay]\npath = \"{}\"\nloop = true",
+            crop_toml(),
+            later.display()
+        ),
+    );
+    let mut status = Subscriber::connect(port, "bedside/test-site/cart-7/status", None);
+    let daemon = Daemon::start(&board, dir.path());
+    let mut wait_state = |want: &str, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some((_, doc)) = status.next_json(Duration::from_secs(1))
+                && doc["video"]["state"] == want
+            {
+                return Some(doc);
+            }
+        }
+        None
+    };
+    let down = wait_state("down", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no \"down\" state:\n{}", daemon.log()));
+    assert!(
+        down["video"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fast-clip.dcm")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::create_dir_all(later.parent().unwrap()).unwrap();
+    std::fs::copy(clip(), later.with_extension("part")).unwrap();
+    std::fs::rename(later.with_extension("part"), &later).unwrap();
+    let up = wait_state("streaming", Duration::from_secs(60)).unwrap_or_else(|| {
+        panic!(
+            "never streaming after the camera came back:\n{}",
+            daemon.log()
+        )
+    });
+    assert!(
+        up["video"]["source"]
+            .as_str()
+            .unwrap()
+            .contains("fast-clip.dcm")
+    );
+    assert!(daemon.wait_log("camera streaming", Duration::from_secs(5)));
+    let (code, log) = daemon.stop();
+    assert!(code.success(), "{log}");
+    assert!(
+        log.matches("camera not delivering").count() >= 2,
+        "retried with backoff:\n{log}"
+    );
     broker.stop();
 }

@@ -89,7 +89,7 @@ mod replay {
     use super::*;
     use bedside::source::camera::{Camera, CameraError};
     use bedside::source::replay::{Replay, ReplayConfig};
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     /// Frame `i` of a tiny synthetic clip: a gradient shifted by `i`.
     fn frame(i: usize, w: usize, h: usize) -> Vec<u8> {
