@@ -21,7 +21,7 @@ import preprocess_us as P
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
 OUT = os.path.join(ROOT, "tests", "fixtures", "models", "us-slow")
-N_LAYERS = int(os.environ.get("SLOW_LAYERS", "20"))
+N_LAYERS = int(os.environ.get("SLOW_LAYERS", "15"))
 WIDTH = 32
 SEED = 99
 
