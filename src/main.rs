@@ -428,7 +428,10 @@ fn bench_live(
     bare_times.sort_by(f64::total_cmp);
     let bare_median = bare_times[bare_times.len() / 2];
     // Where a frame's time goes outside the model, stage by stage on one thread.
-    let full = (w + crop.map_or(0, |c| c.x) + 8, h + crop.map_or(0, |c| c.y) + 8);
+    let full = (
+        w + crop.map_or(0, |c| c.x) + 8,
+        h + crop.map_or(0, |c| c.y) + 8,
+    );
     let mut converter = bedside::source::convert::Converter::new(
         bedside::source::convert::Layout {
             format: bedside::source::convert::PixelFormat::Yuyv,
@@ -437,8 +440,13 @@ fn bench_live(
             stride: full.0 as usize * 2,
             range: bedside::source::convert::Range::Limited,
         },
-        bedside::source::convert::Rect::try_from([crop.map_or(0, |c| c.x), crop.map_or(0, |c| c.y), w, h])
-            .map_err(anyhow::Error::msg)?,
+        bedside::source::convert::Rect::try_from([
+            crop.map_or(0, |c| c.x),
+            crop.map_or(0, |c| c.y),
+            w,
+            h,
+        ])
+        .map_err(anyhow::Error::msg)?,
     )?;
     let yuyv = vec![128u8; full.0 as usize * full.1 as usize * 2];
     let (mut scores, mut peaks) = (

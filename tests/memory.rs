@@ -26,6 +26,13 @@ fn rss() -> u64 {
     bedside::plan::rss_bytes()
 }
 
+/// As the daemon does at start (`bedside::alloc::hold_memory`).
+fn hold() -> std::sync::MutexGuard<'static, ()> {
+    let guard = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    bedside::alloc::hold_memory();
+    guard
+}
+
 fn profile(dir: &std::path::Path, video: &str) -> BoardProfile {
     let text = format!(
         r#"[device]
@@ -55,7 +62,7 @@ path = "{cxr}"
 
 #[test]
 fn dicom_images_allocate_the_same_every_time_and_return_every_byte() {
-    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = hold();
     let dir = tempfile::tempdir().unwrap();
     let profile = profile(dir.path(), "");
     let planned = bedside::plan::plan_for(&profile).unwrap();
@@ -175,7 +182,7 @@ fn dicom_images_allocate_the_same_every_time_and_return_every_byte() {
 
 #[test]
 fn a_header_of_60000_by_60000_by_16_bits_is_refused_before_allocating() {
-    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = hold();
     use dicom_dictionary_std::tags;
     let dir = tempfile::tempdir().unwrap();
     let huge = dir.path().join("huge.dcm");
@@ -227,7 +234,7 @@ fn a_header_of_60000_by_60000_by_16_bits_is_refused_before_allocating() {
 
 #[test]
 fn ten_thousand_live_frames_allocate_a_constant_and_nothing_grows() {
-    let _one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = hold();
     use bedside::live::{FindingContext, Live};
     use bedside::source::camera::Camera;
     use bedside::source::replay::{Replay, ReplayConfig};
