@@ -84,6 +84,12 @@ for ref_path in sorted(work.glob("*.x86.json")):
 print(f"aarch64 matches x86 on {n} runs: worst score difference {worst:.2e} (tolerance {tol:g})")
 PY
 
+echo "== every shipped model, every form, on its parity fixtures under qemu (ARM's own kernels)"
+for cpu in neoverse-n1 cortex-a72; do
+  qemu "$cpu" "$ARM_BIN" parity --model models/cxr-tiny-cls --fixtures tests/fixtures/cxr-tiny-cls | sed "s/^/$cpu: /"
+  qemu "$cpu" "$ARM_BIN" parity --model models/us-fast-fluid --fixtures tests/fixtures/us-fast-fluid | sed "s/^/$cpu: /"
+done
+
 echo "== bedside check under qemu"
 qemu neoverse-n1 "$ARM_BIN" check --board board/dev.toml
 
