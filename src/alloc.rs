@@ -124,6 +124,10 @@ pub fn count<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
 /// glibc's per-thread arenas, which fragment a long-running process with many threads.
 /// A no-op on other C libraries.
 pub fn hold_memory() {
+    // For measuring what these settings change (benchmarks): keep glibc's defaults.
+    if std::env::var_os("BEDSIDE_MALLOC_DEFAULTS").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tunables; called before other threads start.
     unsafe {
