@@ -308,102 +308,18 @@ fn check(board: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn parity(model: &Path, fixtures: &Path) -> anyhow::Result<ExitCode> {
-    let parity: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("parity.json"))?)?;
-    let cases = parity["cases"]
-        .as_array()
-        .ok_or_else(|| anyhow::anyhow!("parity.json has no cases"))?;
-    let mut failed = false;
-    // The factory's keys for onnxruntime's outputs of each form.
-    for (keys, variant) in [
-        (&["int8", "ort_int8"][..], Variant::Shipped),
-        (&["pruned"][..], Variant::Pruned),
-        (&["fp32", "ort_fp32"][..], Variant::Parent),
-    ] {
-        let Some(key) = keys.iter().find(|k| !cases[0][**k].is_null()) else {
-            continue;
-        };
-        let mut engine = Engine::load_variant(model, variant)?;
-        let m = engine.manifest().clone();
-        let p = m
-            .parity
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no [parity] in the manifest"))?;
-        let tol = match variant {
-            Variant::Shipped => p.max_abs,
-            _ => p.fp32_max_abs.unwrap_or(1e-5),
-        };
-        let (mut worst, mut agree_min) = (0.0f32, 1.0f64);
-        for case in cases {
-            let bytes = std::fs::read(fixtures.join(case["input"].as_str().unwrap_or_default()))?;
-            let input: Vec<f32> = bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let want: Vec<f32> = case[*key]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_f64())
-                        .map(|v| v as f32)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let got = engine.run(&input)?;
-            anyhow::ensure!(
-                got.len() == want.len(),
-                "{key}: {} outputs, {} expected",
-                got.len(),
-                want.len()
-            );
-            worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(worst, f32::max);
-            // Same decision: the argmax (classification) or the thresholded mask.
-            let agree = match m.model.task {
-                bedside::model::manifest::Task::Classification => {
-                    let am = |v: &[f32]| {
-                        v.iter()
-                            .enumerate()
-                            .max_by(|a, b| a.1.total_cmp(b.1))
-                            .map(|x| x.0)
-                    };
-                    (am(&got) == am(&want)) as u8 as f64
-                }
-                bedside::model::manifest::Task::Segmentation => {
-                    let t = m.labels[0].threshold;
-                    let cut = (t / (1.0 - t)).ln();
-                    got.iter()
-                        .zip(&want)
-                        .filter(|(a, b)| (**a >= cut) == (**b >= cut))
-                        .count() as f64
-                        / got.len() as f64
-                }
-            };
-            agree_min = agree_min.min(agree);
-        }
-        let need = match m.model.task {
-            bedside::model::manifest::Task::Classification => 1.0,
-            bedside::model::manifest::Task::Segmentation => {
-                p.min_mask_agreement.unwrap_or(1.0) as f64
-            }
-        };
-        let ok = worst <= tol && agree_min >= need;
-        failed |= !ok;
-        println!(
-            "{} {key}: {} cases, max |tract - onnxruntime| {worst:.3e} (tolerance {tol:e}), decisions agree {:.4} (need {need:.4}): {}",
-            m.model.id,
-            cases.len(),
-            agree_min,
-            if ok { "ok" } else { "FAILED" }
-        );
+    let reports = bedside::model::parity::check(model, fixtures)?;
+    anyhow::ensure!(
+        !reports.is_empty(),
+        "no form of the model has reference outputs"
+    );
+    for r in &reports {
+        println!("{r}");
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
+    Ok(if reports.iter().all(|r| r.ok()) {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

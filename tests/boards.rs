@@ -7,12 +7,7 @@ use common::*;
 
 #[test]
 fn every_shipped_board_profile_passes_check() {
-    let mut boards: Vec<_> = std::fs::read_dir(repo().join("board"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    boards.sort();
+    let boards = board_profiles();
     let names: Vec<String> = boards
         .iter()
         .map(|b| b.file_stem().unwrap().to_string_lossy().into_owned())

@@ -3,6 +3,7 @@
 //! finding can always name the exact model that made it.
 
 pub mod manifest;
+pub mod parity;
 
 use std::path::PathBuf;
 

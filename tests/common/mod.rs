@@ -13,6 +13,17 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The board profiles shipped in `board/`, sorted.
+pub fn board_profiles() -> Vec<PathBuf> {
+    let mut boards: Vec<_> = std::fs::read_dir(repo().join("board"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    boards.sort();
+    boards
+}
+
 pub fn sample(name: &str) -> PathBuf {
     repo().join("tests/data").join(name)
 }
