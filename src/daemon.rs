@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::board::{BoardError, BoardProfile, ModelSource, Video, VideoSource};
+use crate::board::{BoardError, BoardProfile, Video, VideoSource};
 use crate::live::{CameraState, FindingContext, Live, Opener};
 use crate::model::ModelError;
 use crate::pipeline::{Identity, Processor};
@@ -57,14 +57,6 @@ pub enum DaemonError {
 
 /// How long the daemon waits at shutdown for the broker to acknowledge what it has.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Builds the processor for a board: identity from the profile, its DICOM models loaded,
-/// inputs limited as the profile's memory plan says.
-pub fn processor_for(profile: &BoardProfile) -> Result<Processor, DaemonError> {
-    let identity = Identity::for_board(profile)?;
-    let dirs = profile.models_for(ModelSource::Dicom);
-    Ok(Processor::new(identity, &dirs)?.with_limits(profile.memory.image_limits()))
-}
 
 /// Runs until SIGTERM or SIGINT.
 pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {

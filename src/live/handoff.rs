@@ -76,11 +76,6 @@ impl<T> Handoff<T> {
         self.lock().closed = true;
         self.ready.notify_all();
     }
-
-    /// Takes the pending item without waiting (to return it to its pool at shutdown).
-    pub fn drain(&self) -> Option<T> {
-        self.lock().pending.take()
-    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 pub mod handoff;
 pub mod smooth;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -334,11 +333,6 @@ impl Live {
         &self.stats
     }
 
-    /// True when a recording without looping has played out and every frame is processed.
-    pub fn finished(&self) -> bool {
-        self.threads.iter().all(|t| t.is_finished())
-    }
-
     /// Stops capture, lets inference finish the frame in hand, publishes an end for every
     /// label still present, and joins every thread.
     pub fn stop(self) {
@@ -350,15 +344,6 @@ impl Live {
                 error!(thread = %name, "live pipeline thread panicked");
             }
         }
-    }
-
-    /// Waits until the pipeline ends by itself (a non-looping recording), up to `limit`.
-    pub fn wait(self, limit: Duration) {
-        let until = Instant::now() + limit;
-        while !self.finished() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.stop();
     }
 }
 
@@ -792,9 +777,4 @@ fn make_finding(
         created_at: finding::now_rfc3339(),
         bedside_version: env!("CARGO_PKG_VERSION"),
     }
-}
-
-/// Loads the engines the live pipeline runs (one per model folder).
-pub fn load_engines<P: AsRef<Path>>(dirs: &[P]) -> Result<Vec<Engine>, crate::model::ModelError> {
-    dirs.iter().map(|d| Engine::load(d.as_ref())).collect()
 }
