@@ -187,3 +187,46 @@ fn a_missing_broker_is_reported_once_and_findings_wait_for_it() {
     assert_eq!(s["state"], "offline");
     assert_eq!(s["device"], "cart-7");
 }
+
+/// The README's way of starting it: a board path relative to the working directory whose
+/// own paths are relative to it (`board/dev.toml` → `board/../var/inbox`). The watcher
+/// reports files under an absolute spelling of that folder; they must still be recognised.
+#[test]
+fn a_relative_board_path_still_serves_its_inbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let board_dir = tmp.path().join("board");
+    std::fs::create_dir_all(&board_dir).unwrap();
+    let text = std::fs::read_to_string(write_board(tmp.path(), broker.port))
+        .unwrap()
+        .replace(
+            &tmp.path().join("inbox").display().to_string(),
+            "../var/inbox",
+        )
+        .replace(
+            &tmp.path().join("state").display().to_string(),
+            "../var/state",
+        );
+    std::fs::write(board_dir.join("dev.toml"), text).unwrap();
+    let mut findings = Subscriber::connect(broker.port, TOPIC_FINDINGS, None);
+    let log_path = tmp.path().join("daemon.log");
+    let mut child = bedside()
+        .current_dir(tmp.path())
+        .args(["run", "--board", "board/dev.toml"])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let inbox = tmp.path().join("var/inbox");
+    assert!(wait_file(&inbox, Duration::from_secs(30)), "{}", log());
+    std::thread::sleep(Duration::from_millis(500));
+    drop_into(&inbox, &sample("cxr-ptx-mono2.dcm"), "rel.dcm");
+    let got = findings.next_json(Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let (_, f) = got.unwrap_or_else(|| panic!("no finding:\n{}", log()));
+    assert_finding(&f);
+    assert!(!log().contains("from no known folder"), "{}", log());
+    broker.stop();
+}

@@ -41,7 +41,7 @@ impl Inbox {
         kind: SourceKind,
         keep_done: bool,
     ) -> io::Result<Self> {
-        let inbox = Inbox {
+        let mut inbox = Inbox {
             dir: inbox.to_owned(),
             done: state.join("done"),
             failed: state.join("failed"),
@@ -52,6 +52,13 @@ impl Inbox {
             std::fs::create_dir_all(d)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", d.display())))?;
         }
+        // One spelling of the folder for the watcher, the scan and the daemon's lookup of
+        // which inbox a file came from: a profile given as `board/dev.toml` spells it
+        // `board/../var/inbox`, and the watcher reports it absolute.
+        inbox.dir = inbox
+            .dir
+            .canonicalize()
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", inbox.dir.display())))?;
         Ok(inbox)
     }
 
