@@ -33,31 +33,17 @@ fn hold() -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
+/// The test board (`common::write_board_with`) with input limits the tests exercise, and
+/// `video` appended (further models and a `[video]` table).
 fn profile(dir: &std::path::Path, video: &str) -> BoardProfile {
-    let text = format!(
-        r#"[device]
-id = "cart-7"
-site = "test-site"
-board = "x86-dev"
-[paths]
-inbox = "{inbox}"
-state = "{state}"
-[mqtt]
-url = "mqtt://127.0.0.1:1"
-[memory]
-max_image_rows = 2048
-max_image_cols = 2048
-max_frames = 300
-max_file_mib = 32
-[[models]]
-path = "{cxr}"
-{video}
-"#,
-        inbox = dir.join("inbox").display(),
-        state = dir.join("state").display(),
-        cxr = model_dir().display(),
+    let board = write_board_with(
+        dir,
+        "url = \"mqtt://127.0.0.1:1\"",
+        &format!(
+            "[memory]\nmax_image_rows = 2048\nmax_image_cols = 2048\nmax_frames = 300\nmax_file_mib = 32\n{video}"
+        ),
     );
-    BoardProfile::from_toml(&text, &dir.join("board.toml")).unwrap()
+    BoardProfile::load(&board).unwrap()
 }
 
 #[test]
@@ -356,17 +342,7 @@ fn ten_thousand_live_frames_allocate_a_constant_and_nothing_grows() {
 fn a_budget_ten_percent_too_small_stops_the_daemon_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let board = write_board(dir.path(), 1);
-    let out = bedside()
-        .args(["check", "--board"])
-        .arg(&board)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = bedside_ok(&["check".as_ref(), "--board".as_ref(), board.as_os_str()]);
     let total_mib: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("total"))
@@ -407,15 +383,6 @@ fn a_budget_ten_percent_too_small_stops_the_daemon_at_start() {
         std::fs::read_to_string(&board).unwrap() + &format!("\n[memory]\nbudget_mib = {budget}\n"),
     )
     .unwrap();
-    let out = bedside()
-        .args(["check", "--board"])
-        .arg(&roomy)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("fits"));
+    let out = bedside_ok(&["check".as_ref(), "--board".as_ref(), roomy.as_os_str()]);
+    assert!(out.contains("fits"), "{out}");
 }

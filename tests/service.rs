@@ -165,17 +165,11 @@ fn board_dropins_carry_the_budget_and_keep_the_unit_hardened() {
     for board in board_profiles() {
         let tmp = tempfile::tempdir().unwrap();
         let unit = unit_for_this_build(tmp.path());
-        let out = bedside()
-            .args(["systemd-dropin", "--board"])
-            .arg(&board)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dropin = String::from_utf8(out.stdout).unwrap();
+        let dropin = bedside_ok(&[
+            "systemd-dropin".as_ref(),
+            "--board".as_ref(),
+            board.as_os_str(),
+        ]);
         let profile: toml::Value =
             toml::from_str(&std::fs::read_to_string(&board).unwrap()).unwrap();
         let budget = profile["memory"]["budget_mib"].as_integer().unwrap();

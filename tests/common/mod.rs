@@ -13,6 +13,18 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `bedside ARGS…`, asserts it succeeded, and returns its stdout.
+pub fn bedside_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = bedside().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "bedside failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The board profiles shipped in `board/`, sorted.
 pub fn board_profiles() -> Vec<PathBuf> {
     let mut boards: Vec<_> = std::fs::read_dir(repo().join("board"))
