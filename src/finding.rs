@@ -7,7 +7,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::ModelRef;
-use crate::model::manifest::{Activation, Label, Task};
+use crate::model::detect;
+use crate::model::manifest::{Activation, Label, Manifest, Task};
 
 /// Most labels a model may have: per-frame scores live in fixed arrays of this size, so that
 /// scoring a video frame allocates nothing.
@@ -46,6 +47,9 @@ pub struct Finding {
     /// Segmentation: what each label covers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regions: Option<Vec<Region>>,
+    /// Detection: the boxes at or over their label's threshold, best first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detections: Option<Vec<Detection>>,
     /// Live video: the span of frames this finding summarises.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoSpan>,
@@ -80,6 +84,20 @@ pub struct Region {
     pub peak_area_mm2: Option<f64>,
     /// Highest pixel probability of the label.
     pub peak_probability: f32,
+}
+
+/// One box from a detection model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    pub label: String,
+    /// σ(objectness) × the label's probability.
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in image pixels (column, row; origin top left), clipped to the
+    /// image.
+    #[serde(rename = "box")]
+    pub bbox: [f64; 4],
+    /// Width and height in mm, when the pixel spacing is known.
+    pub size_mm: Option<[f64; 2]>,
 }
 
 /// Why a live-video finding was published.
@@ -229,6 +247,9 @@ pub fn score_into(
                 let _ = peaks.push(p);
             }
         }
+        // Detection models are refused for live video (plan::plan_for); images go through
+        // [`score_detections`].
+        Task::Detection => {}
         Task::Segmentation => {
             let plane = outputs.len() / labels.len().max(1);
             for (c, label) in labels.iter().enumerate().take(n) {
@@ -309,6 +330,62 @@ pub fn score(
             .collect()
     });
     (scores, over, regions)
+}
+
+/// A detection model's output for one image of `rows` × `cols` pixels: per label the best
+/// box's score (0 without a box), the labels over threshold, and the boxes at or over their
+/// label's threshold, best first, in image pixels.
+pub fn score_detections(
+    outputs: &[f32],
+    manifest: &Manifest,
+    rows: u32,
+    cols: u32,
+    pixel_spacing_mm: Option<[f64; 2]>,
+) -> (Vec<LabelScore>, Vec<String>, Vec<Detection>) {
+    let thresholds: Vec<f32> = manifest.labels.iter().map(|l| l.threshold).collect();
+    let boxes = match &manifest.detection {
+        Some(spec) => detect::decode(outputs, spec, manifest.input_hw(), &thresholds),
+        None => Vec::new(),
+    };
+    let (h, w) = manifest.input_hw();
+    let (sy, sx) = (rows as f64 / h as f64, cols as f64 / w as f64);
+    let round1 = |v: f64| (v * 10.0).round() / 10.0;
+    let mut best = vec![0.0f32; thresholds.len()];
+    let mut detections = Vec::new();
+    for b in &boxes {
+        best[b.label] = best[b.label].max(b.score);
+        let label = &manifest.labels[b.label];
+        if b.score < label.threshold {
+            continue;
+        }
+        let x1 = (b.x1 as f64 * sx).clamp(0.0, cols as f64);
+        let x2 = (b.x2 as f64 * sx).clamp(0.0, cols as f64);
+        let y1 = (b.y1 as f64 * sy).clamp(0.0, rows as f64);
+        let y2 = (b.y2 as f64 * sy).clamp(0.0, rows as f64);
+        detections.push(Detection {
+            label: label.name.clone(),
+            score: b.score,
+            bbox: [round1(x1), round1(y1), round1(x2), round1(y2)],
+            size_mm: pixel_spacing_mm.map(|[r, c]| [round3((x2 - x1) * c), round3((y2 - y1) * r)]),
+        });
+    }
+    let scores: Vec<LabelScore> = manifest
+        .labels
+        .iter()
+        .zip(&best)
+        .map(|(l, &score)| LabelScore {
+            label: l.name.clone(),
+            score,
+            threshold: l.threshold,
+            peak: None,
+        })
+        .collect();
+    let over = scores
+        .iter()
+        .filter(|s| s.score > 0.0 && s.score >= s.threshold)
+        .map(|s| s.label.clone())
+        .collect();
+    (scores, over, detections)
 }
 
 /// Rounds to 3 decimals (milliseconds, mm²): enough for a reader, short on the wire.

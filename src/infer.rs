@@ -167,6 +167,12 @@ impl Engine {
             Task::Classification => got == want,
             // [1, labels, h, w]: a whole map per label.
             Task::Segmentation => got >= want && got % want == 0,
+            // [1, 5 + labels, h / stride, w / stride]: the grid the manifest describes.
+            Task::Detection => {
+                engine.manifest.detection.as_ref().and_then(|d| {
+                    crate::model::detect::expected_len(d, engine.manifest.input_hw(), want)
+                }) == Some(got)
+            }
         };
         if !fits {
             return Err(ModelError::OutputShape { path, got, want });

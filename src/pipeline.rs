@@ -10,6 +10,7 @@ use crate::dicom::{self, DecodeError};
 use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher, round3};
 use crate::infer::{Engine, InferError};
 use crate::model::ModelError;
+use crate::model::manifest::Task;
 use crate::plan::ImageLimits;
 use crate::prepare::{PrepareError, Preparer};
 use crate::source::{Image, SourceKind};
@@ -184,13 +185,28 @@ impl Processor {
             let area_mm2 = image
                 .pixel_spacing_mm
                 .map(|[r, c]| image.rows as f64 * r * image.cols as f64 * c);
-            let (scores, over_threshold, regions) = finding::score(
-                manifest.model.task,
-                &outputs,
-                &manifest.labels,
-                manifest.output.activation,
-                area_mm2,
-            );
+            let (scores, over_threshold, regions, detections) = match manifest.model.task {
+                Task::Detection => {
+                    let (s, o, d) = finding::score_detections(
+                        &outputs,
+                        manifest,
+                        image.rows,
+                        image.cols,
+                        image.pixel_spacing_mm,
+                    );
+                    (s, o, None, Some(d))
+                }
+                task => {
+                    let (s, o, r) = finding::score(
+                        task,
+                        &outputs,
+                        &manifest.labels,
+                        manifest.output.activation,
+                        area_mm2,
+                    );
+                    (s, o, r, None)
+                }
+            };
             let model = slot.engine.model_ref().clone();
             findings.push(Finding {
                 schema: finding::SCHEMA,
@@ -212,6 +228,7 @@ impl Processor {
                     pixel_spacing_mm: image.pixel_spacing_mm,
                 },
                 regions,
+                detections,
                 video: None,
                 timings_ms: Timings {
                     decode: round3(decode_ms),

@@ -15,6 +15,7 @@ use std::path::Path;
 use crate::board::{BoardProfile, ModelSource, VideoSource};
 use crate::infer::Engine;
 use crate::model::ModelError;
+use crate::model::manifest::Task;
 
 /// Limits on one DICOM input, checked before anything large is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,6 +416,12 @@ pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
         let mut facts = Vec::new();
         for dir in profile.models_for(source) {
             let (e, m) = load_measured(dir)?;
+            if source == ModelSource::Video && e.manifest().model.task == Task::Detection {
+                return Err(ModelError::Manifest {
+                    path: dir.join("model.toml"),
+                    reason: "a detection model runs on DICOM images, not on live video: give it sources = [\"dicom\"]".into(),
+                });
+            }
             facts.push((e.model_ref().id.clone(), m, e.manifest().input_hw()));
             engines.push(e);
         }

@@ -755,6 +755,7 @@ fn make_finding(
             pixel_spacing_mm: spacing,
         },
         regions,
+        detections: None,
         video: Some(VideoSpan {
             stream: stream.to_string(),
             event: s.event,

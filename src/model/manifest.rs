@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::ModelError;
+use super::detect::{self, DetectionSpec};
 
 /// A parsed and validated `model.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -20,6 +21,9 @@ pub struct Manifest {
     pub parity: Option<Parity>,
     #[serde(default)]
     pub memory: Option<MemorySection>,
+    /// Detection models: how to read the output grid.
+    #[serde(default)]
+    pub detection: Option<DetectionSpec>,
     pub labels: Vec<Label>,
 }
 
@@ -69,6 +73,9 @@ pub enum Task {
     /// A per-pixel map per label (`[1, labels, h, w]` logits); findings give the fraction of
     /// the image each label covers and its area when the pixel spacing is known.
     Segmentation,
+    /// Boxes from a single-scale grid (`[detection]`, see [`super::detect`]); findings give
+    /// each box with its label and score, in image pixels and mm when the spacing is known.
+    Detection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +198,10 @@ pub struct Parity {
     /// Segmentation: the fraction of output pixels whose thresholded class must agree.
     #[serde(default)]
     pub min_mask_agreement: Option<f32>,
+    /// Detection: the IoU each box decoded from tract's output must reach with the
+    /// matching box from onnxruntime's (same label; same number of boxes).
+    #[serde(default)]
+    pub min_box_iou: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,7 +221,7 @@ impl Label {
     /// the region's fraction of the image for segmentation.
     pub fn finding_threshold(&self, task: Task) -> f32 {
         match task {
-            Task::Classification => self.threshold,
+            Task::Classification | Task::Detection => self.threshold,
             Task::Segmentation => self.min_fraction.unwrap_or(0.0),
         }
     }
@@ -305,13 +316,13 @@ impl Manifest {
                         l.name
                     ));
                 }
-                (Task::Classification, Some(_)) => {
+                (Task::Classification | Task::Detection, Some(_)) => {
                     return Err(format!(
                         "label {:?}: min_fraction is for segmentation models",
                         l.name
                     ));
                 }
-                (Task::Classification, None) => {}
+                (Task::Classification | Task::Detection, None) => {}
             }
         }
         match (m.task, self.output.activation) {
@@ -319,6 +330,28 @@ impl Manifest {
                 return Err("output.activation softmax needs at least two labels".into());
             }
             _ => {}
+        }
+        match (m.task, &self.detection) {
+            (Task::Detection, None) => {
+                return Err("a detection model needs a [detection] table (stride, iou_threshold, max_detections)".into());
+            }
+            (Task::Detection, Some(d)) => {
+                if detect::expected_len(d, self.input_hw(), self.labels.len()).is_none() {
+                    return Err(format!(
+                        "detection.stride {} does not divide the input {:?}",
+                        d.stride,
+                        self.input_hw()
+                    ));
+                }
+                if !(0.0..=1.0).contains(&d.iou_threshold) || d.max_detections == 0 {
+                    return Err(format!(
+                        "detection.iou_threshold {} must be in [0, 1] and max_detections {} at least 1",
+                        d.iou_threshold, d.max_detections
+                    ));
+                }
+            }
+            (_, Some(_)) => return Err("[detection] is for detection models".into()),
+            (_, None) => {}
         }
         if let Some(par) = &self.parity
             && !(par.max_abs.is_finite() && par.max_abs > 0.0)

@@ -6,12 +6,40 @@
 
 use std::path::Path;
 
-use super::manifest::Task;
+use super::detect::{self, BoxDet};
+use super::manifest::{Manifest, Task};
 use crate::infer::{Engine, Variant};
 
 /// fp32 forms without a stated `parity.fp32_max_abs`: tract and onnxruntime differ only by
 /// summation order (measured 1.9e-6 on cxr-tiny-cls).
 pub const DEFAULT_FP32_MAX_ABS: f32 = 1e-5;
+
+/// Detection models without a stated `parity.min_box_iou`.
+pub const DEFAULT_MIN_BOX_IOU: f32 = 0.9;
+
+/// Same number of boxes, and a one-to-one pairing (greedy, best IoU first) in which every
+/// pair has the same label and an IoU of at least `min_iou`.
+pub fn boxes_match(a: &[BoxDet], b: &[BoxDet], min_iou: f32) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut used = vec![false; b.len()];
+    a.iter().all(|x| {
+        let best = b
+            .iter()
+            .enumerate()
+            .filter(|(j, y)| !used[*j] && y.label == x.label)
+            .map(|(j, y)| (j, x.iou(y)))
+            .max_by(|p, q| p.1.total_cmp(&q.1));
+        match best {
+            Some((j, iou)) if iou >= min_iou => {
+                used[j] = true;
+                true
+            }
+            _ => false,
+        }
+    })
+}
 
 /// One form's result over every fixture.
 #[derive(Debug, Clone)]
@@ -95,6 +123,8 @@ pub fn check(model: &Path, fixtures: &Path) -> Result<Vec<FormReport>, ParityErr
         let needed = match m.model.task {
             Task::Classification => 1.0,
             Task::Segmentation => p.min_mask_agreement.unwrap_or(1.0) as f64,
+            // Every case's boxes must match.
+            Task::Detection => 1.0,
         };
         let (mut max_abs, mut agreement) = (0.0f32, 1.0f64);
         for case in cases {
@@ -127,12 +157,7 @@ pub fn check(model: &Path, fixtures: &Path) -> Result<Vec<FormReport>, ParityErr
                 .zip(&want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(max_abs, f32::max);
-            agreement = agreement.min(decisions_agree(
-                m.model.task,
-                m.labels[0].threshold,
-                &got,
-                &want,
-            ));
+            agreement = agreement.min(decisions_agree(&m, &got, &want));
         }
         reports.push(FormReport {
             model: m.model.id.clone(),
@@ -149,9 +174,24 @@ pub fn check(model: &Path, fixtures: &Path) -> Result<Vec<FormReport>, ParityErr
 }
 
 /// Classification: 1 when both pick the same label, else 0. Segmentation: the fraction of
-/// output pixels on the same side of the first label's pixel threshold.
-pub fn decisions_agree(task: Task, threshold: f32, got: &[f32], want: &[f32]) -> f64 {
-    match task {
+/// output pixels on the same side of the first label's pixel threshold. Detection: 1 when
+/// both decode to the same number of boxes and each box of `got` matches one of `want` with
+/// the same label and an IoU of at least `parity.min_box_iou` (default 0.9), else 0.
+pub fn decisions_agree(m: &Manifest, got: &[f32], want: &[f32]) -> f64 {
+    let threshold = m.labels[0].threshold;
+    match m.model.task {
+        Task::Detection => {
+            let Some(spec) = &m.detection else { return 0.0 };
+            let thresholds: Vec<f32> = m.labels.iter().map(|l| l.threshold).collect();
+            let a = detect::decode(got, spec, m.input_hw(), &thresholds);
+            let b = detect::decode(want, spec, m.input_hw(), &thresholds);
+            let min_iou = m
+                .parity
+                .as_ref()
+                .and_then(|p| p.min_box_iou)
+                .unwrap_or(DEFAULT_MIN_BOX_IOU);
+            (boxes_match(&a, &b, min_iou)) as u8 as f64
+        }
         Task::Classification => {
             let argmax = |v: &[f32]| {
                 v.iter()
