@@ -86,8 +86,10 @@ PY
 
 echo "== every shipped model, every form, on its parity fixtures under qemu (ARM's own kernels)"
 for cpu in neoverse-n1 cortex-a72; do
-  qemu "$cpu" "$ARM_BIN" parity --model models/cxr-tiny-cls --fixtures tests/fixtures/cxr-tiny-cls | sed "s/^/$cpu: /"
-  qemu "$cpu" "$ARM_BIN" parity --model models/us-fast-fluid --fixtures tests/fixtures/us-fast-fluid | sed "s/^/$cpu: /"
+  for model in models/*/model.toml; do
+    name=$(basename "$(dirname "$model")")
+    qemu "$cpu" "$ARM_BIN" parity --model "models/$name" --fixtures "tests/fixtures/$name" | sed "s/^/$cpu: /"
+  done
 done
 
 echo "== bedside check under qemu"
