@@ -59,6 +59,7 @@ for deb in "${DEBS[@]}"; do
            /usr/share/bedside/board/jetson-orin-nano.toml /usr/share/bedside/board/jetson-nano.toml \
            /usr/share/bedside/board/rpi5.toml \
            /usr/share/bedside/models/cxr-tiny-cls/model.toml /usr/share/bedside/models/cxr-tiny-cls/model.onnx \
+           /usr/share/bedside/models/cxr-tiny-det/model.toml /usr/share/bedside/models/cxr-tiny-det/model.onnx \
            /usr/share/bedside/models/us-fast-fluid/model.toml /usr/share/bedside/models/us-fast-fluid/model.onnx \
            /usr/share/doc/bedside/copyright /usr/share/doc/bedside/README.md; do
     grep -qx "$f" "$WORK/files.$arch" || fail "$deb lacks $f"

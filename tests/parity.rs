@@ -64,3 +64,15 @@ fn ultrasound_segmenter_all_three_forms_match_onnxruntime() {
         cases.len()
     );
 }
+
+#[test]
+fn xray_detector_all_three_forms_match_onnxruntime_box_for_box() {
+    let r = check(
+        "cxr-tiny-det",
+        &[Variant::Shipped, Variant::Pruned, Variant::Parent],
+    );
+    // Box agreement is all-or-nothing per case: every case must decode to the same boxes.
+    for form in &r {
+        assert_eq!(form.needed, 1.0, "{form}");
+    }
+}
