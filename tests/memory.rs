@@ -403,3 +403,46 @@ fn a_budget_ten_percent_too_small_stops_the_daemon_at_start() {
     let out = bedside_ok(&["check".as_ref(), "--board".as_ref(), roomy.as_os_str()]);
     assert!(out.contains("fits"), "{out}");
 }
+
+/// Every shipped model's manifest states tract's working memory (`[memory]
+/// tract_working_bytes`), and the figure is what bedside measures when it loads the model
+/// (within 25 %: the kernels tract picks, hence its packing buffers, vary by CPU).
+#[test]
+fn every_manifest_states_the_working_memory_bedside_measures() {
+    let _g = hold();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo().join("models")).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("model.toml").exists() {
+            continue;
+        }
+        let (engine, measured) = bedside::plan::load_measured(&dir).unwrap();
+        let stated = engine
+            .manifest()
+            .memory
+            .as_ref()
+            .and_then(|m| m.tract_working_bytes)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no [memory] tract_working_bytes (measured {} B)",
+                    dir.display(),
+                    measured.working
+                )
+            });
+        eprintln!(
+            "{}: tract working memory measured {} B, manifest {stated} B; resident {} B",
+            dir.display(),
+            measured.working,
+            measured.resident
+        );
+        let ratio = measured.working as f64 / stated as f64;
+        assert!(
+            (0.75..=1.25).contains(&ratio),
+            "{}: measured {} B, the manifest says {stated} B",
+            dir.display(),
+            measured.working
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} models");
+}

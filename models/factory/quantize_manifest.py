@@ -208,6 +208,15 @@ def manifest(res):
                 f"# (MODEL_CARD.md; re-measure with models/factory/tract_check.py)")
     else:
         note = "# not measured with tract yet: conservative defaults (run models/factory/tract_check.py)"
+    # [memory] tract_working_bytes is measured by bedside itself (tests/memory.rs prints it and
+    # checks the manifest against it): kept across rebuilds.
+    mem = ""
+    old = os.path.join(OUT_DIR, "model.toml")
+    if os.path.exists(old):
+        import tomllib
+        kept = tomllib.load(open(old, "rb")).get("memory", {}).get("tract_working_bytes")
+        if kept:
+            mem = f"\n[memory]\ntract_working_bytes = {kept}\n"
     toml = f'''[model]
 id = "cxr-tiny-cls"
 version = "{VERSION}"
@@ -244,7 +253,7 @@ activation = "softmax"
 {note}
 max_abs = {max_abs}
 fp32_max_abs = {fp32_max_abs}
-
+{mem}
 [[labels]]
 name = "normal"
 threshold = {th["normal"]}

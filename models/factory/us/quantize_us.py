@@ -219,6 +219,12 @@ def manifest(res):
     mem = ""
     if os.path.exists(TRACT_JSON) and json.load(open(TRACT_JSON)).get("tract_working_bytes"):
         mem = f"tract_working_bytes = {json.load(open(TRACT_JSON))['tract_working_bytes']}\n"
+    elif os.path.exists(os.path.join(OUT_DIR, "model.toml")):
+        # Measured by bedside itself (tests/memory.rs prints it): kept across rebuilds.
+        import tomllib
+        kept = tomllib.load(open(os.path.join(OUT_DIR, "model.toml"), "rb")).get("memory", {})
+        if kept.get("tract_working_bytes"):
+            mem = f"tract_working_bytes = {kept['tract_working_bytes']}\n"
     toml = f'''[model]
 id = "us-fast-fluid"
 version = "0.1.0"
