@@ -11,17 +11,15 @@ The three forms: model.fp32.onnx (dense fp32 parent), model.pruned.onnx (structu
 model.onnx (int8 of the pruned model, the one bedside ships). [parity] tolerances come from $CACHE/tract.json
 (tract_check.py) when it was measured on these exact files, else conservative defaults.
 """
-import hashlib
 import json
 import os
 import sys
 import time
 
 import numpy as np
-import onnx
-import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
+
+import zoo
+from zoo import session, sha256
 
 import data
 import preprocess as P
@@ -41,20 +39,6 @@ VERSION = "0.2.0"
 KEEP_THRESHOLDS = {"normal": 0.5, "pneumothorax": 0.5, "other": 0.25}
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self, x):
-        self.it = iter([{"input": x[i:i + 1]} for i in range(len(x))])
-
-    def get_next(self):
-        return next(self.it, None)
-
-
-def session(path, threads=1):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
 def logits(sess, x):
@@ -77,25 +61,12 @@ def ort_ms(sess, x, n=100):
     return float(np.median(ts))
 
 
-def sha256(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
 
 def quantize():
     xc, _ = data.load("calib")
-    pre = os.path.join(data.CACHE, "model.pruned.pre.onnx")
-    quant_pre_process(PRUNED, pre, skip_symbolic_shape=True)
-    quantize_static(pre, INT8, Reader(xc), quant_format=QuantFormat.QOperator,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
-                    op_types_to_quantize=["Conv", "Relu"], calibrate_method=CalibrationMethod.MinMax)
-    m = onnx.load(INT8)
-    m.producer_name, m.producer_version = "bedside-model-factory", VERSION
-    m.doc_string = (f"cxr-tiny-cls int8 of the pruned model (QOperator QLinearConv u8/s8 per-tensor, ReLU folded), "
-                    f"calibrated on {len(xc)} synthetic images")
-    onnx.save(m, INT8)
-    ops = [(n.domain or "ai.onnx") + ":" + n.op_type for n in m.graph.node]
-    print("quantized", INT8, ops, os.path.getsize(INT8), "bytes")
-    assert all(o.startswith("ai.onnx:") for o in ops), "non-standard-domain op in the int8 graph (tract cannot load it)"
+    ops = zoo.quantize_int8(PRUNED, INT8, xc, data.CACHE, version=VERSION,
+                            doc=(f"cxr-tiny-cls int8 of the pruned model (QOperator QLinearConv u8/s8 per-tensor, "
+                                 f"ReLU folded), calibrated on {len(xc)} synthetic images"))
     assert sum(o == "ai.onnx:QLinearConv" for o in ops) == 4, "every convolution must be a QLinearConv"
     return len(xc)
 

@@ -7,16 +7,16 @@ int8 format (as models/factory/us/quantize_us.py): onnxruntime QOperator restric
 with the ReLU folded into its output range, u8 activations / s8 weights, per-tensor scales, MinMax calibration;
 the 1x1 detection head stays fp32 (EXCLUDE_HEAD=0 quantizes it too). Standard ai.onnx ops only.
 """
-import hashlib
 import json
 import os
 import sys
 
 import numpy as np
-import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import zoo  # noqa: E402  (models/factory/zoo.py)
+from zoo import session, sha256  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -38,48 +38,17 @@ IOU_THRESHOLD = 0.45
 MAX_DETECTIONS = 20
 
 
-class Reader(CalibrationDataReader):
-    def __init__(self, x):
-        self.it = iter([{"input": x[i:i + 1]} for i in range(len(x))])
-
-    def get_next(self):
-        return next(self.it, None)
 
 
-def session(path, threads=1):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+run = zoo.run
 
-
-def run(sess, x):
-    return np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
-
-
-def sha256(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
 def quantize():
     xc = data.load("calib")[0]
-    pre = os.path.join(data.CACHE, "model.pruned.pre.onnx")
-    quant_pre_process(PRUNED, pre, skip_symbolic_shape=True)
-    m = onnx.load(pre)
-    head = [n.name for n in m.graph.node if n.op_type == "Conv"][-1]
-    quantize_static(pre, INT8, Reader(xc), quant_format=QuantFormat.QOperator,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
-                    op_types_to_quantize=["Conv", "Relu"], calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=[head] if EXCLUDE_HEAD else [])
-    m = onnx.load(INT8)
-    m.producer_name, m.producer_version = "bedside-model-factory", "0.1.0"
-    m.doc_string = (f"cxr-tiny-det int8 (QOperator QLinearConv u8/s8 per-tensor, ReLU folded"
-                    f"{', fp32 1x1 head' if EXCLUDE_HEAD else ''}), calibrated on {len(xc)} synthetic images")
-    onnx.save(m, INT8)
-    ops = [(n.domain or "ai.onnx") + ":" + n.op_type for n in m.graph.node]
-    print("quantized", INT8, ops, os.path.getsize(INT8), "bytes")
-    assert all(o.startswith("ai.onnx:") for o in ops), "non-standard-domain op in the int8 graph"
+    zoo.quantize_int8(PRUNED, INT8, xc, data.CACHE, exclude_head=EXCLUDE_HEAD,
+                      doc=(f"cxr-tiny-det int8 (QOperator QLinearConv u8/s8 per-tensor, ReLU folded"
+                           f"{', fp32 1x1 head' if EXCLUDE_HEAD else ''}), calibrated on {len(xc)} synthetic images"))
     return len(xc)
 
 

@@ -1,0 +1,65 @@
+"""What every model factory here shares (cxr: quantize_manifest.py, us/, det/): onnxruntime sessions as the
+fixtures and benchmarks use them, the int8 recipe that tract 0.23.9 runs with its integer kernels, hashing.
+
+The int8 recipe: onnxruntime's static quantizer in QOperator form restricted to Conv+Relu, so every
+convolution becomes a standard-domain QLinearConv with the ReLU folded into its output range (tract cannot load
+onnxruntime's Microsoft-domain ops such as QLinearAdd); u8 activations, s8 weights, per-tensor scales (tract's
+per-channel requantization ate the gain), MinMax calibration. Optionally the last Conv (a 1x1 head) stays fp32.
+"""
+import hashlib
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def session(path, threads=1):
+    """onnxruntime on the CPU, `threads` intra-op threads, sequential: the reference the fixtures come from."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def run(sess, x):
+    """The first output for each image of the batch `x`, one image per run (as bedside runs them)."""
+    return np.concatenate([sess.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, x):
+        self.it = iter([{"input": x[i:i + 1]} for i in range(len(x))])
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def quantize_int8(pruned, out, calib, cache_dir, doc, version="0.1.0", exclude_head=False):
+    """Quantizes the fp32 model `pruned` to `out` with the recipe above, calibrated on the images `calib`;
+    returns the op list (domain:op) of the int8 graph, after checking that tract can load every op."""
+    pre = os.path.join(cache_dir, "model.pruned.pre.onnx")
+    quant_pre_process(pruned, pre, skip_symbolic_shape=True)
+    exclude = []
+    if exclude_head:
+        m = onnx.load(pre)
+        exclude = [[n.name for n in m.graph.node if n.op_type == "Conv"][-1]]
+    quantize_static(pre, out, Reader(calib), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+                    op_types_to_quantize=["Conv", "Relu"], calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=exclude)
+    m = onnx.load(out)
+    m.producer_name, m.producer_version = "bedside-model-factory", version
+    m.doc_string = doc
+    onnx.save(m, out)
+    ops = [(n.domain or "ai.onnx") + ":" + n.op_type for n in m.graph.node]
+    print("quantized", out, ops, os.path.getsize(out), "bytes")
+    assert all(o.startswith("ai.onnx:") for o in ops), "non-standard-domain op in the int8 graph (tract cannot load it)"
+    return ops
