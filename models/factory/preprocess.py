@@ -36,28 +36,28 @@ def display(stored, slope=1.0, intercept=0.0, c=None, w=None, monochrome1=False)
     return 1.0 - y if monochrome1 else y
 
 
-def resize(y):
-    """Step 4 on a [H,W] (or [N,H,W]) array -> float32 [.., 224, 224]."""
+def resize(y, size=SIZE):
+    """Step 4 on a [H,W] (or [N,H,W]) array -> float32 [.., size, size] (224 for cxr-tiny-cls)."""
     t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
     squeeze = t.ndim == 2
     t = t.reshape(-1, 1, *t.shape[-2:])
-    r = F.interpolate(t, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)
+    r = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     r = r[:, 0].numpy()
     return r[0] if squeeze else r
 
 
-def normalise(y224):
-    return ((y224 - MEAN) / STD).astype(np.float32)
+def normalise(y, mean=MEAN, std=STD):
+    return ((y - mean) / std).astype(np.float32)
 
 
-def preprocess(stored, slope=1.0, intercept=0.0, c=None, w=None, monochrome1=False):
-    """Steps 1-5 -> float32 [1,1,224,224] model input."""
+def preprocess(stored, slope=1.0, intercept=0.0, c=None, w=None, monochrome1=False, size=SIZE, mean=MEAN, std=STD):
+    """Steps 1-5 -> float32 [1,1,size,size] model input (another model's size, mean and std when given)."""
     y = display(stored, slope, intercept, c, w, monochrome1)
-    return normalise(resize(y)).reshape(1, 1, SIZE, SIZE)
+    return normalise(resize(y, size), mean, std).reshape(1, 1, size, size)
 
 
-def preprocess_dataset(ds):
-    """Steps 1-5 from a pydicom Dataset (first window value if multi-valued)."""
+def preprocess_dataset(ds, **model):
+    """Steps 1-5 from a pydicom Dataset (first window value if multi-valued); `model`: size, mean, std."""
     def first(x):
         if x is None:
             return None
@@ -68,4 +68,4 @@ def preprocess_dataset(ds):
     return preprocess(ds.pixel_array,
                       float(getattr(ds, "RescaleSlope", 1.0)), float(getattr(ds, "RescaleIntercept", 0.0)),
                       first(getattr(ds, "WindowCenter", None)), first(getattr(ds, "WindowWidth", None)),
-                      ds.PhotometricInterpretation == "MONOCHROME1")
+                      ds.PhotometricInterpretation == "MONOCHROME1", **model)

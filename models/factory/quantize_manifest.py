@@ -14,7 +14,6 @@ model.onnx (int8 of the pruned model, the one bedside ships). [parity] tolerance
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -48,18 +47,6 @@ def logits(sess, x):
 def softmax(l):
     e = np.exp(l - l.max(1, keepdims=True))
     return e / e.sum(1, keepdims=True)
-
-
-def ort_ms(sess, x, n=100):
-    for _ in range(10):
-        sess.run(None, {"input": x})
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        sess.run(None, {"input": x})
-        ts.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(ts))
-
 
 
 def quantize():
@@ -134,7 +121,7 @@ def evaluate(n_calib):
         f = form_metrics(lt[name], yt, th)
         f["val"] = form_metrics(lv[name], yv, th)
         f["bytes"] = os.path.getsize(path)
-        f["ort_1thread_ms"] = ort_ms(sess[name], xt[:1])
+        f["ort_1thread_ms"] = zoo.ort_ms(sess[name], xt[:1])
         res["forms"][name] = f
     for a, b in (("int8", "pruned"), ("pruned", "fp32"), ("int8", "fp32")):
         res[f"{a}_vs_{b}_test_max_abs_logit"] = float(np.abs(lt[a] - lt[b]).max())
@@ -179,32 +166,12 @@ def manifest(res):
                 f"# (MODEL_CARD.md; re-measure with models/factory/tract_check.py)")
     else:
         note = "# not measured with tract yet: conservative defaults (run models/factory/tract_check.py)"
-    # [memory] tract_working_bytes is measured by bedside itself (tests/memory.rs prints it and
-    # checks the manifest against it): kept across rebuilds.
-    mem = ""
-    old = os.path.join(OUT_DIR, "model.toml")
-    if os.path.exists(old):
-        import tomllib
-        kept = tomllib.load(open(old, "rb")).get("memory", {}).get("tract_working_bytes")
-        if kept:
-            mem = f"\n[memory]\ntract_working_bytes = {kept}\n"
-    toml = f'''[model]
-id = "cxr-tiny-cls"
-version = "{VERSION}"
-task = "classification"
-file = "model.onnx"
-sha256 = "{sha256(INT8)}"
-quantization = "int8 static of the pruned model, QOperator QLinearConv u8/s8 per-tensor (ReLU folded), pooling and classifier fp32, MinMax calibration on {res["n_calib"]} synthetic images"
-description = "Tiny 3-class chest X-ray classifier trained on synthetic phantoms; runtime reference, not a medical device"
-
-[model.parent]
-file = "model.fp32.onnx"
-sha256 = "{sha256(FP32)}"
-
-[model.pruned]
-file = "model.pruned.onnx"
-sha256 = "{sha256(PRUNED)}"
-
+    mem = zoo.memory_section(os.path.join(OUT_DIR, "model.toml"))
+    toml = zoo.manifest_head(
+        "cxr-tiny-cls", VERSION, "classification",
+        f"int8 static of the pruned model, QOperator QLinearConv u8/s8 per-tensor (ReLU folded), pooling and classifier fp32, MinMax calibration on {res['n_calib']} synthetic images",
+        "Tiny 3-class chest X-ray classifier trained on synthetic phantoms; runtime reference, not a medical device",
+        INT8, FP32, PRUNED) + f'''
 [input]
 name = "input"
 shape = [1, 1, {P.SIZE}, {P.SIZE}]
@@ -224,8 +191,8 @@ activation = "softmax"
 {note}
 max_abs = {max_abs}
 fp32_max_abs = {fp32_max_abs}
-{mem}
-[[labels]]
+
+{mem}[[labels]]
 name = "normal"
 threshold = {th["normal"]}
 [[labels]]

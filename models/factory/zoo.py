@@ -63,3 +63,51 @@ def quantize_int8(pruned, out, calib, cache_dir, doc, version="0.1.0", exclude_h
     print("quantized", out, ops, os.path.getsize(out), "bytes")
     assert all(o.startswith("ai.onnx:") for o in ops), "non-standard-domain op in the int8 graph (tract cannot load it)"
     return ops
+
+
+def ort_ms(sess, x, n=100):
+    """Median ms of `n` runs of the onnxruntime session `sess` on the input `x`, after 10 warm-up runs."""
+    import time
+    for _ in range(10):
+        sess.run(None, {"input": x})
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        sess.run(None, {"input": x})
+        ts.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(ts))
+
+
+def memory_section(model_toml):
+    """`[memory]` of a manifest being rewritten: tract_working_bytes is measured by bedside itself (tests/memory.rs
+    prints it when it is missing and checks it against the manifest), so a rebuild keeps the figure already
+    written in `model_toml`. '' when there is none; else the table and a blank line."""
+    if not os.path.exists(model_toml):
+        return ""
+    import tomllib
+    kept = tomllib.load(open(model_toml, "rb")).get("memory", {}).get("tract_working_bytes")
+    if not kept:
+        return ""
+    return ("[memory]\n# measured by bedside when it loads the model (tests/memory.rs checks it)\n"
+            f"tract_working_bytes = {kept}\n\n")
+
+
+def manifest_head(model_id, version, task, quantization, description, int8, fp32, pruned):
+    """The `[model]`, `[model.parent]` and `[model.pruned]` tables of a manifest for the three forms' files."""
+    return f'''[model]
+id = "{model_id}"
+version = "{version}"
+task = "{task}"
+file = "{os.path.basename(int8)}"
+sha256 = "{sha256(int8)}"
+quantization = "{quantization}"
+description = "{description}"
+
+[model.parent]
+file = "{os.path.basename(fp32)}"
+sha256 = "{sha256(fp32)}"
+
+[model.pruned]
+file = "{os.path.basename(pruned)}"
+sha256 = "{sha256(pruned)}"
+'''

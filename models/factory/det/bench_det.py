@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -20,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import decode_det as Dd  # noqa: E402
 import preprocess_det as P  # noqa: E402
+import zoo  # noqa: E402  (quantize_det put models/factory on the path)
 from quantize_det import FIX_DIR, FORMS, IOU_THRESHOLD, MAX_DETECTIONS, METRICS, TRACT_JSON, session  # noqa: E402
 
 BIN = os.environ.get("TRACT_BENCH", "/work/scratch/tract-bench-det/release/tract-bench")
@@ -37,18 +37,6 @@ def tract(model, inp, prefix, n, extra=()):
     kv = dict(x.split("=", 1) for x in line[0].split("\t")[3:])
     prof = [l.split("\t")[1:] for l in p.stdout.splitlines() if l.startswith("PROFILE")]
     return np.fromfile(prefix + ".out0.f32", dtype="<f4"), float(kv["median_ms"]), kv["ops"], prof
-
-
-def ort_ms(path, x, n):
-    s = session(path, 1)
-    for _ in range(10):
-        s.run(None, {"input": x})
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        s.run(None, {"input": x})
-        ts.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(ts))
 
 
 def main(n):
@@ -82,7 +70,7 @@ def main(n):
         for form, path in FORMS:
             _, ms, _, _ = tract(path, inp, os.path.join(tmp, "t"), n)
             res["timing_ms"][f"tract_{form}_1t"] = ms
-            res["timing_ms"][f"ort_{form}_1t"] = ort_ms(path, x, n)
+            res["timing_ms"][f"ort_{form}_1t"] = zoo.ort_ms(session(path, 1), x, n)
             print(f"1 thread {form}: tract {ms:.3f} ms, onnxruntime {res['timing_ms'][f'ort_{form}_1t']:.3f} ms",
                   flush=True)
         for form, path in FORMS:

@@ -13,10 +13,6 @@ Boxes come back to the original image as x * cols / 256, y * rows / 256.
 import os
 import sys
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
 import preprocess as P0  # noqa: E402
 
@@ -31,31 +27,17 @@ display = P0.display
 
 
 def resize(y):
-    t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
-    squeeze = t.ndim == 2
-    t = t.reshape(-1, 1, *t.shape[-2:])
-    r = F.interpolate(t, size=(SIZE, SIZE), mode="bilinear", antialias=True, align_corners=False)[:, 0].numpy()
-    return r[0] if squeeze else r
+    return P0.resize(y, SIZE)
 
 
 def normalise(y):
-    return ((y - MEAN) / STD).astype(np.float32)
+    return P0.normalise(y, MEAN, STD)
 
 
 def preprocess(stored, slope=1.0, intercept=0.0, c=None, w=None, monochrome1=False):
     """Steps 1-5 -> float32 [1,1,256,256]."""
-    return normalise(resize(display(stored, slope, intercept, c, w, monochrome1))).reshape(1, 1, SIZE, SIZE)
+    return P0.preprocess(stored, slope, intercept, c, w, monochrome1, size=SIZE, mean=MEAN, std=STD)
 
 
 def preprocess_dataset(ds):
-    def first(x):
-        if x is None:
-            return None
-        try:
-            return float(x[0])
-        except TypeError:
-            return float(x)
-    return preprocess(ds.pixel_array,
-                      float(getattr(ds, "RescaleSlope", 1.0)), float(getattr(ds, "RescaleIntercept", 0.0)),
-                      first(getattr(ds, "WindowCenter", None)), first(getattr(ds, "WindowWidth", None)),
-                      ds.PhotometricInterpretation == "MONOCHROME1")
+    return P0.preprocess_dataset(ds, size=SIZE, mean=MEAN, std=STD)

@@ -259,32 +259,12 @@ def tolerances():
 def manifest(res):
     max_abs, fp32_max_abs = tolerances()
     labels = "".join(f'[[labels]]\nname = "{k}"\nthreshold = {v}\n' for k, v in res["thresholds"].items())
-    # [memory] tract_working_bytes is measured by bedside itself (tests/memory.rs prints it when it is missing);
-    # once written into model.toml it is kept across rebuilds.
-    mem = ""
-    if os.path.exists(os.path.join(OUT_DIR, "model.toml")):
-        import tomllib
-        kept = tomllib.load(open(os.path.join(OUT_DIR, "model.toml"), "rb")).get("memory", {})
-        if kept.get("tract_working_bytes"):
-            mem = ("[memory]\n# measured by bedside when it loads the model (tests/memory.rs checks it)\n"
-                   f"tract_working_bytes = {kept['tract_working_bytes']}\n\n")
-    toml = f'''[model]
-id = "cxr-tiny-det"
-version = "0.1.0"
-task = "detection"
-file = "model.onnx"
-sha256 = "{sha256(INT8)}"
-quantization = "int8 static, QOperator QLinearConv u8/s8 per-tensor (ReLU folded){', 1x1 head conv fp32' if EXCLUDE_HEAD else ''}, MinMax calibration on {res["n_calib"]} synthetic images"
-description = "Nodule / metallic foreign body detector for frontal chest X-rays, trained on synthetic phantoms; runtime reference, not a medical device"
-
-[model.parent]
-file = "model.fp32.onnx"
-sha256 = "{sha256(FP32)}"
-
-[model.pruned]
-file = "model.pruned.onnx"
-sha256 = "{sha256(PRUNED)}"
-
+    mem = zoo.memory_section(os.path.join(OUT_DIR, "model.toml"))
+    toml = zoo.manifest_head(
+        "cxr-tiny-det", "0.1.0", "detection",
+        f"int8 static, QOperator QLinearConv u8/s8 per-tensor (ReLU folded){', 1x1 head conv fp32' if EXCLUDE_HEAD else ''}, MinMax calibration on {res['n_calib']} synthetic images",
+        "Nodule / metallic foreign body detector for frontal chest X-rays, trained on synthetic phantoms; runtime reference, not a medical device",
+        INT8, FP32, PRUNED) + f'''
 [input]
 name = "input"
 shape = [1, 1, {P.SIZE}, {P.SIZE}]

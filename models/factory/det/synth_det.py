@@ -29,8 +29,6 @@ Objects per image: 0-3 (P = 0.25, 0.35, 0.25, 0.15); each object is a nodule wit
 Background finding: synth label 0 (normal) 70 %, 1 (pneumothorax) 15 %, 2 (effusion/opacities) 15 %.
 """
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage as _ndi
 
 import synth

@@ -12,12 +12,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 import preprocess_us as P
 from quantize_us import FIX_DIR, FORMS, TRACT_JSON, session
+import zoo  # noqa: E402  (quantize_us put models/factory on the path)
 
 BIN = os.environ.get("TRACT_BENCH", "/work/scratch/tract-bench-us/release/tract-bench")
 ISA = os.environ.get("TRACT_CPU_ISA", "-amx-int8")
@@ -36,18 +36,6 @@ def tract(model, inp, prefix, n, threads=1, extra=()):
     kv = dict(x.split("=", 1) for x in line[0].split("\t")[3:])
     prof = [l.split("\t")[1:] for l in p.stdout.splitlines() if l.startswith("PROFILE")]
     return np.fromfile(prefix + ".out0.f32", dtype="<f4"), float(kv["median_ms"]), kv["ops"], prof
-
-
-def ort_ms(path, x, n, threads):
-    s = session(path, threads)
-    for _ in range(10):
-        s.run(None, {"input": x})
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        s.run(None, {"input": x})
-        ts.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(ts))
 
 
 def main(n):
@@ -75,7 +63,7 @@ def main(n):
             for form, path in FORMS:
                 _, ms, _, _ = tract(path, inp, os.path.join(tmp, "t"), n, threads)
                 res["timing_ms"][f"tract_{form}_{threads}t"] = ms
-                res["timing_ms"][f"ort_{form}_{threads}t"] = ort_ms(path, x, n, threads)
+                res["timing_ms"][f"ort_{form}_{threads}t"] = zoo.ort_ms(session(path, threads), x, n)
                 print(f"{threads} thread(s) {form}: tract {ms:.3f} ms, onnxruntime "
                       f"{res['timing_ms'][f'ort_{form}_{threads}t']:.3f} ms", flush=True)
         for form, path in FORMS:

@@ -186,32 +186,12 @@ def tolerances():
 
 def manifest(res):
     max_abs, fp32_max_abs, agree = tolerances()
-    mem = ""
-    if os.path.exists(TRACT_JSON) and json.load(open(TRACT_JSON)).get("tract_working_bytes"):
-        mem = f"tract_working_bytes = {json.load(open(TRACT_JSON))['tract_working_bytes']}\n"
-    elif os.path.exists(os.path.join(OUT_DIR, "model.toml")):
-        # Measured by bedside itself (tests/memory.rs prints it): kept across rebuilds.
-        import tomllib
-        kept = tomllib.load(open(os.path.join(OUT_DIR, "model.toml"), "rb")).get("memory", {})
-        if kept.get("tract_working_bytes"):
-            mem = f"tract_working_bytes = {kept['tract_working_bytes']}\n"
-    toml = f'''[model]
-id = "us-fast-fluid"
-version = "0.1.0"
-task = "segmentation"
-file = "model.onnx"
-sha256 = "{sha256(INT8)}"
-quantization = "int8 static, QOperator QLinearConv u8/s8 per-tensor (ReLU folded){', 1x1 head conv fp32' if EXCLUDE_HEAD else ''}, MinMax calibration on {res["n_calib"]} synthetic images"
-description = "Free fluid in Morison's pouch (FAST RUQ view) segmentation, trained on synthetic ultrasound phantoms; runtime reference, not a medical device"
-
-[model.parent]
-file = "model.fp32.onnx"
-sha256 = "{sha256(FP32)}"
-
-[model.pruned]
-file = "model.pruned.onnx"
-sha256 = "{sha256(PRUNED)}"
-
+    mem = zoo.memory_section(os.path.join(OUT_DIR, "model.toml"))
+    toml = zoo.manifest_head(
+        "us-fast-fluid", "0.1.0", "segmentation",
+        f"int8 static, QOperator QLinearConv u8/s8 per-tensor (ReLU folded){', 1x1 head conv fp32' if EXCLUDE_HEAD else ''}, MinMax calibration on {res['n_calib']} synthetic images",
+        "Free fluid in Morison's pouch (FAST RUQ view) segmentation, trained on synthetic ultrasound phantoms; runtime reference, not a medical device",
+        INT8, FP32, PRUNED) + f'''
 [input]
 name = "input"
 shape = [1, 1, {P.SIZE}, {P.SIZE}]
@@ -234,15 +214,11 @@ max_abs = {max_abs}
 fp32_max_abs = {fp32_max_abs}
 min_mask_agreement = {agree}
 
-[memory]
-{mem}
-[[labels]]
+{mem}[[labels]]
 name = "free_fluid"
 threshold = {THRESHOLD}
 min_fraction = {res["min_fraction"]}
 '''
-    if not mem:
-        toml = toml.replace("[memory]\n\n", "")
     with open(os.path.join(OUT_DIR, "model.toml"), "w") as f:
         f.write(toml)
     print("wrote model.toml")

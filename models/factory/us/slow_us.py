@@ -10,7 +10,6 @@ than the 33 ms / 17 ms frame periods of 30 / 60 fps cine); measure with
 import hashlib
 import os
 import subprocess
-import sys
 
 import numpy as np
 import torch
