@@ -342,15 +342,11 @@ pub fn score_detections(
     cols: u32,
     pixel_spacing_mm: Option<[f64; 2]>,
 ) -> (Vec<LabelScore>, Vec<String>, Vec<Detection>) {
-    let thresholds: Vec<f32> = manifest.labels.iter().map(|l| l.threshold).collect();
-    let boxes = match &manifest.detection {
-        Some(spec) => detect::decode(outputs, spec, manifest.input_hw(), &thresholds),
-        None => Vec::new(),
-    };
+    let boxes = detect::decode_with(manifest, outputs);
     let (h, w) = manifest.input_hw();
     let (sy, sx) = (rows as f64 / h as f64, cols as f64 / w as f64);
     let round1 = |v: f64| (v * 10.0).round() / 10.0;
-    let mut best = vec![0.0f32; thresholds.len()];
+    let mut best = vec![0.0f32; manifest.labels.len()];
     let mut detections = Vec::new();
     for b in &boxes {
         best[b.label] = best[b.label].max(b.score);

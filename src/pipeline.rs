@@ -182,9 +182,6 @@ impl Processor {
             let outputs = slot.engine.run(tensor)?;
             let infer_ms = ms(t.elapsed());
             let manifest = slot.engine.manifest();
-            let area_mm2 = image
-                .pixel_spacing_mm
-                .map(|[r, c]| image.rows as f64 * r * image.cols as f64 * c);
             let (scores, over_threshold, regions, detections) = match manifest.model.task {
                 Task::Detection => {
                     let (s, o, d) = finding::score_detections(
@@ -197,6 +194,9 @@ impl Processor {
                     (s, o, None, Some(d))
                 }
                 task => {
+                    let area_mm2 = image
+                        .pixel_spacing_mm
+                        .map(|[r, c]| image.rows as f64 * r * image.cols as f64 * c);
                     let (s, o, r) = finding::score(
                         task,
                         &outputs,

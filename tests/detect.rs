@@ -53,8 +53,7 @@ fn boxes_of(m: &Manifest, v: &serde_json::Value) -> Vec<BoxDet> {
 #[test]
 fn decoding_matches_the_factory_on_onnxruntime_outputs() {
     let m = Manifest::load(&det_dir()).unwrap();
-    let spec = m.detection.expect("[detection]");
-    let thresholds: Vec<f32> = m.labels.iter().map(|l| l.threshold).collect();
+    assert!(m.detection.is_some(), "[detection]");
     let text =
         std::fs::read_to_string(repo().join("tests/fixtures/cxr-tiny-det/parity.json")).unwrap();
     let parity: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -63,7 +62,7 @@ fn decoding_matches_the_factory_on_onnxruntime_outputs() {
     let mut compared = 0;
     for case in cases {
         for form in ["int8", "pruned", "fp32"] {
-            let got = detect::decode(&floats(&case[form]), &spec, m.input_hw(), &thresholds);
+            let got = detect::decode_with(&m, &floats(&case[form]));
             let want = boxes_of(&m, &case["detections"][form]);
             assert_eq!(
                 got.len(),

@@ -14,6 +14,9 @@
 
 use serde::Deserialize;
 
+use super::manifest::Manifest;
+use crate::finding::MAX_LABELS;
+
 /// `[detection]` in the manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +120,17 @@ pub fn decode(
         });
     }
     nms(candidates, spec.iou_threshold, spec.max_detections)
+}
+
+/// [`decode`] with everything from the manifest: its `[detection]`, input size and label
+/// thresholds. No boxes for a manifest without `[detection]`.
+pub fn decode_with(manifest: &Manifest, outputs: &[f32]) -> Vec<BoxDet> {
+    let Some(spec) = &manifest.detection else {
+        return Vec::new();
+    };
+    let thresholds: heapless::Vec<f32, MAX_LABELS> =
+        manifest.labels.iter().map(|l| l.threshold).collect();
+    decode(outputs, spec, manifest.input_hw(), &thresholds)
 }
 
 /// Greedy per-label non-maximum suppression. `candidates` in cell order; the sort is stable,

@@ -181,10 +181,11 @@ pub fn decisions_agree(m: &Manifest, got: &[f32], want: &[f32]) -> f64 {
     let threshold = m.labels[0].threshold;
     match m.model.task {
         Task::Detection => {
-            let Some(spec) = &m.detection else { return 0.0 };
-            let thresholds: Vec<f32> = m.labels.iter().map(|l| l.threshold).collect();
-            let a = detect::decode(got, spec, m.input_hw(), &thresholds);
-            let b = detect::decode(want, spec, m.input_hw(), &thresholds);
+            if m.detection.is_none() {
+                return 0.0;
+            }
+            let a = detect::decode_with(m, got);
+            let b = detect::decode_with(m, want);
             let min_iou = m
                 .parity
                 .as_ref()
