@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use tract_onnx::prelude::*;
 
+use crate::int8::Coverage;
+pub use crate::int8::Lowering;
 use crate::model::manifest::Task;
 use crate::model::{Manifest, ModelError, ModelRef, sha256_hex};
 
@@ -25,7 +27,7 @@ pub struct InferError {
 /// the AVX-512 VNNI kernels until that is fixed upstream; an operator can
 /// still override it with the `TRACT_CPU_ISA` environment variable, which tract reads first.
 /// The boards bedside ships on are ARM, where this kernel does not exist.
-fn configure_tract() {
+pub fn configure_tract() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Naming another architecture's feature is an error to tract: x86-64 only.
@@ -36,6 +38,25 @@ fn configure_tract() {
             tracing::warn!("cannot keep tract off its AMX int8 kernel: {e}");
         }
     });
+}
+
+/// How bedside prepares an ONNX model for a fixed f32 input shape: parsed with bedside's
+/// QLinear ops registered, decluttered, quantized convolutions lowered to bedside's int8
+/// kernels ([`crate::int8::lower`]), then optimised by tract as usual.
+pub fn plan_onnx(
+    bytes: &[u8],
+    shape: &[usize],
+) -> TractResult<(std::sync::Arc<TypedRunnableModel>, Coverage)> {
+    plan_onnx_with(bytes, shape, Lowering::Bedside)
+}
+
+pub fn plan_onnx_with(
+    bytes: &[u8],
+    shape: &[usize],
+    lowering: Lowering,
+) -> TractResult<(std::sync::Arc<TypedRunnableModel>, Coverage)> {
+    configure_tract();
+    crate::int8::plan(bytes, &[(DatumType::F32, shape.to_vec())], lowering)
 }
 
 /// Which of the manifest's files to load: the shipped (int8) model, or its fp32 parent for
@@ -68,6 +89,8 @@ pub struct Engine {
     /// The input tensor, reused from run to run: tract takes its inputs by value, but an
     /// `Arc` it has dropped by the end of a run can be written again without allocating.
     input: std::sync::Arc<Tensor>,
+    /// Which quantized nodes run on bedside's int8 ops and which on tract's.
+    coverage: std::sync::Arc<Coverage>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -94,6 +117,7 @@ impl Engine {
             path: self.path.clone(),
             state: self.state.clone(),
             input: std::sync::Arc::new(self.input.as_ref().clone()),
+            coverage: self.coverage.clone(),
         }
     }
 
@@ -138,12 +162,13 @@ impl Engine {
             reason: format!("{e:#}"),
         };
         let shape: Vec<usize> = manifest.input.shape.clone();
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(&bytes))
-            .and_then(|m| m.with_input_fact(0, f32::fact(&shape).into()))
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(tract_err)?;
+        let (plan, coverage) = plan_onnx(&bytes, &shape).map_err(tract_err)?;
+        for n in coverage.on_tract() {
+            tracing::info!(model = %model_ref.id, node = %n.name, op = %n.op, "runs on tract's own int8 path: {}", match &n.placement {
+                crate::int8::Placement::Tract { reason } => reason.as_str(),
+                crate::int8::Placement::Bedside { .. } => "",
+            });
+        }
         let state = plan.spawn().map_err(tract_err)?;
         let input = std::sync::Arc::new(Tensor::zero::<f32>(&shape).map_err(tract_err)?);
         let mut engine = Engine {
@@ -152,6 +177,7 @@ impl Engine {
             path: path.clone(),
             state,
             input,
+            coverage: std::sync::Arc::new(coverage),
         };
         // A dry run proves the plan runs and that its output matches the labels.
         let zeros = vec![0.0; shape.iter().product()];
@@ -186,6 +212,11 @@ impl Engine {
 
     pub fn model_ref(&self) -> &ModelRef {
         &self.model_ref
+    }
+
+    /// Which quantized nodes run on bedside's int8 ops and which stayed on tract's path.
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
     }
 
     /// Runs the model on a complete input tensor (NCHW, the manifest's shape) and returns

@@ -32,6 +32,7 @@ pub mod daemon;
 pub mod dicom;
 pub mod finding;
 pub mod infer;
+pub mod int8;
 pub mod live;
 pub mod model;
 pub mod pipeline;

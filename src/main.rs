@@ -2,15 +2,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod cmd;
+
 use bedside::board::BoardProfile;
 use bedside::finding::UidHasher;
-use bedside::infer::{Engine, Variant};
+
 use bedside::pipeline::{Identity, Processor};
-use bedside::prepare::Preparer;
 use bedside::source::SourceKind;
 
 /// Counts every allocation, so that the daemon can report its heap and tests can prove the
@@ -68,22 +68,48 @@ enum Command {
         #[arg(long)]
         fixtures: PathBuf,
     },
+    /// Run bedside's int8 ops on their onnxruntime fixtures (one single-node model per case)
+    /// and compare byte for byte, within each op's stated tolerance.
+    ParityOps {
+        /// Folder of case folders (tests/fixtures/ops).
+        #[arg(long, default_value = "tests/fixtures/ops")]
+        fixtures: PathBuf,
+    },
     /// Print the systemd drop-in a board needs (MemoryMax= from its memory budget, access to
     /// its capture device); install as /etc/systemd/system/bedside.service.d/board.conf.
     SystemdDropin {
         #[arg(long)]
         board: PathBuf,
     },
-    /// Time a model's shipped (int8) file against its fp32 parent in tract.
+    /// Time a model's shipped (int8) file against its fp32 parent in tract — or, with
+    /// --onnx, any ONNX file (and a second with --vs), before it has a manifest.
     Bench {
-        #[arg(long, default_value = DEFAULT_MODEL)]
+        #[arg(long, default_value = DEFAULT_MODEL, conflicts_with = "onnx")]
         model: PathBuf,
-        /// Timed runs per variant (after 5 warm-up runs).
+        /// An ONNX file to time through bedside's engine.
+        #[arg(long)]
+        onnx: Option<PathBuf>,
+        /// A second ONNX file timed interleaved with the first (e.g. its fp32 form).
+        #[arg(long, requires = "onnx")]
+        vs: Option<PathBuf>,
+        /// Input shape, e.g. 1,3,224,224 (default: the file's own, if fixed).
+        #[arg(long, value_delimiter = ',', requires = "onnx")]
+        shape: Option<Vec<usize>>,
+        /// Timed runs per form (after warm-up runs).
         #[arg(long, default_value_t = 100)]
         runs: usize,
         /// DICOM file to prepare as the input; default: an all-zero tensor.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "onnx")]
         image: Option<PathBuf>,
+        /// Keep quantized convolutions on tract's own path (for comparison).
+        #[arg(long, requires = "onnx")]
+        tract_only: bool,
+        /// One JSON object per form on standard output.
+        #[arg(long, requires = "onnx")]
+        json: bool,
+        /// Also print the time per op kind.
+        #[arg(long, requires = "onnx")]
+        profile: bool,
     },
     /// The live pipeline on a replayed recording: sustained frame rate, capture-to-result
     /// latency, drops, and the pipeline's overhead over the bare model time measured in the
@@ -148,18 +174,42 @@ fn main() -> ExitCode {
         Command::Run { board } => run(&board),
         Command::Check { board } => check(&board),
         Command::Parity { model, fixtures } => parity(&model, &fixtures),
+        Command::ParityOps { fixtures } => parity_ops(&fixtures),
         Command::SystemdDropin { board } => BoardProfile::load(&board)
             .map(|p| {
                 print!("{}", bedside::service::dropin(&p, &board));
                 ExitCode::SUCCESS
             })
             .map_err(Into::into),
-        Command::Bench { model, runs, image } => bench(&model, runs, image.as_deref()),
+        Command::Bench {
+            model,
+            onnx: Some(onnx),
+            vs,
+            shape,
+            runs,
+            tract_only,
+            json,
+            profile,
+            ..
+        } => {
+            let _ = model;
+            cmd::bench::onnx(cmd::bench::OnnxBench {
+                files: std::iter::once(onnx).chain(vs).collect(),
+                shape,
+                runs,
+                tract_only,
+                json,
+                profile,
+            })
+        }
+        Command::Bench {
+            model, runs, image, ..
+        } => cmd::bench::model(&model, runs, image.as_deref()),
         Command::BenchOutbox {
             dir,
             records,
             bytes,
-        } => bench_outbox(&dir, records, bytes),
+        } => cmd::bench_outbox::bench_outbox(&dir, records, bytes),
         Command::BenchLive {
             model,
             clip,
@@ -167,7 +217,7 @@ fn main() -> ExitCode {
             seconds,
             crop,
             threads,
-        } => bench_live(&model, &clip, fps, seconds, crop.as_deref(), threads),
+        } => cmd::bench_live::bench_live(&model, &clip, fps, seconds, crop.as_deref(), threads),
     };
     match result {
         Ok(code) => code,
@@ -323,362 +373,20 @@ fn parity(model: &Path, fixtures: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn bench(model: &Path, runs: usize, image: Option<&Path>) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(runs >= 5, "--runs must be at least 5");
-    let mut int8 = Engine::load_variant(model, Variant::Shipped)?;
-    let mut fp32 = Engine::load_variant(model, Variant::Parent)?;
-    let manifest = int8.manifest().clone();
-    let (h, w) = manifest.input_hw();
-    let input: Vec<f32> = match image {
-        Some(path) => {
-            let img = bedside::dicom::read_file(path)?;
-            Preparer::new(manifest.preprocess.clone(), h, w)
-                .prepare(&img)?
-                .to_vec()
-        }
-        None => vec![0.0; h * w],
-    };
-    for _ in 0..5 {
-        int8.run(&input)?;
-        fp32.run(&input)?;
+fn parity_ops(fixtures: &Path) -> anyhow::Result<ExitCode> {
+    let reports = bedside::int8::parity::check_dir(fixtures)?;
+    anyhow::ensure!(!reports.is_empty(), "no cases in {}", fixtures.display());
+    for r in &reports {
+        println!("{r}");
     }
-    // Interleaved, so that a change in machine load affects both variants alike.
-    let (mut t_int8, mut t_fp32) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
-    let (mut out_int8, mut out_fp32) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let t = Instant::now();
-        out_int8 = int8.run(&input)?;
-        t_int8.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        out_fp32 = fp32.run(&input)?;
-        t_fp32.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let max_abs = out_int8
-        .iter()
-        .zip(&out_fp32)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let failed = reports.iter().filter(|r| !r.ok()).count();
     println!(
-        "model {} {}: tract, one thread, input {:?}, {runs} timed runs each after 5 warm-up, interleaved",
-        manifest.model.id, manifest.model.version, manifest.input.shape
+        "{} cases within tolerance, {failed} outside",
+        reports.len() - failed
     );
-    println!(
-        "{:<6} {:>10} {:>10} {:>10} {:>10}",
-        "", "median ms", "p10 ms", "p90 ms", "min ms"
-    );
-    let parent_file = manifest
-        .model
-        .parent
-        .as_ref()
-        .map(|p| p.file.display().to_string())
-        .unwrap_or_default();
-    for (name, times) in [("fp32", &mut t_fp32), ("int8", &mut t_int8)] {
-        times.sort_by(f64::total_cmp);
-        let q = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
-        println!(
-            "{name:<6} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
-            q(0.5),
-            q(0.1),
-            q(0.9),
-            times[0]
-        );
-    }
-    let ratio = t_fp32[runs / 2] / t_int8[runs / 2];
-    println!(
-        "int8 ({}) vs fp32 ({parent_file}): {ratio:.2}x the speed of fp32 (median)",
-        manifest.model.file.display()
-    );
-    println!("max |int8 - fp32| on the outputs for this input: {max_abs:.4}");
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench_live(
-    model: &Path,
-    clip: &Path,
-    fps: f64,
-    seconds: u64,
-    crop: Option<&str>,
-    threads: usize,
-) -> anyhow::Result<ExitCode> {
-    use bedside::live::{FindingContext, Live, LiveConfig};
-    use bedside::source::camera::Camera;
-    use bedside::source::replay::{Replay, ReplayConfig};
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
-    let crop = crop
-        .map(|c| -> anyhow::Result<bedside::source::convert::Rect> {
-            let v: Vec<u32> = c
-                .split(',')
-                .map(|x| x.trim().parse())
-                .collect::<Result<_, _>>()?;
-            anyhow::ensure!(v.len() == 4, "--crop x,y,width,height");
-            bedside::source::convert::Rect::try_from([v[0], v[1], v[2], v[3]])
-                .map_err(anyhow::Error::msg)
-        })
-        .transpose()?;
-    let config = ReplayConfig {
-        path: clip.to_owned(),
-        fps: Some(fps),
-        looping: true,
-        crop,
-        pixel_spacing_mm: None,
-    };
-    let engine = Engine::load(model)?;
-    let manifest = engine.manifest().clone();
-    // The bare model: the same frames, prepared beforehand, through engine.run alone.
-    let mut probe = Replay::open(ReplayConfig {
-        fps: Some(1000.0),
-        ..config.clone()
-    })?;
-    let (w, h) = probe.frame_size();
-    let (mh, mw) = manifest.input_hw();
-    let mut preparer = Preparer::new(manifest.preprocess.clone(), mh, mw);
-    let mut luma = vec![0u8; w as usize * h as usize];
-    let mut tensors = Vec::new();
-    for _ in 0..32 {
-        probe.capture(&mut luma)?;
-        tensors.push(preparer.prepare_luma(&luma, w, h)?.to_vec());
-    }
-    let mut bare = engine.fork();
-    for t in tensors.iter().take(5) {
-        bare.run(t)?;
-    }
-    let mut bare_times = Vec::new();
-    let bare_until = Instant::now() + Duration::from_secs(seconds.clamp(3, 10));
-    while Instant::now() < bare_until {
-        for t in &tensors {
-            let s = Instant::now();
-            bare.run(t)?;
-            bare_times.push(s.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    bare_times.sort_by(f64::total_cmp);
-    let bare_median = bare_times[bare_times.len() / 2];
-    // Where a frame's time goes outside the model, stage by stage on one thread.
-    let full = (
-        w + crop.map_or(0, |c| c.x) + 8,
-        h + crop.map_or(0, |c| c.y) + 8,
-    );
-    let mut converter = bedside::source::convert::Converter::new(
-        bedside::source::convert::Layout {
-            format: bedside::source::convert::PixelFormat::Yuyv,
-            width: full.0,
-            height: full.1,
-            stride: full.0 as usize * 2,
-            range: bedside::source::convert::Range::Limited,
-        },
-        bedside::source::convert::Rect::try_from([
-            crop.map_or(0, |c| c.x),
-            crop.map_or(0, |c| c.y),
-            w,
-            h,
-        ])
-        .map_err(anyhow::Error::msg)?,
-    )?;
-    let yuyv = vec![128u8; full.0 as usize * full.1 as usize * 2];
-    let (mut scores, mut peaks) = (
-        bedside::finding::LabelValues::new(),
-        bedside::finding::LabelValues::new(),
-    );
-    let out_len = bare.run(&tensors[0])?.len();
-    let logits = vec![0.0f32; out_len];
-    let stage = |f: &mut dyn FnMut()| {
-        let mut t: Vec<f64> = (0..200)
-            .map(|_| {
-                let s = Instant::now();
-                f();
-                s.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        t.sort_by(f64::total_cmp);
-        t[t.len() / 2]
-    };
-    let convert_ms = stage(&mut || {
-        converter.to_luma(&yuyv, &mut luma).expect("converts");
-    });
-    let prepare_ms = stage(&mut || {
-        preparer.prepare_luma(&luma, w, h).expect("prepares");
-    });
-    let score_ms = stage(&mut || {
-        bedside::finding::score_into(
-            manifest.model.task,
-            &logits,
-            &manifest.labels,
-            manifest.output.activation,
-            &mut scores,
-            &mut peaks,
-        )
-    });
-
-    let identity = Identity {
-        device: "bench".into(),
-        site: "local".into(),
-        uid_hasher: UidHasher::new("bench"),
-    };
-    let findings = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = findings.clone();
-    let live = Live::start(
-        LiveConfig {
-            threads,
-            ..LiveConfig::default()
-        },
-        Box::new(move || Ok(Box::new(Replay::open(config.clone())?) as Box<dyn Camera>)),
-        vec![engine],
-        FindingContext {
-            identity,
-            source: SourceKind::Replay,
-        },
-        Box::new(move |_| {
-            counted.fetch_add(1, Ordering::Relaxed);
-        }),
-        Box::new(|_| {}),
-    );
-    // Warm-up second, then the measured span from counters read at its edges.
-    std::thread::sleep(Duration::from_secs(1));
-    let stats = live.stats().clone();
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let (c0, p0, d0) = (
-        get(&stats.captured),
-        get(&stats.processed),
-        get(&stats.dropped),
-    );
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(seconds));
-    let span = t0.elapsed().as_secs_f64();
-    let (c1, p1, d1) = (
-        get(&stats.captured),
-        get(&stats.processed),
-        get(&stats.dropped),
-    );
-    let (p50, p99) = (
-        stats.latency_percentile(50.0).unwrap_or(f64::NAN),
-        stats.latency_percentile(99.0).unwrap_or(f64::NAN),
-    );
-    live.stop();
-    println!(
-        "live pipeline: {} at {fps} fps for {seconds} s, model {} {} ({:?} input), {threads} inference thread(s), frames {w}x{h}",
-        clip.display(),
-        manifest.model.id,
-        manifest.model.version,
-        manifest.input.shape
-    );
-    println!(
-        "captured {:.1} fps, processed {:.1} fps, dropped {} of {} ({:.1}%)",
-        (c1 - c0) as f64 / span,
-        (p1 - p0) as f64 / span,
-        d1 - d0,
-        c1 - c0,
-        100.0 * (d1 - d0) as f64 / (c1 - c0).max(1) as f64
-    );
-    println!(
-        "capture-to-result latency: p50 {p50:.1} ms, p99 {p99:.1} ms (middle of 0.1 ms buckets, all frames incl. warm-up)"
-    );
-    println!(
-        "bare model (engine.run on prepared tensors, same frames, same run): median {bare_median:.2} ms over {} runs",
-        bare_times.len()
-    );
-    println!(
-        "pipeline overhead over the bare model: {:.1}% (p50 latency / bare median - 1) = {:.3} ms a frame",
-        100.0 * (p50 / bare_median - 1.0),
-        p50 - bare_median
-    );
-    println!(
-        "  of which (medians, one thread): YUYV {}x{} to cropped luma {convert_ms:.3} ms, prepare (window, resize to {mw}x{mh}, normalise) {prepare_ms:.3} ms, scoring {score_ms:.3} ms; hand-off, wake-up and the rest {:.3} ms",
-        full.0,
-        full.1,
-        p50 - bare_median - convert_ms - prepare_ms - score_ms
-    );
-    println!("findings published: {}", findings.load(Ordering::Relaxed));
-    Ok(ExitCode::SUCCESS)
-}
-
-fn bench_outbox(dir: &Path, records: usize, bytes: usize) -> anyhow::Result<ExitCode> {
-    use bedside::publish::{Class, Outbox, OutboxConfig};
-    use std::io::Write;
-    anyhow::ensure!(records >= 10, "--records must be at least 10");
-    let scratch = dir.join(format!(".bedside-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let payload: Vec<u8> = (0..bytes).map(|i| b"0123456789abcdef"[i % 16]).collect();
-    let config = OutboxConfig {
-        max_bytes: (records as u64 + 16) * (bytes as u64 + 64) * 2,
-        max_records: records,
-        segment_bytes: 1 << 20,
-    };
-    // Reference: the least any durable log can do — one write and one fdatasync per record.
-    let raw_path = scratch.join("raw.log");
-    let mut raw = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(&raw_path)?;
-    let mut frame = vec![0u8; bytes + 17];
-    frame[17..].copy_from_slice(&payload);
-    let (mut t_raw, mut t_outbox) = (Vec::new(), Vec::new());
-    let (mut outbox, _) = Outbox::open(&scratch.join("outbox"), config)?;
-    // Interleaved in blocks, so that a change in disk load affects both alike.
-    let block = 50.min(records);
-    let mut done = 0;
-    while done < records {
-        let n = block.min(records - done);
-        let t = Instant::now();
-        for _ in 0..n {
-            raw.write_all(&frame)?;
-            raw.sync_data()?;
-        }
-        t_raw.push(t.elapsed().as_secs_f64() / n as f64);
-        let t = Instant::now();
-        for _ in 0..n {
-            outbox.append(Class::Image, &payload)?;
-        }
-        t_outbox.push(t.elapsed().as_secs_f64() / n as f64);
-        done += n;
-    }
-    let memory_full = outbox.memory_bytes();
-    let t = Instant::now();
-    let mut buf = Vec::new();
-    let mut drained = 0;
-    while let Some(seq) = outbox.take_next(&mut buf)? {
-        outbox.settle(seq)?;
-        drained += 1;
-        if drained % 100 == 0 {
-            outbox.sync_marks()?;
-        }
-    }
-    outbox.sync_marks()?;
-    let drain_s = t.elapsed().as_secs_f64();
-    drop(outbox);
-    std::fs::remove_dir_all(&scratch)?;
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (raw_s, outbox_s) = (median(&mut t_raw), median(&mut t_outbox));
-    println!(
-        "{records} records of {bytes} bytes in {}, fsync'd one by one, interleaved in blocks of {block}",
-        dir.display()
-    );
-    println!(
-        "bare write+fdatasync: {:>9.0} records/s ({:.3} ms each, median of blocks)",
-        1.0 / raw_s,
-        raw_s * 1e3
-    );
-    println!(
-        "outbox append:        {:>9.0} findings/s ({:.3} ms each) = {:.2}x the bare rate",
-        1.0 / outbox_s,
-        outbox_s * 1e3,
-        raw_s / outbox_s
-    );
-    println!(
-        "outbox delivery (read back, CRC check, mark delivered, marks synced every 100): {:.0} findings/s",
-        drained as f64 / drain_s
-    );
-    println!(
-        "outbox memory with {records} waiting: {memory_full} bytes ({:.1} bytes per finding); at the default limits (50000 records, 64 MiB): {} bytes",
-        memory_full as f64 / records as f64,
-        Outbox::memory_limit(&OutboxConfig {
-            max_bytes: 64 << 20,
-            max_records: 50_000,
-            segment_bytes: 1 << 20,
-        })
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

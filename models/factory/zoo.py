@@ -42,19 +42,29 @@ class Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
-def quantize_int8(pruned, out, calib, cache_dir, doc, version="0.1.0", exclude_head=False):
-    """Quantizes the fp32 model `pruned` to `out` with the recipe above, calibrated on the images `calib`;
-    returns the op list (domain:op) of the int8 graph, after checking that tract can load every op."""
+def quantize_qoperator(src, out, calib, cache_dir, per_channel=False, op_types=("Conv", "Relu"),
+                       exclude_head=False):
+    """onnxruntime's static quantizer on the fp32 model `src` (after quant_pre_process, written to `cache_dir`),
+    QOperator form, u8 activations, s8 weights, MinMax calibration on the images `calib`, to `out`.
+    `op_types`: the op types to quantize; None quantizes every op onnxruntime can (its full QOperator output,
+    with Microsoft-domain ops such as QLinearAdd). The defaults are quantize_int8's recipe."""
     pre = os.path.join(cache_dir, "model.pruned.pre.onnx")
-    quant_pre_process(pruned, pre, skip_symbolic_shape=True)
+    quant_pre_process(src, pre, skip_symbolic_shape=True)
     exclude = []
     if exclude_head:
         m = onnx.load(pre)
         exclude = [[n.name for n in m.graph.node if n.op_type == "Conv"][-1]]
     quantize_static(pre, out, Reader(calib), quant_format=QuantFormat.QOperator,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
-                    op_types_to_quantize=["Conv", "Relu"], calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=exclude)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                    op_types_to_quantize=None if op_types is None else list(op_types),
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
+
+
+def quantize_int8(pruned, out, calib, cache_dir, doc, version="0.1.0", exclude_head=False, per_channel=False):
+    """Quantizes the fp32 model `pruned` to `out` with the recipe above, calibrated on the images `calib`;
+    returns the op list (domain:op) of the int8 graph, after checking that tract can load every op.
+    per_channel=True: per-channel weight scales instead (benches/int8 compares the two)."""
+    quantize_qoperator(pruned, out, calib, cache_dir, per_channel=per_channel, exclude_head=exclude_head)
     m = onnx.load(out)
     m.producer_name, m.producer_version = "bedside-model-factory", version
     m.doc_string = doc

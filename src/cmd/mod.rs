@@ -1,0 +1,6 @@
+//! The benchmark subcommands: the binary's edge over the library (anyhow errors, printing),
+//! kept out of `main.rs` so that it stays a thin dispatcher.
+
+pub mod bench;
+pub mod bench_live;
+pub mod bench_outbox;

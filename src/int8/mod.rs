@@ -1,0 +1,398 @@
+//! bedside's integer ops for tract: quantized convolutions (implicit GEMM over tract-linalg's
+//! int8 micro-kernels, and a direct depthwise kernel) and onnxruntime's QLinear element-wise
+//! ops, so that an int8 model is faster than its fp32 parent instead of only smaller.
+//!
+//! Two hooks, both public tract APIs (no fork):
+//! - [`onnx`]: tract-onnx's parser with onnxruntime's `com.microsoft` QLinear ops registered
+//!   ([`qlinear`]), so a full QOperator export loads and stays integer between convolutions;
+//! - [`lower`]: after decluttering, every quantized `Conv` whose shape and types bedside's
+//!   kernels cover is replaced by [`conv::QConvGemm`] or [`depthwise::QConvDepthwise`]. A conv
+//!   they do not cover stays on tract's own path, and [`Coverage`] says which and why —
+//!   `bedside check` prints it, the engine logs it once at load.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tract_onnx::prelude::*;
+//! let model = bedside::int8::onnx()
+//!     .model_for_path("models/cxr-tiny-cls/model.onnx")?
+//!     .with_input_fact(0, f32::fact([1, 1, 128, 128]).into())?
+//!     .into_typed()?;
+//! let (model, coverage) = bedside::int8::lower(model)?;
+//! println!("{coverage}");
+//! let plan = model.into_optimized()?.into_runnable()?;
+//! # Ok(()) }
+//! ```
+
+pub mod conv;
+pub mod depthwise;
+pub mod geometry;
+pub mod parity;
+pub mod qlinear;
+pub mod requant;
+
+use std::fmt;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use geometry::Geometry;
+use requant::OutRange;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Int8Error {
+    /// The op's shape, types or attributes are outside what bedside's kernels do.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("tract: {0}")]
+    Tract(String),
+}
+
+/// The per-output-channel requantization of a conv: bias, scale, output range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantParams {
+    pub bias: Vec<i32>,
+    /// `x_scale * w_scale[o] / y_scale`, in f32 and in that order (as onnxruntime).
+    pub scale: Vec<f32>,
+    pub range: OutRange,
+}
+
+/// Where one quantized node of a model runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On a bedside op; `detail` names the kernel and the shape.
+    Bedside { op: String, detail: String },
+    /// Left on tract's own path, and why.
+    Tract { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCoverage {
+    pub name: String,
+    /// The source op, e.g. `QLinearConv`.
+    pub op: String,
+    pub placement: Placement,
+}
+
+/// Which quantized nodes of a model run on bedside's ops and which on tract's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub nodes: Vec<NodeCoverage>,
+}
+
+impl Coverage {
+    pub fn on_bedside(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.placement, Placement::Bedside { .. }))
+            .count()
+    }
+    pub fn on_tract(&self) -> impl Iterator<Item = &NodeCoverage> {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.placement, Placement::Tract { .. }))
+    }
+}
+
+impl fmt::Display for Coverage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tract = self.on_tract().count();
+        writeln!(
+            f,
+            "quantized nodes: {} on bedside's int8 ops, {} on tract's own path",
+            self.on_bedside(),
+            tract
+        )?;
+        for n in &self.nodes {
+            match &n.placement {
+                Placement::Bedside { op, detail } => {
+                    writeln!(f, "  bedside  {:<28} {op} {detail}", n.name)?
+                }
+                Placement::Tract { reason } => {
+                    writeln!(f, "  tract    {:<28} {} ({reason})", n.name, n.op)?
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether quantized convolutions go to bedside's kernels or stay on tract's own path (the
+/// latter for comparisons: `bedside bench --tract-only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lowering {
+    Bedside,
+    TractOnly,
+}
+
+/// Parses, types, declutters, lowers and optimises an ONNX model for fixed inputs
+/// (datum type and shape of each): how bedside prepares every model it runs.
+pub fn plan(
+    bytes: &[u8],
+    inputs: &[(DatumType, Vec<usize>)],
+    lowering: Lowering,
+) -> TractResult<(std::sync::Arc<TypedRunnableModel>, Coverage)> {
+    let mut model = onnx().model_for_read(&mut std::io::Cursor::new(bytes))?;
+    for (ix, (dt, shape)) in inputs.iter().enumerate() {
+        model = model.with_input_fact(ix, dt.fact(shape).into())?;
+    }
+    let mut model = model.into_typed()?;
+    // Lowering comes before tract's decluttering, which would otherwise turn 1×1 convs into
+    // einsums (and strided ones into a subsampling + einsum) that bedside's op never sees.
+    // Folding constants first gives the convs the constant weights and parameters it reads.
+    tract_onnx::tract_core::optim::Optimizer::prop_consts().optimize(&mut model)?;
+    let (model, coverage) = match lowering {
+        Lowering::Bedside => lower(model)?,
+        Lowering::TractOnly => (model, Coverage::default()),
+    };
+    Ok((model.into_optimized()?.into_runnable()?, coverage))
+}
+
+/// tract-onnx's parser, with onnxruntime's QLinear ops (com.microsoft) registered.
+pub fn onnx() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    qlinear::register(&mut onnx.op_register);
+    onnx
+}
+
+/// Replaces every quantized conv of a typed model (constants folded, not yet decluttered:
+/// see [`plan`]) that bedside's kernels cover.
+pub fn lower(mut model: TypedModel) -> TractResult<(TypedModel, Coverage)> {
+    let mut coverage = Coverage::default();
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if let Some(q) = qlinear::describe(node) {
+            coverage.nodes.push(q);
+            continue;
+        }
+        let Some(conv) = node.op_as::<Conv>() else {
+            continue;
+        };
+        if conv.q_params.is_none() {
+            continue;
+        }
+        let name = node.name.clone();
+        let op = "QLinearConv".to_string();
+        match convert(&model, node, conv) {
+            Ok(Lowered::Gemm(new)) => {
+                let detail = format!("{} [{}]", new.info()?.join(" "), "implicit GEMM");
+                let patch =
+                    TypedModelPatch::replace_single_op(&model, node, &[node.inputs[0]], new)?;
+                patch.apply(&mut model)?;
+                coverage.nodes.push(NodeCoverage {
+                    name,
+                    op,
+                    placement: Placement::Bedside {
+                        op: "BedsideQConv".into(),
+                        detail,
+                    },
+                });
+            }
+            Ok(Lowered::Depthwise(new)) => {
+                let detail = new.info()?.join(" ");
+                let patch =
+                    TypedModelPatch::replace_single_op(&model, node, &[node.inputs[0]], new)?;
+                patch.apply(&mut model)?;
+                coverage.nodes.push(NodeCoverage {
+                    name,
+                    op,
+                    placement: Placement::Bedside {
+                        op: "BedsideQDepthwise".into(),
+                        detail,
+                    },
+                });
+            }
+            Err(e) => coverage.nodes.push(NodeCoverage {
+                name,
+                op,
+                placement: Placement::Tract {
+                    reason: e.to_string(),
+                },
+            }),
+        }
+    }
+    Ok((model, coverage))
+}
+
+enum Lowered {
+    Gemm(conv::QConvGemm),
+    Depthwise(depthwise::QConvDepthwise),
+}
+
+fn unsupported(s: impl Into<String>) -> Int8Error {
+    Int8Error::Unsupported(s.into())
+}
+
+/// A constant input of a node, cast to `T`, as a flat vector.
+fn konst<T: Datum + Copy>(
+    model: &TypedModel,
+    node: &TypedNode,
+    ix: usize,
+    what: &str,
+) -> Result<Vec<T>, Int8Error> {
+    let fact = model
+        .outlet_fact(node.inputs[ix])
+        .map_err(|e| Int8Error::Tract(format!("{e:#}")))?;
+    let t = fact
+        .konst
+        .as_ref()
+        .ok_or_else(|| unsupported(format!("{what} is not a constant")))?;
+    let t = t
+        .cast_to::<T>()
+        .map_err(|e| Int8Error::Tract(format!("{e:#}")))?;
+    let v = t
+        .to_plain_array_view::<T>()
+        .map_err(|e| Int8Error::Tract(format!("{e:#}")))?;
+    Ok(v.iter().copied().collect())
+}
+
+fn int8_type(dt: DatumType, what: &str) -> Result<bool, Int8Error> {
+    match dt.unquantized() {
+        DatumType::U8 => Ok(false),
+        DatumType::I8 => Ok(true),
+        other => Err(unsupported(format!("{what} is {other:?}, not u8/i8"))),
+    }
+}
+
+fn per_channel<T: Copy>(v: Vec<T>, co: usize, what: &str) -> Result<Vec<T>, Int8Error> {
+    match v.len() {
+        1 => Ok(vec![v[0]; co]),
+        n if n == co => Ok(v),
+        n => Err(unsupported(format!(
+            "{what} has {n} values for {co} output channels"
+        ))),
+    }
+}
+
+fn scalar<T: Copy>(v: Vec<T>, what: &str) -> Result<T, Int8Error> {
+    match v.as_slice() {
+        [x] => Ok(*x),
+        _ => Err(unsupported(format!("{what} is not a scalar"))),
+    }
+}
+
+fn convert(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Result<Lowered, Int8Error> {
+    if node.inputs.len() != 9 {
+        return Err(unsupported(format!(
+            "{} inputs, expected 9",
+            node.inputs.len()
+        )));
+    }
+    let spec = &conv.pool_spec;
+    if conv.kernel_fmt != KernelFormat::OIHW {
+        return Err(unsupported(format!("kernel format {:?}", conv.kernel_fmt)));
+    }
+    if spec.kernel_shape.len() != 2 {
+        return Err(unsupported(format!(
+            "{}-D convolution",
+            spec.kernel_shape.len()
+        )));
+    }
+    let x_fact = model
+        .outlet_fact(node.inputs[0])
+        .map_err(|e| Int8Error::Tract(format!("{e:#}")))?;
+    let shape = x_fact
+        .shape
+        .as_concrete()
+        .ok_or_else(|| unsupported("input shape is not fixed"))?
+        .to_vec();
+    let (batch, ci, h, w) = match (spec.data_format, shape.as_slice()) {
+        (DataFormat::NCHW, &[n, c, h, w]) => (n, c, h, w),
+        (DataFormat::CHW, &[c, h, w]) => (1, c, h, w),
+        (f, s) => {
+            return Err(unsupported(format!(
+                "data format {f:?} with input shape {s:?}"
+            )));
+        }
+    };
+    let x_signed = int8_type(x_fact.datum_type, "input")?;
+    let out_dt = node.outputs[0].fact.datum_type;
+    let y_signed = int8_type(out_dt, "output")?;
+    let w_fact = model
+        .outlet_fact(node.inputs[1])
+        .map_err(|e| Int8Error::Tract(format!("{e:#}")))?;
+    let w_signed = int8_type(w_fact.datum_type, "weights")?;
+    let weights = w_fact
+        .konst
+        .as_ref()
+        .ok_or_else(|| unsupported("weights are not a constant"))?;
+    let (co, groups) = (spec.output_channels, conv.group);
+    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+    if weights.shape() != [co, ci / groups, kh, kw] || ci % groups != 0 || co % groups != 0 {
+        return Err(unsupported(format!(
+            "weights {:?} for {ci}→{co} in {groups} groups",
+            weights.shape()
+        )));
+    }
+    let padding = spec.computed_padding(&[h, w]);
+    let (strides, dilations) = (spec.strides(), spec.dilations());
+    let geo = Geometry {
+        batch,
+        ci,
+        h,
+        w,
+        co,
+        groups,
+        kh,
+        kw,
+        sh: strides[0],
+        sw: strides[1],
+        dh: dilations[0],
+        dw: dilations[1],
+        pt: padding[0].pad_before,
+        pl: padding[1].pad_before,
+        oh: padding[0].convoluted,
+        ow: padding[1].convoluted,
+    };
+    if geo.oh == 0 || geo.ow == 0 {
+        return Err(unsupported("empty output"));
+    }
+    let expected = geo.output_shape();
+    if node.outputs[0].fact.shape.as_concrete()
+        != Some(&expected[4 - node.outputs[0].fact.rank()..])
+    {
+        return Err(unsupported(format!(
+            "output shape {:?} is not the computed {expected:?}",
+            node.outputs[0].fact.shape
+        )));
+    }
+    let bias = per_channel(konst::<i32>(model, node, 2, "bias")?, co, "bias")?;
+    let x0 = scalar(
+        konst::<i32>(model, node, 3, "input zero point")?,
+        "input zero point",
+    )?;
+    let x_scale = scalar(konst::<f32>(model, node, 4, "input scale")?, "input scale")?;
+    let k0 = per_channel(
+        konst::<i32>(model, node, 5, "weight zero point")?,
+        co,
+        "weight zero point",
+    )?;
+    let k_scale = per_channel(
+        konst::<f32>(model, node, 6, "weight scale")?,
+        co,
+        "weight scale",
+    )?;
+    let y0 = scalar(
+        konst::<i32>(model, node, 7, "output zero point")?,
+        "output zero point",
+    )?;
+    let y_scale = scalar(
+        konst::<f32>(model, node, 8, "output scale")?,
+        "output scale",
+    )?;
+    let scale = k_scale.iter().map(|&ws| x_scale * ws / y_scale).collect();
+    let q = QuantParams {
+        bias,
+        scale,
+        range: OutRange::new(y0, y_signed),
+    };
+    let raw = weights.as_bytes();
+    if geo.cig() == 1 && groups > 1 {
+        return Ok(Lowered::Depthwise(depthwise::QConvDepthwise::new(
+            geo, raw, w_signed, x_signed, x0, &k0, q, out_dt,
+        )));
+    }
+    Ok(Lowered::Gemm(conv::QConvGemm::new(
+        geo, raw, w_signed, x_signed, x0, &k0, q, out_dt,
+    )?))
+}

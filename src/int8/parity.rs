@@ -1,0 +1,190 @@
+//! Op parity: each of bedside's int8 ops against onnxruntime, one single-node ONNX model per
+//! case (`tests/fixtures/ops/<case>/`: `model.onnx`, `case.toml`, raw `input*.bin`, and
+//! `output.bin` as onnxruntime computed it; made by `models/factory/ops_fixtures.py`).
+//!
+//! The same check runs in `cargo test` and, through `bedside parity-ops`, on aarch64 under
+//! qemu for a CPU with dotprod and one without, so both ARM int8 kernels are exercised.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tract_onnx::prelude::*;
+
+use super::{Lowering, Placement};
+
+/// How far bedside's bytes may be from onnxruntime's, per op, in steps of the output type.
+///
+/// Every op is exact: bedside computes in onnxruntime's own float formulation (x86-64 AVX2
+/// kernels, fused multiply-adds included; `tests/fixtures/ops/README.md` lists each formula
+/// and which alternatives the probe cases rule out). The function stays so that an op with a
+/// documented difference can say so here rather than in a test.
+pub fn tolerance(_op: &str) -> u8 {
+    0
+}
+
+#[derive(Debug, Deserialize)]
+struct TensorSpec {
+    dtype: String,
+    shape: Vec<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CaseFile {
+    op: String,
+    description: String,
+    inputs: Vec<TensorSpec>,
+    output: TensorSpec,
+}
+
+/// The outcome of one case.
+#[derive(Debug, Clone)]
+pub struct CaseReport {
+    pub case: String,
+    pub op: String,
+    pub description: String,
+    /// Largest difference from onnxruntime, in output steps.
+    pub max_diff: u8,
+    /// How many output values differ at all.
+    pub differing: usize,
+    pub values: usize,
+    /// Whether every quantized node ran on a bedside op (false: tract's own path).
+    pub on_bedside: bool,
+    /// The kernel(s) used, as the coverage reports them.
+    pub detail: String,
+}
+
+impl CaseReport {
+    pub fn ok(&self) -> bool {
+        self.max_diff <= tolerance(&self.op) && self.on_bedside
+    }
+}
+
+impl fmt::Display for CaseReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {:<28} {:<14} max diff {} (allowed {}), {} of {} values differ{} — {}",
+            if self.ok() { "ok  " } else { "FAIL" },
+            self.case,
+            self.op,
+            self.max_diff,
+            tolerance(&self.op),
+            self.differing,
+            self.values,
+            if self.on_bedside {
+                ""
+            } else {
+                ", NOT on bedside's ops"
+            },
+            self.description,
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParityError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Case { path: PathBuf, reason: String },
+}
+
+fn dtype(s: &str) -> Option<DatumType> {
+    match s {
+        "u8" => Some(DatumType::U8),
+        "i8" => Some(DatumType::I8),
+        _ => None,
+    }
+}
+
+/// Runs one case folder.
+pub fn check_case(dir: &Path) -> Result<CaseReport, ParityError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| ParityError::Io { path, source })
+    };
+    let bad = |reason: String| ParityError::Case {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let case: CaseFile = toml::from_str(&String::from_utf8_lossy(&read("case.toml")?))
+        .map_err(|e| bad(format!("case.toml: {e}")))?;
+    let mut facts = vec![];
+    let mut inputs = tvec![];
+    for (i, spec) in case.inputs.iter().enumerate() {
+        let dt = dtype(&spec.dtype).ok_or_else(|| bad(format!("dtype {}", spec.dtype)))?;
+        let bytes = read(&format!("input{i}.bin"))?;
+        let t = unsafe { Tensor::from_raw_dt(dt, &spec.shape, &bytes) }
+            .map_err(|e| bad(format!("input{i}.bin: {e:#}")))?;
+        facts.push((dt, spec.shape.clone()));
+        inputs.push(t.into_tvalue());
+    }
+    let (plan, coverage) = super::plan(&read("model.onnx")?, &facts, Lowering::Bedside)
+        .map_err(|e| bad(format!("{e:#}")))?;
+    let out = plan
+        .spawn()
+        .and_then(|mut s| s.run(inputs))
+        .map_err(|e| bad(format!("run: {e:#}")))?;
+    let got = &out[0];
+    let want = read("output.bin")?;
+    if got.shape() != case.output.shape.as_slice() || got.as_bytes().len() != want.len() {
+        return Err(bad(format!(
+            "output shape {:?}, expected {:?}",
+            got.shape(),
+            case.output.shape
+        )));
+    }
+    let signed = case.output.dtype == "i8";
+    let as_int = |b: u8| if signed { b as i8 as i32 } else { b as i32 };
+    let diffs = got
+        .as_bytes()
+        .iter()
+        .zip(&want)
+        .map(|(&a, &b)| (as_int(a) - as_int(b)).unsigned_abs());
+    let (mut max_diff, mut differing) = (0u32, 0);
+    for d in diffs {
+        max_diff = max_diff.max(d);
+        differing += (d > 0) as usize;
+    }
+    let on_bedside = !coverage.nodes.is_empty() && coverage.on_tract().next().is_none();
+    let detail = coverage
+        .nodes
+        .iter()
+        .map(|n| match &n.placement {
+            Placement::Bedside { op, detail } => format!("{op} {detail}"),
+            Placement::Tract { reason } => format!("tract: {reason}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(CaseReport {
+        case: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        op: case.op,
+        description: case.description,
+        max_diff: max_diff.min(255) as u8,
+        differing,
+        values: want.len(),
+        on_bedside,
+        detail,
+    })
+}
+
+/// Runs every case folder under `dir`, in name order.
+pub fn check_dir(dir: &Path) -> Result<Vec<CaseReport>, ParityError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ParityError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    let mut cases: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("case.toml").exists())
+        .collect();
+    cases.sort();
+    cases.iter().map(|c| check_case(c)).collect()
+}
