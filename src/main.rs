@@ -101,6 +101,9 @@ enum Command {
         /// DICOM file to prepare as the input; default: an all-zero tensor.
         #[arg(long, conflicts_with = "onnx")]
         image: Option<PathBuf>,
+        /// Threads one int8 convolution may split its output over (bedside's ops only).
+        #[arg(long, default_value_t = 1, requires = "onnx")]
+        threads: usize,
         /// Keep quantized convolutions on tract's own path (for comparison).
         #[arg(long, requires = "onnx")]
         tract_only: bool,
@@ -187,6 +190,7 @@ fn main() -> ExitCode {
             vs,
             shape,
             runs,
+            threads,
             tract_only,
             json,
             profile,
@@ -197,6 +201,7 @@ fn main() -> ExitCode {
                 files: std::iter::once(onnx).chain(vs).collect(),
                 shape,
                 runs,
+                threads,
                 tract_only,
                 json,
                 profile,
@@ -347,6 +352,9 @@ fn check(board: &Path) -> anyhow::Result<ExitCode> {
             "  model {} {} sha256 {}: verified, runs in tract ({source})",
             m.id, m.version, m.sha256
         );
+        for line in e.coverage().to_string().lines() {
+            println!("    {line}");
+        }
     }
     println!();
     print!("{}", planned.plan.table());
@@ -374,16 +382,21 @@ fn parity(model: &Path, fixtures: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn parity_ops(fixtures: &Path) -> anyhow::Result<ExitCode> {
-    let reports = bedside::int8::parity::check_dir(fixtures)?;
-    anyhow::ensure!(!reports.is_empty(), "no cases in {}", fixtures.display());
-    for r in &reports {
-        println!("{r}");
+    let runs = bedside::int8::parity::check_dir_every_kernel(fixtures)?;
+    let mut failed = 0;
+    for (kernel, reports) in &runs {
+        anyhow::ensure!(!reports.is_empty(), "no cases in {}", fixtures.display());
+        let bad: Vec<_> = reports.iter().filter(|r| !r.ok()).collect();
+        for r in &bad {
+            println!("[{kernel}] {r}");
+        }
+        failed += bad.len();
+        println!(
+            "int8 kernel {kernel}: {} of {} cases byte for byte as onnxruntime",
+            reports.len() - bad.len(),
+            reports.len()
+        );
     }
-    let failed = reports.iter().filter(|r| !r.ok()).count();
-    println!(
-        "{} cases within tolerance, {failed} outside",
-        reports.len() - failed
-    );
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

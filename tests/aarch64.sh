@@ -7,8 +7,11 @@
 #     with dotprod (neoverse-n1, like the Jetson Orin's A78AE and the Pi 5's A76) and one
 #     without (cortex-a72): the scores must match the x86 build's within the model
 #     manifest's parity tolerance, with the same id and the same labels over threshold.
-#  2. `bedside check` on the dev board profile (loads and verifies the model).
-#  3. `bedside run` for real: a multi-thread tokio runtime, inotify and the notify socket
+#  2. `bedside parity` for every model's forms, and `bedside parity-ops` (bedside's int8 ops
+#     on their onnxruntime fixtures with every int8 kernel the CPU runs: SDOT and SMLAL on
+#     neoverse-n1, SMLAL on cortex-a72).
+#  3. `bedside check` on the dev board profile (loads and verifies the model).
+#  4. `bedside run` for real: a multi-thread tokio runtime, inotify and the notify socket
 #     under qemu; a dropped file and an object pushed by DCMTK's storescu to its C-STORE
 #     SCP must be processed, and SIGTERM must stop it cleanly.
 #
@@ -90,6 +93,14 @@ for cpu in neoverse-n1 cortex-a72; do
     name=$(basename "$(dirname "$model")")
     qemu "$cpu" "$ARM_BIN" parity --model "models/$name" --fixtures "tests/fixtures/$name" | sed "s/^/$cpu: /"
   done
+done
+
+echo "== bedside's int8 ops against onnxruntime, every case, every ARM int8 kernel"
+# neoverse-n1 has dotprod (SDOT kernel and SMLAL kernel both run); cortex-a72 has not
+# (SMLAL only). parity-ops runs all 139 single-op cases once per kernel the CPU runs and
+# fails on any byte that differs from onnxruntime's.
+for cpu in neoverse-n1 cortex-a72; do
+  qemu "$cpu" "$ARM_BIN" parity-ops --fixtures tests/fixtures/ops | sed "s/^/$cpu: /"
 done
 
 echo "== bedside check under qemu"

@@ -9,11 +9,20 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 #[test]
-fn every_op_case_matches_onnxruntime_on_bedsides_ops() {
-    let reports = bedside::int8::parity::check_dir(Path::new("tests/fixtures/ops")).unwrap();
+fn every_op_case_matches_onnxruntime_on_bedsides_ops_with_every_kernel() {
+    let runs =
+        bedside::int8::parity::check_dir_every_kernel(Path::new("tests/fixtures/ops")).unwrap();
+    assert!(!runs.is_empty(), "no int8 kernel runs here");
+    for (kernel, reports) in &runs {
+        println!("int8 kernel {kernel}:");
+        check(reports);
+    }
+}
+
+fn check(reports: &[bedside::int8::parity::CaseReport]) {
     assert!(reports.len() >= 60, "only {} cases", reports.len());
     let mut by_op: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    for r in &reports {
+    for r in reports {
         let e = by_op.entry(r.op.as_str()).or_default();
         e.0 += 1;
         e.1 += r.differing;

@@ -411,6 +411,7 @@ fn a_budget_ten_percent_too_small_stops_the_daemon_at_start() {
 fn every_manifest_states_the_working_memory_bedside_measures() {
     let _g = hold();
     let mut checked = 0;
+    let mut off = vec![];
     for entry in std::fs::read_dir(repo().join("models")).unwrap() {
         let dir = entry.unwrap().path();
         if !dir.join("model.toml").exists() {
@@ -436,13 +437,16 @@ fn every_manifest_states_the_working_memory_bedside_measures() {
             measured.resident
         );
         let ratio = measured.working as f64 / stated as f64;
-        assert!(
-            (0.75..=1.25).contains(&ratio),
-            "{}: measured {} B, the manifest says {stated} B",
-            dir.display(),
-            measured.working
-        );
+        if !(0.75..=1.25).contains(&ratio) {
+            off.push(format!(
+                "{}: measured {} B, the manifest says {stated} B",
+                dir.display(),
+                measured.working
+            ));
+        }
         checked += 1;
     }
+    // Every model is measured before failing, so that one run gives every figure.
+    assert!(off.is_empty(), "{}", off.join("\n"));
     assert!(checked >= 3, "only {checked} models");
 }

@@ -100,6 +100,8 @@ pub struct OnnxBench {
     pub files: Vec<PathBuf>,
     pub shape: Option<Vec<usize>>,
     pub runs: usize,
+    /// Threads one int8 convolution may use (tract's own ops stay single-threaded).
+    pub threads: usize,
     pub tract_only: bool,
     pub json: bool,
     pub profile: bool,
@@ -161,6 +163,7 @@ fn input_shape(bytes: &[u8]) -> anyhow::Result<Vec<usize>> {
 
 pub fn onnx(req: OnnxBench) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(req.runs >= 3, "--runs must be at least 3");
+    bedside::int8::set_threads(req.threads);
     let lowering = if req.tract_only {
         Lowering::TractOnly
     } else {
@@ -201,7 +204,7 @@ pub fn onnx(req: OnnxBench) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "file": f.file,
                     "engine": engine,
-                    "threads": 1,
+                    "threads": req.threads,
                     "runs": req.runs,
                     "median_ms": t.q(0.5),
                     "p25_ms": t.q(0.25),
@@ -213,8 +216,9 @@ pub fn onnx(req: OnnxBench) -> anyhow::Result<ExitCode> {
             );
         } else {
             println!(
-                "{}: {engine}, one thread, input {:?}: median {:.3} ms (quartiles {:.3}–{:.3}, min {:.3}) over {} runs",
+                "{}: {engine}, {} thread(s), input {:?}: median {:.3} ms (quartiles {:.3}–{:.3}, min {:.3}) over {} runs",
                 f.file.display(),
+                req.threads,
                 f.input.shape(),
                 t.q(0.5),
                 t.q(0.25),

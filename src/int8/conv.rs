@@ -35,6 +35,12 @@ use super::{Int8Error, QuantParams};
 /// How many bytes of B one chunk may take: with the i32 tile and A's streaming rows this
 /// keeps a chunk inside a 256 KiB L2 (Cortex-A76/A78: 256–512 KiB; x86: ≥ 1 MiB).
 const CHUNK_B_BYTES: usize = 96 * 1024;
+/// And the i32 result tile of one chunk.
+const CHUNK_C_BYTES: usize = 64 * 1024;
+
+/// Below this many multiply-adds a convolution runs on one thread whatever
+/// [`super::threads`] says: starting a thread costs tens of microseconds.
+pub(crate) const PARALLEL_MIN_MACS: usize = 2_000_000;
 
 /// The int8 matmul kernel chosen for one conv, and how its B operand is laid out.
 #[derive(Debug, Clone)]
@@ -61,6 +67,23 @@ enum BLayout {
 }
 
 impl BLayout {
+    /// The layout of a B format bedside knows, for a reduction of length `k`.
+    fn of(b: &dyn MMMInputFormat, k: usize) -> Option<BLayout> {
+        if let Some(f) = b.downcast_ref::<PackedFormat>() {
+            (f.dt.unquantized() == DatumType::I8).then(|| BLayout::KOuter {
+                r: f.r,
+                panel: f.single_panel_len(k),
+                align: f.alignment(),
+            })
+        } else {
+            b.downcast_ref::<PackedI8K4>().map(|f| BLayout::K4 {
+                r: f.r,
+                panel: f.single_panel_len(k),
+                align: f.alignment(),
+            })
+        }
+    }
+
     fn r(self) -> usize {
         match self {
             BLayout::KOuter { r, .. } | BLayout::K4 { r, .. } => r,
@@ -79,49 +102,37 @@ impl BLayout {
 }
 
 impl Kernel {
-    /// tract-linalg's pick for an s8×s8→i32 matmul of this shape, with weights packed ahead of
-    /// time (no panel extractor), and the B layout it reads.
-    pub fn pick(m: usize, k: usize, n: usize) -> Result<Kernel, Int8Error> {
-        use tract_onnx::prelude::tract_linalg::mmm::{MmmDispatch, Query};
-        let query = Query {
-            weight: i8::datum_type().into(),
-            activation: i8::datum_type(),
-            accumulators: tvec!(i32::datum_type()),
-            store: Some(i32::datum_type()),
-            allow_extractor: false,
-            m: Some(m),
-            k: Some(k),
-            n: Some(n),
+    /// The int8 kernel bedside uses for an s8×s8→i32 matmul: the fastest, measured once per
+    /// process, of tract-linalg's kernels this CPU runs whose B layout bedside can gather.
+    ///
+    /// Measured rather than taken from tract-linalg's ranking, because that ranking can be
+    /// far off: on an AMD EPYC with AVX2 (no VNNI), tract 0.23.9 prefers
+    /// `avx2_mmm_i32_8x8`, which runs at 0.55 GMAC/s there, while `avx_mmm_i32_8x4` does
+    /// 8.3 GMAC/s on the same matmul. Every candidate computes exact i32 sums, so the choice
+    /// changes speed, never results. `BEDSIDE_INT8_KERNEL=<name>` (or [`force_kernel`])
+    /// forces one, for tests that exercise each kernel.
+    pub fn pick(_m: usize, k: usize, _n: usize) -> Result<Kernel, Int8Error> {
+        let name = match forced_kernel() {
+            Some(name) => name,
+            None => fastest_kernel()?.to_string(),
         };
-        let (mmm, packing, _) = MmmDispatch::native()
-            .pick(&query)
-            .ok_or_else(|| Int8Error::Unsupported("no int8 matmul kernel on this CPU".into()))?;
+        let (mmm, packing) = candidates()
+            .into_iter()
+            .find(|(m, _)| m.name() == name)
+            .ok_or_else(|| {
+                Int8Error::Unsupported(format!("int8 kernel {name} does not run on this CPU"))
+            })?;
+        Kernel::with(mmm, packing, k)
+    }
+
+    fn with(mmm: Box<dyn MatMatMul>, packing: usize, k: usize) -> Result<Kernel, Int8Error> {
         let b: &dyn MMMInputFormat = &*mmm.packings()[packing].1;
-        let layout = if let Some(f) = b.downcast_ref::<PackedFormat>() {
-            if f.dt.unquantized() != DatumType::I8 {
-                return Err(Int8Error::Unsupported(format!(
-                    "kernel {} wants B as {:?}",
-                    mmm.name(),
-                    f.dt
-                )));
-            }
-            BLayout::KOuter {
-                r: f.r,
-                panel: f.single_panel_len(k),
-                align: f.alignment(),
-            }
-        } else if let Some(f) = b.downcast_ref::<PackedI8K4>() {
-            BLayout::K4 {
-                r: f.r,
-                panel: f.single_panel_len(k),
-                align: f.alignment(),
-            }
-        } else {
-            return Err(Int8Error::Unsupported(format!(
+        let layout = BLayout::of(b, k).ok_or_else(|| {
+            Int8Error::Unsupported(format!(
                 "kernel {} reads B as {b}, which bedside does not gather",
                 mmm.name()
-            )));
-        };
+            ))
+        })?;
         Ok(Kernel {
             mmm,
             packing,
@@ -132,6 +143,106 @@ impl Kernel {
     pub fn name(&self) -> &str {
         self.mmm.name()
     }
+}
+
+/// Every kernel this CPU runs that multiplies i8 by i8 into i32 with B in a layout bedside
+/// gathers (`PackedFormat` of i8, or `PackedI8K4`), with the packing to use.
+pub fn candidates() -> Vec<(Box<dyn MatMatMul>, usize)> {
+    use tract_onnx::prelude::tract_linalg::mmm::MmmDispatch;
+    let mut out = vec![];
+    for mmm in MmmDispatch::native().runnable() {
+        if mmm.internal_type() != DatumType::I32 || mmm.emulated() || mmm.nr() < 2 {
+            continue;
+        }
+        let found = mmm.packings().iter().position(|(a, b)| {
+            let i8_plain = |f: &dyn MMMInputFormat| {
+                f.downcast_ref::<PackedFormat>()
+                    .is_some_and(|p| p.dt.unquantized() == DatumType::I8)
+                    || f.is::<PackedI8K4>()
+            };
+            i8_plain(&**a) && i8_plain(&**b)
+        });
+        if let Some(p) = found {
+            out.push((mmm.clone(), p));
+        }
+    }
+    out
+}
+
+static FORCED: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+
+/// Forces the int8 kernel of convs loaded from now on (`None`: back to the measured pick).
+pub fn force_kernel(name: Option<&str>) {
+    if let Ok(mut f) = FORCED.write() {
+        *f = name.map(str::to_string);
+    }
+}
+
+fn forced_kernel() -> Option<String> {
+    FORCED.read().ok().and_then(|f| f.clone()).or_else(|| {
+        std::env::var("BEDSIDE_INT8_KERNEL")
+            .ok()
+            .filter(|s| !s.is_empty())
+    })
+}
+
+/// The fastest candidate on a 64 × 256 × 256 matmul (4 M multiply-adds, about 0.5 ms on the
+/// kernels worth having), best of three runs each; measured once per process.
+fn fastest_kernel() -> Result<&'static str, Int8Error> {
+    static PICK: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let pick = PICK.get_or_init(|| {
+        let mut best: Option<(f64, String)> = None;
+        let mut seen = vec![];
+        for (mmm, packing) in candidates() {
+            match time_kernel(&*mmm, packing) {
+                Ok(t) => {
+                    seen.push(format!("{} {:.3} ms", mmm.name(), t * 1e3));
+                    if best.as_ref().is_none_or(|(b, _)| t < *b) {
+                        best = Some((t, mmm.name().to_string()));
+                    }
+                }
+                Err(e) => seen.push(format!("{} failed: {e:#}", mmm.name())),
+            }
+        }
+        let best = best
+            .map(|(_, n)| n)
+            .ok_or_else(|| "no int8 matmul kernel runs on this CPU".to_string())?;
+        tracing::info!(
+            "int8 kernel: {best} (64x256x256 matmul: {})",
+            seen.join(", ")
+        );
+        Ok(best)
+    });
+    pick.as_deref()
+        .map_err(|e| Int8Error::Unsupported(e.clone()))
+}
+
+fn time_kernel(mmm: &dyn MatMatMul, packing: usize) -> TractResult<f64> {
+    let (m, k, n) = (64, 256, 256);
+    let (pa, pb) = &mmm.packings()[packing];
+    let a: Vec<i8> = (0..m * k).map(|i| (i % 251) as i8).collect();
+    let b: Vec<i8> = (0..k * n).map(|i| (i % 241) as i8).collect();
+    let a = pa.prepare_one(&Tensor::from_shape(&[m, k], &a)?, 1, 0)?;
+    let b = pb.prepare_one(&Tensor::from_shape(&[k, n], &b)?, 0, 1)?;
+    let c = Tensor::zero::<i32>(&[m, n])?;
+    let mut scratch = unsafe { mmm.allocate_scratch_space() };
+    let spec = unsafe { mmm.c_from_data_and_strides(4, n as isize, 1) };
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let store = unsafe { spec.wrap(&c.view()) };
+        let specs = [
+            FusedSpec::AddMatMul {
+                a: AsInputValue::Borrowed(&*a),
+                b: AsInputValue::Borrowed(&*b),
+                packing,
+            },
+            FusedSpec::Store(store),
+        ];
+        let t = std::time::Instant::now();
+        unsafe { mmm.run_with_scratch_space(m, n, &mut *scratch, &specs)? };
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }
 
 /// One set of run buffers. Taken from the op's pool for a run and given back after.
@@ -233,9 +344,14 @@ impl QConvGemm {
             );
         }
         let r = kernel.layout.r();
-        let chunk = (CHUNK_B_BYTES / k.max(1)).max(r) / r * r;
-        // No point in a chunk wider than the image (rounded up to whole panels).
-        let chunk = chunk.min(geo.out_plane().div_ceil(r) * r).max(r);
+        // Pixels per chunk: B (K bytes a pixel) and the i32 tile (4·cog bytes a pixel) both
+        // stay cache-sized, and no wider than the image (in whole panels).
+        let chunk = (CHUNK_B_BYTES / k.max(1))
+            .min(CHUNK_C_BYTES / (4 * cog).max(1))
+            .min(geo.out_plane().div_ceil(r) * r)
+            .max(r)
+            / r
+            * r;
         let q = QuantParams { bias, ..q };
         Ok(QConvGemm {
             geo,
@@ -286,138 +402,250 @@ impl QConvGemm {
 
     /// Writes chunk `p0 .. p0 + n` of group `g`'s im2col matrix into `s.b`.
     fn gather(&self, x: &[u8], p0: usize, n: usize, s: &mut Scratch) {
-        let geo = &self.geo;
-        let (kh, kw, plane) = (geo.kh, geo.kw, geo.in_plane());
-        let k = geo.k();
-        let tap = |kk: usize| (kk / (kh * kw), (kk / kw) % kh, kk % kw);
         let blob = Arc::get_mut(&mut s.b.packed).expect("B is owned by this scratch");
-        let b = blob.as_bytes_mut();
-        let layout = self.kernel.layout;
-        let (r, panel) = (layout.r(), layout.panel());
-        let flip = self.flip;
-        let sums = self.k0.is_some();
-        if sums {
-            s.colsum[..n].fill(0);
-        }
-        let (full, rest) = (n / r, n % r);
-        match layout {
-            BLayout::KOuter { .. } => {
-                let row = &mut s.rows[..n];
-                for kk in 0..k {
-                    let (c, ky, kx) = tap(kk);
-                    geo.gather_row(&x[c * plane..(c + 1) * plane], ky, kx, p0, row, self.x_pad);
-                    if sums {
-                        add_col_sums(&mut s.colsum[..n], row, flip);
-                    }
-                    for j in 0..full {
-                        let dst = &mut b[j * panel + kk * r..j * panel + kk * r + r];
-                        xor_copy(dst, &row[j * r..j * r + r], flip);
-                    }
-                    if rest > 0 {
-                        let dst = &mut b[full * panel + kk * r..full * panel + kk * r + rest];
-                        xor_copy(dst, &row[full * r..n], flip);
-                    }
+        let colsum = self.k0.is_some().then_some(&mut s.colsum[..n]);
+        let chunk = Chunk {
+            p0,
+            n,
+            pad: self.x_pad,
+            flip: self.flip,
+            stride: self.chunk,
+        };
+        gather_chunk(
+            &self.geo,
+            self.kernel.layout,
+            x,
+            chunk,
+            &mut s.rows,
+            blob.as_bytes_mut(),
+            colsum,
+        );
+        s.b.mn = n;
+        s.b.fact.mn = n.to_dim();
+    }
+
+    /// Work items: one chunk of output pixels of one group of one image.
+    fn items(&self) -> usize {
+        self.geo.batch * self.geo.groups * self.geo.out_plane().div_ceil(self.chunk)
+    }
+
+    /// Runs items `range` into `out`. Items write disjoint parts of the output, which is what
+    /// lets several threads share it (`out` is a raw pointer for that reason).
+    fn run_items(
+        &self,
+        x: &[u8],
+        out: OutPtr,
+        range: std::ops::Range<usize>,
+        s: &mut Scratch,
+    ) -> TractResult<()> {
+        let geo = &self.geo;
+        let (cog, opl) = (geo.cog(), geo.out_plane());
+        let chunks = opl.div_ceil(self.chunk);
+        let c_spec = unsafe {
+            self.kernel
+                .mmm
+                .c_from_data_and_strides(4, self.chunk as isize, 1)
+        };
+        for item in range {
+            let (bg, chunk_ix) = (item / chunks, item % chunks);
+            let (batch, g) = (bg / geo.groups, bg % geo.groups);
+            let xg = &x[(batch * geo.ci + g * geo.cig()) * geo.in_plane()..];
+            let out_base = (batch * geo.co + g * cog) * opl;
+            let p0 = chunk_ix * self.chunk;
+            let n = self.chunk.min(opl - p0);
+            self.gather(xg, p0, n, s);
+            let store = unsafe { c_spec.wrap(&s.c.view()) };
+            let specs = [
+                FusedSpec::AddMatMul {
+                    a: AsInputValue::Borrowed(&*self.a[g]),
+                    b: AsInputValue::Borrowed(&s.b),
+                    packing: self.kernel.packing,
+                },
+                FusedSpec::Store(store),
+            ];
+            unsafe {
+                self.kernel
+                    .mmm
+                    .run_with_scratch_space(cog, n, &mut *s.mm, &specs)?
+            };
+            let c = unsafe { s.c.as_slice_unchecked::<i32>() };
+            for o in 0..cog {
+                let oc = g * cog + o;
+                let acc = &c[o * self.chunk..o * self.chunk + n];
+                // SAFETY: row `oc`, pixels p0..p0+n of this image belong to this item only.
+                let dst = unsafe { out.slice(out_base + o * opl + p0, n) };
+                let (add, scale) = (self.q.bias[oc], self.q.scale[oc]);
+                match &self.k0 {
+                    None => requant::row(acc, add, scale, self.q.range, dst),
+                    Some(k0) => requant::row_with_cols(
+                        acc,
+                        add,
+                        k0[oc],
+                        &s.colsum[..n],
+                        scale,
+                        self.q.range,
+                        dst,
+                    ),
                 }
             }
-            BLayout::K4 { .. } => {
-                for kb in 0..k.div_ceil(4) {
-                    let lanes = (k - kb * 4).min(4);
-                    for t in 0..lanes {
-                        let (c, ky, kx) = tap(kb * 4 + t);
-                        let row = &mut s.rows[t * self.chunk..t * self.chunk + n];
-                        geo.gather_row(&x[c * plane..(c + 1) * plane], ky, kx, p0, row, self.x_pad);
-                        if sums {
-                            add_col_sums(&mut s.colsum[..n], row, flip);
-                        }
+        }
+        Ok(())
+    }
+
+    fn take_scratch(&self) -> TractResult<Scratch> {
+        match self.pool.lock().map(|mut p| p.pop()).unwrap_or(None) {
+            Some(s) => Ok(s),
+            None => self.scratch(),
+        }
+    }
+
+    fn give_scratch(&self, s: Scratch) {
+        if let Ok(mut p) = self.pool.lock() {
+            p.push(s);
+        }
+    }
+}
+
+/// The output buffer shared by the threads of one run; each writes its own items' bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(*mut u8, usize);
+// SAFETY: threads write disjoint ranges (see `run_items`) and the buffer outlives the scope.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    pub(crate) fn new(out: &mut [u8]) -> OutPtr {
+        OutPtr(out.as_mut_ptr(), out.len())
+    }
+    /// # Safety
+    /// No other live slice may overlap `start..start + len`.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, start: usize, len: usize) -> &mut [u8] {
+        assert!(start + len <= self.1, "output range out of bounds");
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// Splits `items` work items over up to `threads` threads (this one included), giving each
+/// a contiguous range, and runs `f(range)` on each.
+pub(crate) fn parallel(
+    items: usize,
+    threads: usize,
+    f: impl Fn(std::ops::Range<usize>) -> TractResult<()> + Sync,
+) -> TractResult<()> {
+    let threads = threads.min(items).max(1);
+    if threads == 1 {
+        return f(0..items);
+    }
+    let per = items.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads)
+            .map(|t| {
+                let f = &f;
+                scope.spawn(move || f(t * per..((t + 1) * per).min(items)))
+            })
+            .collect();
+        let mine = f(0..per.min(items));
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("an int8 worker thread panicked"))??;
+        }
+        mine
+    })
+}
+
+/// Where a chunk of output pixels starts, how long it is, and how its bytes are made.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    p0: usize,
+    n: usize,
+    /// The input zero point, as a byte of the input type (out-of-image taps).
+    pad: u8,
+    /// 0x80 for u8 inputs, 0 for i8.
+    flip: u8,
+    /// Row stride of `rows` (the op's chunk width).
+    stride: usize,
+}
+
+/// Gathers output pixels `p0 .. p0 + n` of the implicit im2col matrix of one group (`x`
+/// starts at the group's first input channel) straight into B's packed layout `b`: im2col
+/// rows are made one (k-outer) or four (K4) at a time in `rows`, then copied or interleaved
+/// into the panels, u8 flipped to s8 on the way. With `colsum`, also Σk of each column (s8).
+fn gather_chunk(
+    geo: &Geometry,
+    layout: BLayout,
+    x: &[u8],
+    c: Chunk,
+    rows: &mut [u8],
+    b: &mut [u8],
+    mut colsum: Option<&mut [i32]>,
+) {
+    let (kh, kw, plane) = (geo.kh, geo.kw, geo.in_plane());
+    let k = geo.k();
+    let tap = |kk: usize| (kk / (kh * kw), (kk / kw) % kh, kk % kw);
+    let (r, panel) = (layout.r(), layout.panel());
+    let (n, flip) = (c.n, c.flip);
+    if let Some(sums) = colsum.as_deref_mut() {
+        sums.fill(0);
+    }
+    let (full, rest) = (n / r, n % r);
+    match layout {
+        BLayout::KOuter { .. } => {
+            let row = &mut rows[..n];
+            for kk in 0..k {
+                let (ch, ky, kx) = tap(kk);
+                geo.gather_row(&x[ch * plane..(ch + 1) * plane], ky, kx, c.p0, row, c.pad);
+                if let Some(sums) = colsum.as_deref_mut() {
+                    add_col_sums(sums, row, flip);
+                }
+                for j in 0..full {
+                    let dst = &mut b[j * panel + kk * r..j * panel + kk * r + r];
+                    xor_copy(dst, &row[j * r..j * r + r], flip);
+                }
+                if rest > 0 {
+                    let dst = &mut b[full * panel + kk * r..full * panel + kk * r + rest];
+                    xor_copy(dst, &row[full * r..n], flip);
+                }
+            }
+        }
+        BLayout::K4 { .. } => {
+            for kb in 0..k.div_ceil(4) {
+                let lanes = (k - kb * 4).min(4);
+                for t in 0..lanes {
+                    let (ch, ky, kx) = tap(kb * 4 + t);
+                    let row = &mut rows[t * c.stride..t * c.stride + n];
+                    geo.gather_row(&x[ch * plane..(ch + 1) * plane], ky, kx, c.p0, row, c.pad);
+                    if let Some(sums) = colsum.as_deref_mut() {
+                        add_col_sums(sums, row, flip);
                     }
-                    // Lanes past K stay as the zeroed buffer left them... unless an earlier
-                    // chunk wrote them: it never does, k is the same for every chunk.
-                    let rows = &s.rows;
-                    let row = |t: usize| &rows[t * self.chunk..t * self.chunk + n];
-                    let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
-                    for j in 0..n.div_ceil(r) {
-                        let cols = (n - j * r).min(r);
-                        let dst = &mut b[j * panel + kb * 4 * r..j * panel + kb * 4 * r + 4 * cols];
-                        let src = j * r..j * r + cols;
-                        match lanes {
-                            4 => interleave4(
-                                dst,
-                                &r0[src.clone()],
-                                &r1[src.clone()],
-                                &r2[src.clone()],
-                                &r3[src],
-                                flip,
-                            ),
-                            _ => {
-                                for (ci, d) in dst.chunks_exact_mut(4).enumerate() {
-                                    for t in 0..lanes {
-                                        d[t] = row(t)[j * r + ci] ^ flip;
-                                    }
-                                }
+                }
+                // Lanes past K (the last group when K % 4 != 0) are never written: they stay
+                // as zeroed at allocation, and multiply A's zero padding.
+                let row = |t: usize| &rows[t * c.stride..t * c.stride + n];
+                for j in 0..n.div_ceil(r) {
+                    let cols = (n - j * r).min(r);
+                    let dst = &mut b[j * panel + kb * 4 * r..j * panel + kb * 4 * r + 4 * cols];
+                    let src = j * r..j * r + cols;
+                    if lanes == 4 {
+                        let (r0, r1, r2, r3) = (row(0), row(1), row(2), row(3));
+                        interleave4(
+                            dst,
+                            &r0[src.clone()],
+                            &r1[src.clone()],
+                            &r2[src.clone()],
+                            &r3[src],
+                            flip,
+                        );
+                    } else {
+                        for (ci, d) in dst.chunks_exact_mut(4).enumerate() {
+                            for (t, v) in d.iter_mut().enumerate().take(lanes) {
+                                *v = row(t)[j * r + ci] ^ flip;
                             }
                         }
                     }
                 }
             }
         }
-        s.b.mn = n;
-        s.b.fact.mn = n.to_dim();
-    }
-
-    fn run(&self, x: &[u8], out: &mut [u8], s: &mut Scratch) -> TractResult<()> {
-        let geo = &self.geo;
-        let (cog, opl) = (geo.cog(), geo.out_plane());
-        let c_spec = unsafe {
-            self.kernel
-                .mmm
-                .c_from_data_and_strides(4, self.chunk as isize, 1)
-        };
-        for batch in 0..geo.batch {
-            for g in 0..geo.groups {
-                let xg = &x[(batch * geo.ci + g * geo.cig()) * geo.in_plane()..];
-                let out_g = &mut out[(batch * geo.co + g * cog) * opl..];
-                let mut p0 = 0;
-                while p0 < opl {
-                    let n = self.chunk.min(opl - p0);
-                    self.gather(xg, p0, n, s);
-                    let store = unsafe { c_spec.wrap(&s.c.view()) };
-                    let specs = [
-                        FusedSpec::AddMatMul {
-                            a: AsInputValue::Borrowed(&*self.a[g]),
-                            b: AsInputValue::Borrowed(&s.b),
-                            packing: self.kernel.packing,
-                        },
-                        FusedSpec::Store(store),
-                    ];
-                    unsafe {
-                        self.kernel
-                            .mmm
-                            .run_with_scratch_space(cog, n, &mut *s.mm, &specs)?
-                    };
-                    let c = unsafe { s.c.as_slice_unchecked::<i32>() };
-                    for o in 0..cog {
-                        let oc = g * cog + o;
-                        let acc = &c[o * self.chunk..o * self.chunk + n];
-                        let dst = &mut out_g[o * opl + p0..o * opl + p0 + n];
-                        let (add, scale) = (self.q.bias[oc], self.q.scale[oc]);
-                        match &self.k0 {
-                            None => requant::row(acc, add, scale, self.q.range, dst),
-                            Some(k0) => requant::row_with_cols(
-                                acc,
-                                add,
-                                k0[oc],
-                                &s.colsum[..n],
-                                scale,
-                                self.q.range,
-                                dst,
-                            ),
-                        }
-                    }
-                    p0 += n;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -479,16 +707,20 @@ impl EvalOp for QConvGemm {
             "input shape changed since load"
         );
         let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &self.geo.output_shape())? };
-        let taken = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
-        let mut s = match taken {
-            Some(s) => s,
-            None => self.scratch()?,
+        let ptr = OutPtr::new(out.as_bytes_mut());
+        let x = x.as_bytes();
+        // A second thread pays for itself only on a big enough convolution.
+        let threads = if self.geo.macs() >= PARALLEL_MIN_MACS {
+            super::threads()
+        } else {
+            1
         };
-        let res = self.run(x.as_bytes(), out.as_bytes_mut(), &mut s);
-        if let Ok(mut p) = self.pool.lock() {
-            p.push(s);
-        }
-        res?;
+        parallel(self.items(), threads, |range| {
+            let mut s = self.take_scratch()?;
+            let res = self.run_items(x, ptr, range, &mut s);
+            self.give_scratch(s);
+            res
+        })?;
         Ok(tvec!(out.into_tvalue()))
     }
 }
@@ -505,5 +737,121 @@ impl TypedOp for QConvGemm {
             Cost::FMA(i32::datum_type()),
             self.geo.macs().to_dim()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The implicit im2col matrix of one group, the naive way: `[k][pixel]`, s8.
+    fn naive_im2col(geo: &Geometry, x: &[u8], pad: u8, flip: u8) -> Vec<i8> {
+        let (k, np) = (geo.k(), geo.out_plane());
+        let mut m = vec![0i8; k * np];
+        for kk in 0..k {
+            let (c, ky, kx) = (kk / (geo.kh * geo.kw), (kk / geo.kw) % geo.kh, kk % geo.kw);
+            for p in 0..np {
+                let (oy, ox) = (p / geo.ow, p % geo.ow);
+                let iy = (oy * geo.sh + ky * geo.dh) as isize - geo.pt as isize;
+                let ix = (ox * geo.sw + kx * geo.dw) as isize - geo.pl as isize;
+                let inside = iy >= 0 && ix >= 0 && (iy as usize) < geo.h && (ix as usize) < geo.w;
+                let v = if inside {
+                    x[c * geo.in_plane() + iy as usize * geo.w + ix as usize]
+                } else {
+                    pad
+                };
+                m[kk * np + p] = (v ^ flip) as i8;
+            }
+        }
+        m
+    }
+
+    /// Both B layouts bedside gathers (k-outer panels and K4 lanes, for the SDOT / VNNI
+    /// kernels that this x86 machine may not run) must equal tract-linalg's own packing of
+    /// the same im2col matrix, byte for byte, over every chunk.
+    #[test]
+    fn gathered_panels_equal_tract_packing() {
+        let geo = Geometry {
+            batch: 1,
+            ci: 3,
+            h: 9,
+            w: 11,
+            co: 4,
+            groups: 1,
+            kh: 3,
+            kw: 2,
+            sh: 2,
+            sw: 1,
+            dh: 1,
+            dw: 2,
+            pt: 1,
+            pl: 2,
+            oh: 5,
+            ow: 11,
+        };
+        let x: Vec<u8> = (0..geo.ci * geo.in_plane())
+            .map(|i| (i * 37 % 256) as u8)
+            .collect();
+        let (pad, flip) = (7u8, 0x80u8);
+        let k = geo.k();
+        let formats: Vec<Box<dyn MMMInputFormat>> = vec![
+            Box::new(PackedFormat::new(DatumType::I8, 8, 4)),
+            Box::new(PackedFormat::new(DatumType::I8, 4, 4)),
+            Box::new(PackedI8K4::new(8)),
+            Box::new(PackedI8K4::new(16)),
+        ];
+        let im2col = naive_im2col(&geo, &x, pad, flip);
+        for format in formats {
+            let layout = BLayout::of(&*format, k).unwrap();
+            let r = layout.r();
+            let chunk = 3 * r;
+            let mut p0 = 0;
+            while p0 < geo.out_plane() {
+                let n = chunk.min(geo.out_plane() - p0);
+                let mut sub = vec![0i8; k * n];
+                for kk in 0..k {
+                    sub[kk * n..(kk + 1) * n]
+                        .copy_from_slice(&im2col[kk * geo.out_plane() + p0..][..n]);
+                }
+                let want = format
+                    .prepare_one(&Tensor::from_shape(&[k, n], &sub).unwrap(), 0, 1)
+                    .unwrap();
+                let want = want.downcast_ref::<EagerPackedInput>().unwrap();
+                let mut b = vec![0u8; n.div_ceil(r) * layout.panel()];
+                let mut rows = vec![0u8; 4 * chunk];
+                let mut sums = vec![0i32; n];
+                let c = Chunk {
+                    p0,
+                    n,
+                    pad,
+                    flip,
+                    stride: chunk,
+                };
+                gather_chunk(&geo, layout, &x, c, &mut rows, &mut b, Some(&mut sums));
+                let want_bytes = &want.packed.as_bytes()[..b.len()];
+                // k-outer panels end with tract's padding record (read ahead by the kernel,
+                // never multiplied): compare the k rows of each panel.
+                let used = match layout {
+                    BLayout::KOuter { .. } => k * r,
+                    BLayout::K4 { .. } => layout.panel(),
+                };
+                for (j, (got, want)) in b
+                    .chunks(layout.panel())
+                    .zip(want_bytes.chunks(layout.panel()))
+                    .enumerate()
+                {
+                    assert_eq!(
+                        got[..used],
+                        want[..used],
+                        "{format} chunk at {p0}, panel {j}"
+                    );
+                }
+                for (p, s) in sums.iter().enumerate() {
+                    let expect: i32 = (0..k).map(|kk| sub[kk * n + p] as i32).sum();
+                    assert_eq!(*s, expect, "column sum {p}");
+                }
+                p0 += n;
+            }
+        }
     }
 }

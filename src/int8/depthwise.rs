@@ -19,6 +19,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::QuantParams;
+use super::conv::{OutPtr, PARALLEL_MIN_MACS, parallel};
 use super::geometry::Geometry;
 use super::requant;
 
@@ -119,38 +120,40 @@ impl QConvDepthwise {
         }
     }
 
-    fn run(&self, x: &[u8], out: &mut [u8], s: &mut Scratch) {
+    /// Runs input channels `range` (of every image: item = image × channel) into `out`;
+    /// each item writes only its own output channels.
+    fn run_items(&self, x: &[u8], out: OutPtr, range: std::ops::Range<usize>, s: &mut Scratch) {
         let g = &self.geo;
         let mult = g.cog();
         let (taps_per, opl, phase_len) = (g.kh * g.kw, g.out_plane(), self.hp * self.wq);
-        for batch in 0..g.batch {
-            for c in 0..g.ci {
-                let plane = &x[(batch * g.ci + c) * g.in_plane()..][..g.in_plane()];
-                self.load_plane(plane, &mut s.phases);
-                for m in 0..mult {
-                    let o = c * mult + m;
-                    let taps = &self.taps[o * taps_per..(o + 1) * taps_per];
-                    let dst = &mut out[(batch * g.co + o) * opl..][..opl];
-                    for oy in 0..g.oh {
-                        let acc = &mut s.acc[..g.ow];
-                        acc.fill(0);
-                        for ky in 0..g.kh {
-                            let py = oy * g.sh + ky * g.dh;
-                            for kx in 0..g.kw {
-                                let off = kx * g.dw;
-                                let (ph, col) = (off % g.sw, off / g.sw);
-                                let src = &s.phases[ph * phase_len + py * self.wq + col..][..g.ow];
-                                accumulate(acc, src, taps[ky * g.kw + kx]);
-                            }
+        for item in range {
+            let (batch, c) = (item / g.ci, item % g.ci);
+            let plane = &x[(batch * g.ci + c) * g.in_plane()..][..g.in_plane()];
+            self.load_plane(plane, &mut s.phases);
+            for m in 0..mult {
+                let o = c * mult + m;
+                let taps = &self.taps[o * taps_per..(o + 1) * taps_per];
+                // SAFETY: output channel `o` of this image belongs to this item only.
+                let dst = unsafe { out.slice((batch * g.co + o) * opl, opl) };
+                for oy in 0..g.oh {
+                    let acc = &mut s.acc[..g.ow];
+                    acc.fill(0);
+                    for ky in 0..g.kh {
+                        let py = oy * g.sh + ky * g.dh;
+                        for kx in 0..g.kw {
+                            let off = kx * g.dw;
+                            let (ph, col) = (off % g.sw, off / g.sw);
+                            let src = &s.phases[ph * phase_len + py * self.wq + col..][..g.ow];
+                            accumulate(acc, src, taps[ky * g.kw + kx]);
                         }
-                        requant::row(
-                            acc,
-                            self.q.bias[o],
-                            self.q.scale[o],
-                            self.q.range,
-                            &mut dst[oy * g.ow..(oy + 1) * g.ow],
-                        );
                     }
+                    requant::row(
+                        acc,
+                        self.q.bias[o],
+                        self.q.scale[o],
+                        self.q.range,
+                        &mut dst[oy * g.ow..(oy + 1) * g.ow],
+                    );
                 }
             }
         }
@@ -206,15 +209,25 @@ impl EvalOp for QConvDepthwise {
             "input shape changed since load"
         );
         let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &self.geo.output_shape())? };
-        let taken = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
-        let mut s = taken.unwrap_or_else(|| Scratch {
-            phases: vec![0; self.geo.sw * self.hp * self.wq],
-            acc: vec![0; self.geo.ow],
-        });
-        self.run(x.as_bytes(), out.as_bytes_mut(), &mut s);
-        if let Ok(mut p) = self.pool.lock() {
-            p.push(s);
-        }
+        let ptr = OutPtr::new(out.as_bytes_mut());
+        let x = x.as_bytes();
+        let threads = if self.geo.macs() >= PARALLEL_MIN_MACS {
+            super::threads()
+        } else {
+            1
+        };
+        parallel(self.geo.batch * self.geo.ci, threads, |range| {
+            let taken = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let mut s = taken.unwrap_or_else(|| Scratch {
+                phases: vec![0; self.geo.sw * self.hp * self.wq],
+                acc: vec![0; self.geo.ow],
+            });
+            self.run_items(x, ptr, range, &mut s);
+            if let Ok(mut p) = self.pool.lock() {
+                p.push(s);
+            }
+            Ok(())
+        })?;
         Ok(tvec!(out.into_tvalue()))
     }
 }

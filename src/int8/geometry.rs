@@ -88,6 +88,12 @@ impl Geometry {
                 let (j0, j1) = (j0 as usize, j1 as usize);
                 dst[..j0].fill(pad);
                 dst[j1..].fill(pad);
+                if j1 == j0 {
+                    // Every tap of this run falls in the padding.
+                    p += len;
+                    off += len;
+                    continue;
+                }
                 let first = (ix0 + (j0 as isize) * s) as usize;
                 if self.sw == 1 {
                     dst[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);

@@ -36,6 +36,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+pub use conv::{candidates as kernel_candidates, force_kernel};
 use geometry::Geometry;
 use requant::OutRange;
 
@@ -115,6 +116,19 @@ impl fmt::Display for Coverage {
         }
         Ok(())
     }
+}
+
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// How many threads one int8 convolution may use (default 1). The daemon keeps 1 and uses
+/// the cores for parallel frames instead; `bedside bench --threads` raises it to measure
+/// what a second core gives one model.
+pub fn set_threads(n: usize) {
+    THREADS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn threads() -> usize {
+    THREADS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether quantized convolutions go to bedside's kernels or stay on tract's own path (the

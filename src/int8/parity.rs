@@ -188,3 +188,21 @@ pub fn check_dir(dir: &Path) -> Result<Vec<CaseReport>, ParityError> {
     cases.sort();
     cases.iter().map(|c| check_case(c)).collect()
 }
+
+/// Runs every case folder once per int8 kernel this CPU runs ([`super::kernel_candidates`]),
+/// so that each kernel — AVX2 and AVX on x86, SMLAL and SDOT on aarch64 — is checked, not
+/// only the one the speed measurement picks. Returns the reports per kernel name.
+pub fn check_dir_every_kernel(dir: &Path) -> Result<Vec<(String, Vec<CaseReport>)>, ParityError> {
+    let names: Vec<String> = super::kernel_candidates()
+        .iter()
+        .map(|(k, _)| k.name().to_string())
+        .collect();
+    let mut out = vec![];
+    for name in names {
+        super::force_kernel(Some(&name));
+        let reports = check_dir(dir);
+        super::force_kernel(None);
+        out.push((name, reports?));
+    }
+    Ok(out)
+}

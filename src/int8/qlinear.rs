@@ -32,6 +32,7 @@ pub fn register(reg: &mut tract_onnx::model::OnnxOpRegister) {
     });
     reg.insert("QLinearSigmoid", |_, n| parse(n, Kind::Sigmoid));
     reg.insert("QLinearLeakyRelu", |_, n| parse(n, Kind::LeakyRelu));
+    reg.insert("QGemm", |_, n| parse(n, Kind::Gemm));
 }
 
 #[allow(clippy::unnecessary_wraps)]
@@ -42,6 +43,9 @@ fn parse(node: &NodeProto, kind: Kind) -> TractResult<(Box<dyn InferenceOp>, Vec
         axis: node.get_attr_opt::<i64>("axis")?.unwrap_or(0),
         alpha: node.get_attr_opt::<f32>("alpha")?.unwrap_or(0.01),
         channels_last: node.get_attr_opt::<i64>("channels_last")?.unwrap_or(0) != 0,
+        trans_a: node.get_attr_opt::<i64>("transA")?.unwrap_or(0) != 0,
+        trans_b: node.get_attr_opt::<i64>("transB")?.unwrap_or(0) != 0,
+        gemm_alpha: node.get_attr_opt::<f32>("alpha")?.unwrap_or(1.0),
     };
     Ok((expand(op), vec![]))
 }
@@ -54,6 +58,7 @@ pub enum Kind {
     GlobalAveragePool,
     Sigmoid,
     LeakyRelu,
+    Gemm,
 }
 
 impl Kind {
@@ -65,6 +70,7 @@ impl Kind {
             Kind::GlobalAveragePool => "QLinearGlobalAveragePool",
             Kind::Sigmoid => "QLinearSigmoid",
             Kind::LeakyRelu => "QLinearLeakyRelu",
+            Kind::Gemm => "QGemm",
         }
     }
     /// Index of the output zero point among the node's inputs.
@@ -73,6 +79,8 @@ impl Kind {
             Kind::Add | Kind::Mul => 7,
             Kind::Concat => 1,
             Kind::GlobalAveragePool | Kind::Sigmoid | Kind::LeakyRelu => 4,
+            // Optional: without it, QGemm's output is f32.
+            Kind::Gemm => 8,
         }
     }
     /// Indices of the data tensors among the node's inputs.
@@ -92,6 +100,9 @@ struct QLinear {
     axis: i64,
     alpha: f32,
     channels_last: bool,
+    trans_a: bool,
+    trans_b: bool,
+    gemm_alpha: f32,
 }
 
 impl Expansion for QLinear {
@@ -106,12 +117,16 @@ impl Expansion for QLinear {
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
         check_output_arity(outputs, 1)?;
+        if self.kind == Kind::Gemm {
+            return self.gemm_rules(s, inputs, outputs);
+        }
         let yz = self.kind.y_zp_input();
         if inputs.len() <= yz {
             bail!("{} needs at least {} inputs", self.kind.onnx_name(), yz + 1);
         }
         s.equals(&outputs[0].datum_type, &inputs[yz].datum_type)?;
         match self.kind {
+            Kind::Gemm => unreachable!("QGemm has its own rules"),
             Kind::Add | Kind::Mul => {
                 check_input_arity(inputs, 8)?;
                 s.given_2(&inputs[0].shape, &inputs[3].shape, move |s, a, b| {
@@ -169,6 +184,9 @@ impl Expansion for QLinear {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
+        if self.kind == Kind::Gemm {
+            return self.wire_gemm(prefix, model, inputs);
+        }
         let konst = |ix: usize| -> TractResult<Arc<Tensor>> {
             model
                 .outlet_fact(inputs[ix])?
@@ -210,6 +228,7 @@ impl Expansion for QLinear {
             Ok(lookup_table(xs, x0, sg, y_scale, range, f))
         };
         let body = match self.kind {
+            Kind::Gemm => unreachable!("QGemm is wired by wire_gemm"),
             Kind::Add | Kind::Mul => {
                 let (sa, za, sb, zb) = (f32_of(1)?, i32_of(2)?, f32_of(4)?, i32_of(5)?);
                 let mul = self.kind == Kind::Mul;
@@ -273,6 +292,206 @@ impl Expansion for QLinear {
         };
         let wires: TVec<OutletId> = data.iter().map(|&i| inputs[i]).collect();
         model.wire_node(prefix, op, &wires)
+    }
+}
+
+impl QLinear {
+    fn gemm_rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        if inputs.len() != 6 && inputs.len() != 7 && inputs.len() != 9 {
+            bail!("QGemm takes 6, 7 or 9 inputs, got {}", inputs.len());
+        }
+        if inputs.len() == 9 {
+            s.equals(&outputs[0].datum_type, &inputs[8].datum_type)?;
+        } else {
+            s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        }
+        s.equals(&outputs[0].rank, 2)?;
+        let (ta, tb) = (self.trans_a, self.trans_b);
+        s.given_2(&inputs[0].shape, &inputs[3].shape, move |s, a, b| {
+            let m = if ta { a[1].clone() } else { a[0].clone() };
+            let n = if tb { b[0].clone() } else { b[1].clone() };
+            s.equals(&outputs[0].shape, tvec!(m, n))
+        })
+    }
+
+    fn wire_gemm(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        let konst = |ix: usize, what: &str| -> TractResult<Arc<Tensor>> {
+            model
+                .outlet_fact(inputs[ix])?
+                .konst
+                .clone()
+                .with_context(|| format!("QGemm: {what} must be a constant"))
+        };
+        let signed = |ix: usize| -> TractResult<bool> {
+            match model.outlet_fact(inputs[ix])?.datum_type.unquantized() {
+                DatumType::U8 => Ok(false),
+                DatumType::I8 => Ok(true),
+                other => bail!("QGemm: input {ix} is {other:?}, not u8/i8"),
+            }
+        };
+        let b = konst(3, "B")?;
+        ensure!(b.rank() == 2, "QGemm: B is not a matrix");
+        let (k, n) = if self.trans_b {
+            (b.shape()[1], b.shape()[0])
+        } else {
+            (b.shape()[0], b.shape()[1])
+        };
+        let vec_of = |t: &Arc<Tensor>, len: usize, what: &str| -> TractResult<Vec<f32>> {
+            let v: Vec<f32> = t
+                .cast_to::<f32>()?
+                .to_plain_array_view::<f32>()?
+                .iter()
+                .copied()
+                .collect();
+            match v.len() {
+                1 => Ok(vec![v[0]; len]),
+                l if l == len => Ok(v),
+                l => bail!("QGemm: {what} has {l} values for {len} columns"),
+            }
+        };
+        let b_scale = vec_of(&konst(4, "b_scale")?, n, "b_scale")?;
+        let b_zp: Vec<i32> = vec_of(&konst(5, "b_zero_point")?, n, "b_zero_point")?
+            .iter()
+            .map(|&z| z as i32)
+            .collect();
+        let a_scale = konst(1, "a_scale")?.cast_to_scalar::<f32>()?;
+        let a_zp = konst(2, "a_zero_point")?.cast_to_scalar::<i32>()?;
+        let b_signed = signed(3)?;
+        let bb = b.as_bytes();
+        // B as [N][K] i32 with its zero point taken out: one contiguous dot product per output.
+        let mut cols = vec![0i32; n * k];
+        for kk in 0..k {
+            for nn in 0..n {
+                let raw = if self.trans_b {
+                    bb[nn * k + kk]
+                } else {
+                    bb[kk * n + nn]
+                };
+                cols[nn * k + kk] = val(raw, b_signed) - b_zp[nn];
+            }
+        }
+        let bias =
+            if inputs.len() >= 7 && model.outlet_fact(inputs[6])?.shape.volume() != 0.to_dim() {
+                let c = konst(6, "C")?;
+                vec_of(&c, n, "C")?.iter().map(|&v| v as i32).collect()
+            } else {
+                vec![0; n]
+            };
+        let (out, out_dt, range) = if inputs.len() == 9 {
+            let y_scale = konst(7, "y_scale")?.cast_to_scalar::<f32>()?;
+            let y_zp = konst(8, "y_zero_point")?.cast_to_scalar::<i32>()?;
+            let y_signed = signed(8)?;
+            let scale = b_scale
+                .iter()
+                .map(|&bs| self.gemm_alpha * a_scale * bs / y_scale)
+                .collect();
+            (
+                GemmOut::Quantized(scale),
+                model.outlet_fact(inputs[8])?.datum_type,
+                OutRange::new(y_zp, y_signed),
+            )
+        } else {
+            let scale = b_scale
+                .iter()
+                .map(|&bs| self.gemm_alpha * a_scale * bs)
+                .collect();
+            (
+                GemmOut::Float(scale),
+                DatumType::F32,
+                OutRange::new(0, false),
+            )
+        };
+        let body = Body::Gemm(Arc::new(Gemm {
+            k,
+            n,
+            trans_a: self.trans_a,
+            a_zp,
+            cols,
+            bias,
+            out,
+        }));
+        let op = QLinearOp {
+            kind: Kind::Gemm,
+            body,
+            signed: vec![signed(0)?],
+            range,
+            out_dt,
+        };
+        model.wire_node(prefix, op, &[inputs[0]])
+    }
+}
+
+/// QGemm with a constant B: `acc[m,n] = Σk (a − a0)(b − b0[n]) + C[n]`, then requantized
+/// (or scaled to f32 when the node has no output scale).
+#[derive(Debug, Clone, PartialEq)]
+struct Gemm {
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    a_zp: i32,
+    cols: Vec<i32>,
+    bias: Vec<i32>,
+    out: GemmOut,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum GemmOut {
+    /// Per column: `alpha · a_scale · b_scale[n] / y_scale`.
+    Quantized(Vec<f32>),
+    /// Per column: `alpha · a_scale · b_scale[n]`.
+    Float(Vec<f32>),
+}
+
+impl Gemm {
+    fn run(
+        &self,
+        a: &Tensor,
+        a_signed: bool,
+        range: OutRange,
+        out: &mut Tensor,
+    ) -> TractResult<()> {
+        let m = a.len() / self.k;
+        let ab = a.as_bytes();
+        let mut row = vec![0i32; self.k];
+        for mm in 0..m {
+            for (kk, r) in row.iter_mut().enumerate() {
+                let raw = if self.trans_a {
+                    ab[kk * m + mm]
+                } else {
+                    ab[mm * self.k + kk]
+                };
+                *r = val(raw, a_signed) - self.a_zp;
+            }
+            for nn in 0..self.n {
+                let col = &self.cols[nn * self.k..(nn + 1) * self.k];
+                let acc = row
+                    .iter()
+                    .zip(col)
+                    .fold(0i32, |s, (&x, &y)| s.wrapping_add(x.wrapping_mul(y)));
+                let acc = acc.wrapping_add(self.bias[nn]);
+                match &self.out {
+                    GemmOut::Quantized(scale) => {
+                        out.as_bytes_mut()[mm * self.n + nn] =
+                            requant::value(acc as f32 * scale[nn], range)
+                    }
+                    GemmOut::Float(scale) => {
+                        out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?[mm * self.n + nn] =
+                            acc as f32 * scale[nn]
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -362,6 +581,7 @@ enum Body {
         scale: f32,
         channels_last: bool,
     },
+    Gemm(Arc<Gemm>),
 }
 
 /// The typed op: data tensors in, one u8/i8 tensor out; all quantization parameters folded
@@ -610,6 +830,14 @@ impl QLinearOp {
                 tract_onnx::tract_core::broadcast::multi_broadcast(&[inputs[0], inputs[1]])?
             }
             Body::Lut(_) => inputs[0].into(),
+            Body::Gemm(g) => {
+                let m = if g.trans_a {
+                    inputs[0][1].clone()
+                } else {
+                    inputs[0][0].clone()
+                };
+                tvec!(m, D::from(g.n))
+            }
             Body::Concat { axis, .. } => {
                 let mut s: TVec<D> = inputs[0].into();
                 s[*axis] = inputs.iter().map(|f| f[*axis].clone()).sum();
@@ -644,6 +872,7 @@ impl EvalOp for QLinearOp {
         let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &shape)? };
         match &self.body {
             Body::Binary { .. } => self.binary(&inputs[0], &inputs[1], &mut out)?,
+            Body::Gemm(g) => g.run(&inputs[0], self.signed[0], self.range, &mut out)?,
             Body::Lut(t) => {
                 for (o, &x) in out.as_bytes_mut().iter_mut().zip(inputs[0].as_bytes()) {
                     *o = t[0][x as usize];
