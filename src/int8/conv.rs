@@ -30,7 +30,7 @@ use tract_onnx::tract_core::internal::*;
 
 use super::geometry::Geometry;
 use super::requant;
-use super::{Int8Error, QuantParams};
+use super::{ConvParts, Int8Error, QuantParams};
 
 /// How many bytes of B one chunk may take: with the i32 tile and A's streaming rows this
 /// keeps a chunk inside a 256 KiB L2 (Cortex-A76/A78: 256–512 KiB; x86: ≥ 1 MiB).
@@ -298,16 +298,17 @@ impl Eq for QConvGemm {}
 impl QConvGemm {
     /// Builds the op from the conv's shape, its raw weights (OIHW, u8 or i8 as bytes) and
     /// quantization parameters.
-    pub fn new(
-        geo: Geometry,
-        weights: &[u8],
-        w_signed: bool,
-        x_signed: bool,
-        x0: i32,
-        k0: &[i32],
-        q: QuantParams,
-        out_dt: DatumType,
-    ) -> Result<QConvGemm, Int8Error> {
+    pub fn new(parts: ConvParts) -> Result<QConvGemm, Int8Error> {
+        let ConvParts {
+            geo,
+            weights,
+            w_signed,
+            x_signed,
+            x0,
+            k0,
+            q,
+            out_dt,
+        } = parts;
         let (cog, k, groups) = (geo.cog(), geo.k(), geo.groups);
         let kernel = Kernel::pick(cog, k, geo.out_plane())?;
         let tract = |e: TractError| Int8Error::Tract(format!("{e:#}"));

@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::QuantParams;
 use super::conv::{OutPtr, PARALLEL_MIN_MACS, parallel};
 use super::geometry::Geometry;
 use super::requant;
+use super::{ConvParts, QuantParams};
 
 struct Scratch {
     /// `[sw phases][hp rows][wq cols]` of `x - x0`, zero outside the image.
@@ -60,16 +60,17 @@ impl PartialEq for QConvDepthwise {
 impl Eq for QConvDepthwise {}
 
 impl QConvDepthwise {
-    pub fn new(
-        geo: Geometry,
-        weights: &[u8],
-        w_signed: bool,
-        x_signed: bool,
-        x0: i32,
-        k0: &[i32],
-        q: QuantParams,
-        out_dt: DatumType,
-    ) -> QConvDepthwise {
+    pub fn new(parts: ConvParts) -> QConvDepthwise {
+        let ConvParts {
+            geo,
+            weights,
+            w_signed,
+            x_signed,
+            x0,
+            k0,
+            q,
+            out_dt,
+        } = parts;
         let taps_per = geo.kh * geo.kw;
         let taps = (0..geo.co)
             .flat_map(|o| {

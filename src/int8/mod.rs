@@ -58,6 +58,21 @@ pub struct QuantParams {
     pub range: OutRange,
 }
 
+/// A quantized convolution as bedside's kernels take it: shape, raw weights (OIHW, bytes of
+/// u8 or i8), zero points and requantization.
+pub struct ConvParts<'a> {
+    pub geo: Geometry,
+    pub weights: &'a [u8],
+    pub w_signed: bool,
+    pub x_signed: bool,
+    /// The input zero point.
+    pub x0: i32,
+    /// The weight zero point, one value or one per output channel.
+    pub k0: &'a [i32],
+    pub q: QuantParams,
+    pub out_dt: DatumType,
+}
+
 /// Where one quantized node of a model runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
@@ -400,13 +415,19 @@ fn convert(model: &TypedModel, node: &TypedNode, conv: &Conv) -> Result<Lowered,
         scale,
         range: OutRange::new(y0, y_signed),
     };
-    let raw = weights.as_bytes();
-    if geo.cig() == 1 && groups > 1 {
-        return Ok(Lowered::Depthwise(depthwise::QConvDepthwise::new(
-            geo, raw, w_signed, x_signed, x0, &k0, q, out_dt,
-        )));
+    let depthwise = geo.cig() == 1 && groups > 1;
+    let parts = ConvParts {
+        geo,
+        weights: weights.as_bytes(),
+        w_signed,
+        x_signed,
+        x0,
+        k0: &k0,
+        q,
+        out_dt,
+    };
+    if depthwise {
+        return Ok(Lowered::Depthwise(depthwise::QConvDepthwise::new(parts)));
     }
-    Ok(Lowered::Gemm(conv::QConvGemm::new(
-        geo, raw, w_signed, x_signed, x0, &k0, q, out_dt,
-    )?))
+    Ok(Lowered::Gemm(conv::QConvGemm::new(parts)?))
 }

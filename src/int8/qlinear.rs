@@ -157,7 +157,7 @@ impl Expansion for QLinear {
                 })?;
             }
             Kind::Concat => {
-                if inputs.len() < 5 || (inputs.len() - 2) % 3 != 0 {
+                if inputs.len() < 5 || !(inputs.len() - 2).is_multiple_of(3) {
                     bail!("QLinearConcat takes y_scale, y_zp and (x, x_scale, x_zp) triples");
                 }
                 let data = self.kind.data_inputs(inputs.len());
@@ -219,7 +219,7 @@ impl Expansion for QLinear {
         for &d in &data {
             inputs_signed.push(signed(d)?);
         }
-        let table = |x_scale_ix: usize, f: &dyn Fn(f32) -> f32| -> TractResult<Box<[u8; 256]>> {
+        let table = |x_scale_ix: usize, f: &dyn Fn(f32) -> f32| -> TractResult<[u8; 256]> {
             let (xs, x0, sg) = (
                 f32_of(x_scale_ix)?,
                 i32_of(x_scale_ix + 1)?,
@@ -504,8 +504,8 @@ fn lookup_table(
     ys: f32,
     range: OutRange,
     f: &dyn Fn(f32) -> f32,
-) -> Box<[u8; 256]> {
-    let mut t = Box::new([0u8; 256]);
+) -> [u8; 256] {
+    let mut t = [0u8; 256];
     for (b, slot) in t.iter_mut().enumerate() {
         let x = if x_signed {
             b as u8 as i8 as i32
@@ -571,10 +571,10 @@ enum Body {
         zb: i32,
         zc: i32,
     },
-    Lut(Vec<Box<[u8; 256]>>),
+    Lut(Vec<[u8; 256]>),
     Concat {
         axis: usize,
-        tables: Vec<Box<[u8; 256]>>,
+        tables: Vec<[u8; 256]>,
     },
     Gap {
         x0: i32,
@@ -791,8 +791,11 @@ impl QLinearOp {
             op.both_slices(p.as_bytes(), q.as_bytes(), o);
             return Ok(());
         }
-        if p.shape() == shape.as_slice() {
-            if let Some(span) = span_of(&pad(q), &shape) {
+        let span = (p.shape() == shape.as_slice())
+            .then(|| span_of(&pad(q), &shape))
+            .flatten();
+        {
+            if let Some(span) = span {
                 let qb = q.as_bytes();
                 for (i, (chunk, pc)) in o
                     .chunks_mut(span)
