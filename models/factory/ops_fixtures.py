@@ -7,7 +7,8 @@ exactly that node) runs it on seeded random inputs and the case directory gets:
 
   model.onnx                the model
   input0.bin [input1.bin..] the graph inputs in graph order, raw bytes, C order
-  output.bin                onnxruntime's output, raw bytes, C order
+  output.bin                onnxruntime's output, raw bytes, C order (float32 little-endian for QGemm without
+                            y_scale/y_zero_point: output dtype "f32")
   case.toml                 op, description, input dtypes/shapes, output dtype/shape
 
 Nothing here is random at run time: every case draws from its own numpy Generator seeded by the case name, so
@@ -26,7 +27,9 @@ accumulators computed exactly, then candidate requantization formulas) - see the
 QLinearConv with u8 activations and s8 weights: on x86-64 without AVX-512 VNNI/AVX-VNNI, onnxruntime's u8xs8
 GEMM uses VPMADDUBSW, which saturates the sum of two adjacent u8*s8 products to int16; its result is then not the
 exact convolution. Those cases therefore keep |w| <= 64 (or x <= 127) so that no pair can reach 32767, and the
-exactness check below fails loudly should any fixture still differ from the exact integer result.
+exactness check below fails loudly should any fixture still differ from the exact integer result. The same holds
+for com.microsoft QGemm with u8 A and s8 B (a full-range 576 x 100 head differs from the exact product); its s8 x s8
+cases are exact with full-range weights.
 """
 import os
 import shutil
@@ -45,6 +48,7 @@ OPSET, MS_OPSET, IR_VERSION = 21, 1, 10
 DT = {  # name: numpy dtype, onnx type, lo, hi
     "u8": (np.uint8, TensorProto.UINT8, 0, 255),
     "i8": (np.int8, TensorProto.INT8, -128, 127),
+    "f32": (np.float32, TensorProto.FLOAT, None, None),  # only as an output (QGemm without y_scale/y_zero_point)
 }
 F32 = np.float32
 
@@ -82,7 +86,7 @@ def make_model(node, inputs, out_name, out_dt, inits, ms=False):
 
 
 def dt_name(a):
-    return {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8"}[a.dtype]
+    return {np.dtype(np.uint8): "u8", np.dtype(np.int8): "i8", np.dtype(np.float32): "f32"}[a.dtype]
 
 
 def scalar(v, dtype, shape1=False):
@@ -646,6 +650,173 @@ def other_cases():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# com.microsoft QGemm (what onnxruntime's quantizer emits for Gemm / a classification head)
+# ----------------------------------------------------------------------------------------------------------------
+
+def qgemm_case(name, *, M=1, K=64, N=10, a="u8", transB=1, per_column=True, bias=True, out="q", regime=None,
+               adist="uniform", probe=False, ties=False, alpha=1.0):
+    """com.microsoft QGemm: A, a_scale, a_zero_point, B, b_scale, b_zero_point, [C], [y_scale, y_zero_point].
+    A [M, K] is the graph input; B (s8, zero point 0, [N, K] with transB=1 or [K, N] with transB=0), the scales,
+    zero points and the int32 bias C [N] are initializers; transA=0; alpha 1 (other values only in
+    probe_qgemm_alpha, not written). out: 'q' (y_scale/y_zero_point given: y has A's type) or 'f32' (neither
+    given: y is float32).
+    regime: None (= 'w7' for u8 A), 'w7' (|B| <= 64), 'x7' (A <= 127), as for QLinearConv (u8 x s8 on AVX2
+    without VNNI), or 'full' (full-range A and B: only in probe_qgemm_saturation, not written).
+    probe: the bias of each column is chosen so that its accumulator lands where candidate formulas disagree
+    (per column, the scales drawn until a pair of them does; per tensor, the draw telling the most pairs apart)."""
+    rng = rng_for(name)
+    adt, alo, ahi = DT[a][0], DT[a][2], DT[a][3]
+    if a == "u8" and regime is None:
+        regime = "w7"
+    # A
+    if a == "u8":
+        az = int(rng.integers(0, 40)) if adist == "relu" else int(rng.integers(96, 161))
+    else:
+        az = int(rng.integers(-128, -100)) if adist == "relu" else int(rng.integers(-24, 25))
+    amax = 127 if regime == "x7" else ahi
+    if adist == "relu":
+        v = np.abs(rng.normal(0, (amax - az) / 3, (M, K)))
+        v[rng.random(v.shape) < 0.4] = 0
+        av = np.clip(np.rint(v) + az, alo, amax).astype(adt)
+    else:
+        av = rng.integers(alo, amax + 1, (M, K)).astype(adt)
+    asc = F32(2.0 ** -6) if ties else F32(rng.uniform(0.01, 0.03))
+    # B (s8, symmetric), one row per output column
+    span = 64 if regime == "w7" else 127
+    bf = rng.normal(0, 1, (N, K))
+    bf /= np.abs(bf).max(1, keepdims=True) if per_column else np.abs(bf).max()
+    if per_column:
+        bf *= rng.uniform(0.6, 1.0, (N, 1))
+    bv = np.clip(np.rint(bf * span), -span, span).astype(np.int8)  # [N, K]
+    nq = N if per_column else 1
+    bsc = np.full(nq, 2.0 ** -7, F32) if ties else rng.uniform(0.002, 0.02, nq).astype(F32)
+    dot = (av.astype(np.int64) - az) @ bv.astype(np.int64).T  # [M, N], exact
+    cv = None
+    if bias:
+        cstd = max(float(dot.std()), 1.0)
+        cv = np.rint(rng.normal(0, 0.5 * cstd, N)).astype(np.int32)
+    acc = dot + (cv.astype(np.int64) if bias else 0)
+    ysc, yz, lo, hi = None, None, None, None
+    if out == "q":
+        lo, hi = alo, ahi
+        yz = int(rng.integers(100, 157)) if a == "u8" else int(rng.integers(-24, 25))
+        yf = acc * (alpha * float(asc) * np.broadcast_to(bsc, (N,)).astype(np.float64))
+        ys = max(np.quantile(yf, 0.995) / (hi - yz), np.quantile(yf, 0.005) / (lo - yz), 1e-6)
+        if ties:
+            ys = 2.0 ** np.round(np.log2(ys))
+        ysc = F32(ys)
+
+    if probe:  # M = 1: choose each column's bias so that its accumulator tells two candidate formulas apart
+        assert M == 1 and bias
+        form = (lambda acc_, a_, b_, y_: qgemm_formulas(acc_, a_, b_, y_, yz, lo, hi, alpha)) if out == "q" else \
+            (lambda acc_, a_, b_, y_: qgemm_f32_formulas(acc_, a_, b_, alpha))
+        names = list(form(acc[:, :1], asc, bsc[:1], ysc))
+        # (the bias one depends on C, not only on acc; exact ties need power-of-two scales)
+        pairs = [(0, j) for j in range(1, len(names)) if "bias" not in names[j] and ("away" not in names[j] or ties)
+]
+
+        def window(a_, b_, y_):  # accumulators to choose from
+            if out == "q":  # formulas can only disagree next to a rounding boundary k + 1/2 of an unsaturated output
+                s = alpha * float(a_) * float(b_) / float(y_)
+                k = np.arange(lo - yz - 1, hi - yz + 1) + 0.5
+                return np.unique((np.floor(k / s).astype(np.int64)[:, None] + np.arange(-2, 4)).ravel())
+            w1 = int(4 * max(float(np.abs(acc).max()), 1000.0))  # float output: almost anywhere
+            return np.unique(rng.integers(-w1, w1 + 1, 20000))
+
+        def disagree(W, a_, b_, y_):
+            f = list(form(W[:, None], a_, np.asarray([b_], F32), y_).values())
+            return [np.nonzero(f[i][:, 0] != f[j][:, 0])[0] for i, j in pairs]
+
+        if not per_column:  # draw the three scales, keep the draw telling the most pairs apart
+            best = None
+            for t in range(1 if ties else 3000):
+                a_ = asc if t == 0 or ties else F32(rng.uniform(0.01, 0.03))
+                b_ = bsc[0] if t == 0 or ties else F32(rng.uniform(0.002, 0.02))
+                # y_scale keeps the scale near the data's, varied so that the float32 scales differ
+                y_ = ysc if (t == 0 or ties or out != "q") else F32(
+                    float(ysc) * float(a_) * float(b_) / (float(asc) * float(bsc[0])) * rng.uniform(0.8, 1.25))
+                W = window(a_, b_, y_)
+                d = disagree(W, a_, b_, y_)
+                score = sum(len(x) > 0 for x in d)
+                if best is None or score > best[0]:
+                    best = (score, a_, b_, y_, W, d)
+                if score == len(pairs):
+                    break
+            _, asc, b0, ysc, W, d = best
+            bsc[:] = b0
+        targets = []
+        for c in range(N):
+            if per_column:
+                for _ in range(40):
+                    W = window(asc, bsc[c], ysc)
+                    d = disagree(W, asc, bsc[c], ysc)
+                    if len(d[c % len(pairs)]):
+                        break
+                    bsc[c] = F32(rng.uniform(0.002, 0.02))
+            k = c % len(pairs)
+            order = [(k + t) % len(pairs) for t in range(len(pairs))]
+            pick = next((d[o] for o in order if len(d[o])), None)
+            targets.append(int(W[rng.choice(pick)]) if pick is not None else int(rng.choice(W)))
+        cv = (np.asarray(targets, np.int64) - dot[0]).astype(np.int32)
+        acc = dot + cv.astype(np.int64)
+
+    b_init = bv if transB else np.ascontiguousarray(bv.T)
+    bzp = np.zeros(nq, np.int8) if per_column else scalar(0, np.int8)
+    inits = [("a_scale", scalar(asc, F32)), ("a_zero_point", scalar(az, adt)), ("b", b_init),
+             ("b_scale", bsc if per_column else scalar(bsc[0], F32)), ("b_zero_point", bzp)]
+    names = ["a", "a_scale", "a_zero_point", "b", "b_scale", "b_zero_point"]
+    if bias:
+        inits.append(("C", cv))
+        names.append("C")
+    if out == "q":
+        if not bias:
+            names.append("")
+        inits += [("y_scale", scalar(ysc, F32)), ("y_zero_point", scalar(yz, adt))]
+        names += ["y_scale", "y_zero_point"]
+    node = helper.make_node("QGemm", names, ["y"], domain="com.microsoft", transA=0, transB=transB, alpha=alpha)
+    model = make_model(node, [("a", av)], "y", a if out == "q" else "f32", inits, ms=True)
+    an = "s8" if a == "i8" else "u8"
+    desc = (f"A {an}[{M}, {K}] x B s8 initializer {list(b_init.shape)} transB={transB} N {N} "
+            f"{'per-column' if per_column else 'per-tensor'} b_scale b_zp 0 "
+            + (f"bias int32[{N}]" if bias else "no bias") + f" alpha {alpha:g} "
+            + (f"y {an} (y_scale, y_zero_point)" if out == "q" else "y f32 (no y_scale/y_zero_point)")
+            + (f" regime {regime}" if regime and regime != "full" else "") + (" A:relu-like" if adist == "relu" else "")
+            + (" power-of-two scales (ties)" if ties else "")
+            + (" bias per column chosen so that candidate formulas disagree" if probe else ""))
+    ref = dict(kind="qgemm" if out == "q" else "qgemm_f32", acc=acc, bias=cv, asc=asc, bsc=bsc.astype(F32),
+               ysc=ysc, yz=yz, lo=lo, hi=hi, alpha=alpha)
+    return dict(name=name, op="QGemm", description=desc, model=model, inputs=[av], ref=ref)
+
+
+def qgemm_cases():
+    C = []
+    a = C.append
+    # quantized output (y_scale, y_zero_point): what onnxruntime's quantizer emits for a classification head
+    a(qgemm_case("qgemm_u8s8_1x576_n100_pc", K=576, N=100))
+    a(qgemm_case("qgemm_u8s8_1x64_n1000_pc", K=64, N=1000))
+    a(qgemm_case("qgemm_u8s8_1x64_n10_pt", K=64, N=10, per_column=False))
+    a(qgemm_case("qgemm_u8s8_2x256_n37_pc", M=2, K=256, N=37))
+    a(qgemm_case("qgemm_u8s8_1x96_n24_pc_transb0", K=96, N=24, transB=0))
+    a(qgemm_case("qgemm_u8s8_1x160_n40_pt_transb0_nobias", K=160, N=40, transB=0, per_column=False, bias=False))
+    a(qgemm_case("qgemm_u8s8_1x200_n64_pc_x7", K=200, N=64, regime="x7"))
+    a(qgemm_case("qgemm_u8s8_1x128_n50_pc_relu", K=128, N=50, adist="relu"))
+    a(qgemm_case("qgemm_s8s8_1x128_n40_pc", K=128, N=40, a="i8"))
+    a(qgemm_case("qgemm_s8s8_2x96_n30_pt", M=2, K=96, N=30, a="i8", per_column=False))
+    # float output (no y_scale / y_zero_point)
+    a(qgemm_case("qgemm_u8s8_1x320_n50_pc_f32", K=320, N=50, out="f32"))
+    a(qgemm_case("qgemm_u8s8_1x64_n10_pt_f32", K=64, N=10, per_column=False, out="f32"))
+    a(qgemm_case("qgemm_u8s8_2x128_n20_pc_f32_transb0", M=2, K=128, N=20, transB=0, out="f32"))
+    a(qgemm_case("qgemm_s8s8_1x96_n30_pc_f32", K=96, N=30, a="i8", out="f32"))
+    # rounding: biases chosen so that each column's accumulator tells candidate formulas apart; ties
+    a(qgemm_case("qgemm_probe_u8s8_1x64_n256_pc", K=64, N=256, probe=True))
+    a(qgemm_case("qgemm_probe_u8s8_1x64_n128_pt", K=64, N=128, per_column=False, probe=True))
+    a(qgemm_case("qgemm_probe_s8s8_1x64_n128_pc", K=64, N=128, a="i8", probe=True))
+    a(qgemm_case("qgemm_probe_u8s8_1x64_n128_pc_f32", K=64, N=128, out="f32", probe=True))
+    a(qgemm_case("qgemm_ties_u8s8_1x64_n64_pt", K=64, N=64, per_column=False, ties=True, probe=True))
+    return C
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # numpy re-implementations: candidate requantization formulas, to say which one onnxruntime follows
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -744,6 +915,64 @@ def gap_formulas(acc, xs, ys, n, yz, lo, hi):
     }
 
 
+def qgemm_formulas(acc, asc, bsc, ysc, yz, lo, hi, alpha=1.0, bias=None):
+    """QGemm with y_scale/y_zero_point: acc [.., N] = exact integer sum + bias; bsc per column ([N]) or [1]."""
+    bs = np.asarray(bsc, F32)
+    al = F32(alpha)
+    s32 = ((F32(al * asc) * bs).astype(F32) / ysc).astype(F32)
+    prod32 = (acc.astype(F32) * s32).astype(F32)
+    s64 = np.float64(al) * np.float64(asc) * bs.astype(np.float64) / np.float64(ysc)
+    C = {
+        "u8/s8 out: rne(f32(acc) * f32(f32(f32(alpha*as)*bs)/ys)) + yz": sat(rne(prod32) + yz, lo, hi),
+        "u8/s8 out, f64: rne(acc * (alpha*as*bs/ys)) + yz": sat(rne(acc * s64) + yz, lo, hi),
+        "u8/s8 out, scale rounded once: f32(acc) * f32(alpha*as*bs/ys)": sat(
+            rne((acc.astype(F32) * s64.astype(F32)).astype(F32)) + yz, lo, hi),
+        "u8/s8 out, scale as f32(as*f32(bs/ys))": sat(
+            rne((acc.astype(F32) * (F32(al * asc) * (bs / ysc).astype(F32)).astype(F32)).astype(F32)) + yz, lo, hi),
+        "u8/s8 out, f64 multiply by the f32 scale": sat(rne(acc * s32.astype(np.float64)) + yz, lo, hi),
+        "u8/s8 out, f32, ties away from zero": sat(half_away(prod32) + yz, lo, hi),
+    }
+    if alpha != 1.0:  # where alpha goes (they coincide for alpha = 1)
+        s_last = ((((F32(asc) * bs).astype(F32) / ysc).astype(F32)) * al).astype(F32)
+        s_onb = ((F32(asc) * (al * bs).astype(F32)).astype(F32) / ysc).astype(F32)
+        s_noal = (((F32(asc) * bs).astype(F32) / ysc).astype(F32))
+        C["u8/s8 out, alpha last in the scale: f32(f32(f32(as*bs)/ys)*alpha)"] = sat(
+            rne((acc.astype(F32) * s_last).astype(F32)) + yz, lo, hi)
+        C["u8/s8 out, alpha on b: f32(f32(as*f32(alpha*bs))/ys)"] = sat(
+            rne((acc.astype(F32) * s_onb).astype(F32)) + yz, lo, hi)
+        C["u8/s8 out, alpha after the product: f32(f32(f32(acc)*f32(f32(as*bs)/ys))*alpha)"] = sat(
+            rne(((acc.astype(F32) * s_noal).astype(F32) * al).astype(F32)) + yz, lo, hi)
+    if bias is not None:
+        Cb = np.asarray(bias, np.int64)
+        C["u8/s8 out, bias added in float: rne(f32(f32(acc-C)*s) + f32(f32(C)*s)) + yz"] = sat(rne(
+            ((acc - Cb).astype(F32) * s32).astype(F32) + (Cb.astype(F32) * s32).astype(F32)) + yz, lo, hi)
+    return C
+
+
+def qgemm_f32_formulas(acc, asc, bsc, alpha=1.0, bias=None):
+    """QGemm without y_scale/y_zero_point: float32 output."""
+    bs = np.asarray(bsc, F32)
+    al = F32(alpha)
+    s32 = (F32(al * asc) * bs).astype(F32)
+    C = {
+        "f32 out: f32(acc) * f32(f32(alpha*as)*bs)": (acc.astype(F32) * s32).astype(F32),
+        "f32 out, f64: f32(acc*alpha*as*bs)": (acc * (np.float64(al) * np.float64(asc) * bs.astype(np.float64))
+                                               ).astype(F32),
+        "f32 out, dequantize order: f32(f32(f32(acc)*as)*bs)": (
+            (acc.astype(F32) * F32(al * asc)).astype(F32) * bs).astype(F32),
+    }
+    if alpha != 1.0:  # where alpha goes (they coincide for alpha = 1)
+        C["f32 out, alpha on b: f32(acc) * f32(as*f32(alpha*bs))"] = (
+            acc.astype(F32) * (F32(asc) * (al * bs).astype(F32)).astype(F32)).astype(F32)
+        C["f32 out, alpha last: f32(f32(f32(acc)*f32(as*bs))*alpha)"] = (
+            (acc.astype(F32) * (F32(asc) * bs).astype(F32)).astype(F32) * al).astype(F32)
+    if bias is not None:
+        Cb = np.asarray(bias, np.int64)
+        C["f32 out, bias added in float: f32(f32(acc-C)*s) + f32(f32(C)*s)"] = (
+            ((acc - Cb).astype(F32) * s32).astype(F32) + (Cb.astype(F32) * s32).astype(F32)).astype(F32)
+    return C
+
+
 def best_row(C, first=None):
     """Formulas evaluated with one draw of parameters per row: the row telling the most formula pairs apart (then
     with the most disagreeing elements; rows telling apart the formulas numbered `first` come first), and that
@@ -782,6 +1011,11 @@ def candidates(ref):
                                    "sb" if ref["b"].size < ref["a"].size else "sa")
         f = add_formulas if k == "QLinearAdd" else mul_formulas
         C.update(f(A, B, ref["az"], ref["bz"], ref["asc"], ref["bsc"], ref["csc"], ref["cz"], lo, hi, path))
+    elif k == "qgemm":
+        C.update(qgemm_formulas(ref["acc"], ref["asc"], ref["bsc"], ref["ysc"], ref["yz"], lo, hi, ref["alpha"],
+                                ref["bias"]))
+    elif k == "qgemm_f32":
+        C.update(qgemm_f32_formulas(ref["acc"], ref["asc"], ref["bsc"], ref["alpha"], ref["bias"]))
     elif k == "concat":
         outs32, outs64 = [], []
         for x, (s, z) in zip(ref["xs"], ref["params"]):
@@ -884,7 +1118,7 @@ def read_case(d):
     import tomllib
     with open(os.path.join(d, "case.toml"), "rb") as f:
         meta = tomllib.load(f)
-    npd = {"u8": np.uint8, "i8": np.int8}
+    npd = {"u8": np.uint8, "i8": np.int8, "f32": np.float32}
     ins = []
     for i, spec in enumerate(meta["inputs"]):
         raw = np.fromfile(os.path.join(d, f"input{i}.bin"), dtype=npd[spec["dtype"]])
@@ -926,6 +1160,8 @@ EXACT = {  # the formula each op's fixtures must follow exactly (what onnxruntim
     "gap": "rne(f32(acc) * f32(xs/(ys*n))) + yz",
     "QLinearSigmoid": "table: rne(f32(Eigen rational, FMA(dq)/ys)) + yz",
     "QLinearLeakyRelu": "table: rne(f32(f(dq)/ys)) + yz, f32",
+    "qgemm": "u8/s8 out: rne(f32(acc) * f32(f32(f32(alpha*as)*bs)/ys)) + yz",
+    "qgemm_f32": "f32 out: f32(acc) * f32(f32(alpha*as)*bs)",
 }
 
 
@@ -947,6 +1183,68 @@ def probe_conv_types():
                 except Exception as e:
                     out.append((x, w, y, str(e).strip().splitlines()[0]))
     return out
+
+
+def probe_qgemm_types():
+    """Which (A, B, y) element types onnxruntime's QGemm runs (y f32: no y_scale/y_zero_point)."""
+    out = []
+    for a in ("u8", "i8"):
+        for b in ("u8", "i8"):
+            for y in ("u8", "i8", "f32"):
+                inits = [("a_scale", f32(0.02)), ("a_zero_point", scalar(0, DT[a][0])),
+                         ("b", np.ones((3, 4), DT[b][0])), ("b_scale", f32(0.01)),
+                         ("b_zero_point", scalar(0, DT[b][0]))]
+                names = ["a"] + [n for n, _ in inits]
+                if y != "f32":
+                    inits += [("y_scale", f32(0.1)), ("y_zero_point", scalar(0, DT[y][0]))]
+                    names += ["", "y_scale", "y_zero_point"]
+                node = helper.make_node("QGemm", names, ["y"], domain="com.microsoft", transB=1)
+                av = np.ones((1, 4), DT[a][0])
+                try:
+                    session(make_model(node, [("a", av)], "y", y, inits, ms=True).SerializeToString()).run(
+                        None, {"a": av})
+                    out.append((a, b, y, None))
+                except Exception as e:
+                    out.append((a, b, y, str(e).strip().splitlines()[0]))
+    return out
+
+
+QGEMM_ALPHAS = (0.7, 1.3, 0.37)
+
+
+def probe_qgemm_alpha():
+    """QGemm with alpha != 1 (not written as fixtures): per-column u8 x s8 probe cases, u8 and f32 output, run in
+    memory. Returns [(case name, {formula: elements differing})]; the EXACT formula must give 0."""
+    res = []
+    for alpha in QGEMM_ALPHAS:
+        for out in ("q", "f32"):
+            c = qgemm_case(f"qgemm_alpha{alpha:g}_probe_u8s8_1x64_n128_pc_{out}", K=64, N=128, out=out, probe=True,
+                           alpha=alpha)
+            y = session(c["model"].SerializeToString()).run(None, {"a": c["inputs"][0]})[0]
+            d = {}
+            for formula, v in candidates(c["ref"]).items():
+                if y.dtype == F32:
+                    d[formula] = int((np.ascontiguousarray(v, F32).view(np.int32) != y.view(np.int32)).sum())
+                else:
+                    d[formula] = int((v != y.astype(np.int64)).sum())
+            res.append((c["name"], c["ref"]["kind"], d))
+    return res
+
+
+def probe_qgemm_saturation():
+    """u8 x s8 QGemm with full-range A and B (not written): [(name, kind, elements differing from the EXACT formula
+    on the exact integer product, elements)], to show why the u8 x s8 fixtures keep |B| <= 64 (or A <= 127)."""
+    res = []
+    for a, out in (("u8", "q"), ("u8", "f32"), ("i8", "q"), ("i8", "f32")):
+        c = qgemm_case(f"qgemm_saturation_{a}_1x576_n100_pc_{out}", K=576, N=100, a=a, out=out, regime="full")
+        y = session(c["model"].SerializeToString()).run(None, {"a": c["inputs"][0]})[0]
+        v = candidates(c["ref"])[EXACT[c["ref"]["kind"]]]
+        if y.dtype == F32:
+            d = int((np.ascontiguousarray(v, F32).view(np.int32) != y.view(np.int32)).sum())
+        else:
+            d = int((v != y.astype(np.int64)).sum())
+        res.append((a, out, d, y.size))
+    return res
 
 
 def md(s):
@@ -976,7 +1274,8 @@ One directory per case:
   channels_last).
 - `output.bin`: onnxruntime's output (CPUExecutionProvider, 1 intra-op thread, ORT_DISABLE_ALL), raw bytes, C order.
 - `case.toml`: `op` (the node's op_type), `description`, `inputs = [ { dtype, shape }, ... ]`, `output = { dtype,
-  shape }`; dtype is `"u8"` or `"i8"`.
+  shape }`; dtype is `"u8"` or `"i8"`, and `"f32"` (float32, little-endian) for the output of the QGemm cases
+  without y_scale/y_zero_point (names ending in `_f32`).
 
 Inputs are seeded random (each case has its own generator, seeded by the CRC-32 of its name). Besides checking that
 onnxruntime reproduces every `output.bin` from the files on disk, the script checks every output against numpy:
@@ -994,9 +1293,14 @@ fixture differs from it.
 | QLinearGlobalAveragePool | com.microsoft | X, x_scale, x_zero_point, y_scale, y_zero_point | channels_last |
 | QLinearSigmoid | com.microsoft | X, X_scale, X_zero_point, Y_scale, Y_zero_point | - |
 | QLinearLeakyRelu | com.microsoft | X, X_scale, X_zero_point, Y_scale, Y_zero_point | alpha |
+| QGemm | com.microsoft | A, a_scale, a_zero_point, B, b_scale, b_zero_point, [C (int32)], [y_scale, y_zero_point] | transA (0), transB, alpha (1) |
 
 QLinearConv: w_scale and w_zero_point are per tensor (0-d or [1]) or per output channel ([co]); y has the type of x.
 QLinearAdd/QLinearMul broadcast numpy-style ([1,C,1,1] operands, a [1] operand, either side).
+QGemm: A [M, K] (M = 1 or 2) is the only graph input (input0.bin); B is an s8 initializer, [N, K] with transB=1
+(what onnxruntime's quantizer emits) or [K, N] with transB=0; b_scale and b_zero_point (always 0) are 0-d or per
+column ([N]); C is int32 [N] (one case has none: its input name is empty, ""); with y_scale and y_zero_point y has
+A's type, without them (the `_f32` cases: the node has 7 inputs, or 6 without C) y is float32. y is [M, N].
 
 ## QLinearConv and u8 x s8 on x86 (VPMADDUBSW)
 
@@ -1012,18 +1316,27 @@ the exact integer result, requantized as below; the Rust side must not emulate t
 """
 
 
-def write_readme(written, refused, stats, conv_types):
+def write_readme(written, refused, stats, conv_types, qgemm_types, qgemm_alpha, qgemm_sat):
     counts = {}
     for c in written:
         counts[c["op"]] = counts.get(c["op"], 0) + 1
     size = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(OUT) for f in fs)
     L = [README_HEAD]
+    (_, _, dq, nq), (_, _, df, nf) = qgemm_sat[0], qgemm_sat[1]
+    (_, _, sq, _), (_, _, sf, _) = qgemm_sat[2], qgemm_sat[3]
+    L.append(f"QGemm with u8 A and s8 B goes through the same GEMM and saturates the same way: a 1 x 576 by 576 x 100 "
+             f"head with full-range A and B (made in memory, not written) differs from the exact product in {dq} of "
+             f"{nq} u8 outputs and {df} of {nf} float outputs (the s8 x s8 equivalents: {sq} and {sf}). So the u8 x s8 "
+             "QGemm cases are regime w7 (one x7), the s8 x s8 ones use full-range weights. A real model's full-range "
+             "u8 x s8 head can therefore differ, on onnxruntime x86 without VNNI, from the exact result the fixtures "
+             "hold.\n\n")
     L.append("## Requantization (what matched bit for bit)\n\n"
              "Notation: f32(...) is a float32 result (every operation rounded to float32), fma a float32 fused "
              "multiply-add, rne round half to even (MLAS converts with cvtps2dq), sat the clamp to the output "
              "type. The table counts the cases whose output equals each candidate formula exactly; the first "
-             "formula of each op is the one every case follows (checked), the others are there to show the "
-             "cases tell them apart (the `probe` and `ties` cases are built so that they do).\n\n")
+             "formula of each op (for QGemm: of each output kind, u8/s8 out and f32 out) is the one every case "
+             "follows (checked), the others are there to show the cases tell them apart (the `probe` and `ties` "
+             "cases are built so that they do).\n\n")
     L.append("| op | cases equal | elements differing | formula |\n|---|---|---|---|\n")
     for (op, formula), (ok, n, diff) in stats.items():
         L.append(f"| {op} | {ok}/{n} | {diff} | {md(formula)} |\n")
@@ -1051,31 +1364,54 @@ In words (float32 throughout, rne = round half to even, then saturate to the out
   of beta_10..beta_0, f = max(p/q + 0.5, 0)); y = sat(rne(f32(f / y_scale)) + yz). An exact sigmoid differs.
 - QLinearLeakyRelu: table; f = dq >= 0 ? dq : f32(alpha * dq) with alpha = f32(0.1); y = sat(rne(f32(f / y_scale))
   + yz).
+- QGemm (MlasGemm with an output processor; B prepacked): acc[m, n] = C[n] + sum_k (A[m, k] - a_zp) * B[k, n]
+  (b_zp = 0 here), exact int32 - the bias is added in the integer accumulator, not in float. alpha enters the scale
+  first: with y_scale/y_zero_point, scale[n] = f32(f32(f32(alpha * a_scale) * b_scale[n]) / y_scale)
+  (ComputeOutputScale: alpha_ * a_scale * b_scale[n], then /= y_scale; for alpha = 1 it is QLinearConv's scale) and
+  y = sat(rne(f32(f32(acc) * scale[n])) + y_zp) (MlasRequantizeOutput: clamp to [lo - zp, hi - zp] in float,
+  cvtps2dq, add zp: the same thing). Without them y is float32: y = f32(f32(acc) * f32(f32(alpha * a_scale) *
+  b_scale[n])) (MLAS_QGEMM_SCALE_BIAS_OUTPUT_PROCESSOR, ZeroMode, no float bias); f32(acc) rounds to nearest even
+  above 2^24. b_scale 0-d: the same scale for every n.
 
 These are onnxruntime's x86-64 AVX2/FMA3 paths. Other builds run other MLAS kernels (on ARM64, for one,
 QLinearAdd is done in fixed point: integer multipliers and a rounding right shift; the logistic uses the generic
 kernel), so onnxruntime on a board need not match these files bit for bit; the files are the reference.
 
 """)
+    L.append("QGemm with alpha != 1 (per-column u8 x s8 probe cases made in memory, not written; elements "
+             "differing from onnxruntime out of 128 per case):\n\n| case | formula | elements differing |\n"
+             "|---|---|---|\n")
+    for name, _, d in qgemm_alpha:
+        for formula, n in d.items():
+            L.append(f"| {name} | {md(formula)} | {n} |\n")
+    L.append("\n")
     L.append("## What onnxruntime 1.32 refused\n\n")
     L.append("QLinearConv element types (x, w, y) tried on a tiny model:\n\n")
     for x, w, y, err in conv_types:
         wn = "s8" if w == "i8" else "u8"
         L.append(f"- x {x}, w {wn}, y {y}: " + ("runs" if err is None else f"refused ({err})") + "\n")
+    L.append("\nQGemm element types (A, B, y; y f32 = no y_scale/y_zero_point) tried on a tiny model:\n\n")
+    for a, b, y, err in qgemm_types:
+        L.append(f"- A {a}, B {b}, y {y}: " + ("runs" if err is None else f"refused ({err})") + "\n")
     L.append("\nCases of the generator's list that onnxruntime refused (no fixture):\n\n")
     for name, op, desc, err in refused:
         L.append(f"- {name}: {op} {desc}: {err}\n")
     L.append("\nAccepted (and in the fixtures): per-channel weight zero points that differ between channels "
              "(u8 and s8 weights, GEMM and depthwise paths, exact), nonzero per-tensor s8 weight zero points, "
              "[1]-shaped QLinearConv parameters, a [1] operand to QLinearAdd/QLinearMul, s8 variants of every "
-             "Microsoft op, QLinearGlobalAveragePool with channels_last=1.\n\n")
+             "Microsoft op, QLinearGlobalAveragePool with channels_last=1; QGemm with an initializer B (transB 1 and "
+             "0), per-column and per-tensor b_scale, no C, float output (no y_scale/y_zero_point), s8 A (with s8 B "
+             "only), M = 2.\n\n")
     L.append(f"## Cases ({len(written)}; {size} bytes of case files)\n\n")
     for op, n in sorted(counts.items()):
         L.append(f"- {op}: {n}\n")
     L.append("\nNames: conv = groups 1 (or grouped: g2, g3, g4), dw = depthwise (group = ci = co), dwm2 = depthwise "
              "with channel multiplier 2, real = realistic sizes; u8s8 = x u8 / w s8 / y u8, s8s8, u8u8; pc / pt = "
              "per-channel / per-tensor weight quantization; probe = parameters chosen where candidate rounding "
-             "formulas disagree; ties = power-of-two scales, many exact .5 cases.\n\n")
+             "formulas disagree; ties = power-of-two scales, many exact .5 cases. qgemm_<A><B>_<M>x<K>_n<N>: "
+             "QGemm, A [M, K], N output columns; f32 = float output, transb0 = B given as [K, N], nobias = no C; "
+             "the QGemm probe/ties cases choose each column's bias so that its accumulator lands where candidate "
+             "formulas disagree.\n\n")
     L.append("| case | op | description |\n|---|---|---|\n")
     for c in written:
         L.append(f"| {c['name']} | {c['op']} | {md(c['description'])} |\n")
@@ -1090,14 +1426,14 @@ def main(argv):
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
-    cases = conv_cases() + other_cases()
+    cases = conv_cases() + other_cases() + qgemm_cases()
     names = [c["name"] for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     stats = {}  # (op, formula) -> [cases matching, cases, elements differing]
     failures, refused, written = [], [], []
     for c in cases:
         try:
-            y = write_case(c, OUT).astype(np.int64)
+            y = write_case(c, OUT)
         except Exception as e:  # onnxruntime refused the model: no fixture, listed in the README
             refused.append((c["name"], c["op"], c["description"], str(e).strip().splitlines()[0]))
             continue
@@ -1105,7 +1441,10 @@ def main(argv):
         for formula, v in candidates(c["ref"]).items():
             v = np.broadcast_to(v, y.shape) if v.shape != y.shape else v
             st = stats.setdefault((c["op"], formula), [0, 0, 0])
-            diff = int((v != y).sum())
+            if y.dtype == F32:  # float output: bit for bit
+                diff = int((np.ascontiguousarray(v, F32).view(np.int32) != y.view(np.int32)).sum())
+            else:
+                diff = int((v != y.astype(np.int64)).sum())
             st[0] += diff == 0
             st[1] += 1
             st[2] += diff
@@ -1121,7 +1460,19 @@ def main(argv):
     conv_types = probe_conv_types()
     for x, w, y, err in conv_types:
         print(f"QLinearConv x {x} w {w} y {y}: {'runs' if err is None else 'refused: ' + err}")
-    write_readme(written, refused, stats, conv_types)
+    qgemm_types = probe_qgemm_types()
+    for a, b, y, err in qgemm_types:
+        print(f"QGemm A {a} B {b} y {y}: {'runs' if err is None else 'refused: ' + err}")
+    qgemm_alpha = probe_qgemm_alpha()
+    for name, kind, d in qgemm_alpha:
+        for formula, n in d.items():
+            print(f"alpha: {name:45s} diff {n:4d}  {formula}")
+        if d[EXACT[kind]]:
+            failures.append(f"{name}: {d[EXACT[kind]]} elements differ from {EXACT[kind]}")
+    qgemm_sat = probe_qgemm_saturation()
+    for a, out, d, n in qgemm_sat:
+        print(f"QGemm full-range A {a} x B s8, y {out}: {d} of {n} differ from the exact product")
+    write_readme(written, refused, stats, conv_types, qgemm_types, qgemm_alpha, qgemm_sat)
     check(OUT)
     if failures:
         sys.exit("exactness: " + "; ".join(failures))

@@ -29,6 +29,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::geometry::Geometry;
+use super::pairs;
 use super::requant;
 use super::{ConvParts, Int8Error, QuantParams};
 
@@ -45,9 +46,34 @@ pub(crate) const PARALLEL_MIN_MACS: usize = 2_000_000;
 /// The int8 matmul kernel chosen for one conv, and how its B operand is laid out.
 #[derive(Debug, Clone)]
 pub(crate) struct Kernel {
-    pub mmm: Box<dyn MatMatMul>,
-    pub packing: usize,
+    imp: Imp,
     layout: BLayout,
+}
+
+/// Whose micro-kernel: one of tract-linalg's (with the packing to use), or bedside's AVX2
+/// pair kernel ([`super::pairs`]).
+#[derive(Debug, Clone)]
+enum Imp {
+    Tract {
+        mmm: Box<dyn MatMatMul>,
+        packing: usize,
+    },
+    Pairs,
+}
+
+impl Imp {
+    fn name(&self) -> &str {
+        match self {
+            Imp::Tract { mmm, .. } => mmm.name(),
+            Imp::Pairs => pairs::NAME,
+        }
+    }
+}
+
+/// Weights of one group, packed for the kernel.
+enum PackedWeights {
+    Tract(Box<dyn MMMInputValue>),
+    Pairs(pairs::PackedA),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +90,8 @@ enum BLayout {
         panel: usize,
         align: usize,
     },
+    /// bedside's pair kernel: for each panel of 16 columns, pairs of k, 16 × 2 bytes.
+    K2 { panel: usize },
 }
 
 impl BLayout {
@@ -87,16 +115,20 @@ impl BLayout {
     fn r(self) -> usize {
         match self {
             BLayout::KOuter { r, .. } | BLayout::K4 { r, .. } => r,
+            BLayout::K2 { .. } => pairs::NR,
         }
     }
     fn panel(self) -> usize {
         match self {
-            BLayout::KOuter { panel, .. } | BLayout::K4 { panel, .. } => panel,
+            BLayout::KOuter { panel, .. } | BLayout::K4 { panel, .. } | BLayout::K2 { panel } => {
+                panel
+            }
         }
     }
     fn align(self) -> usize {
         match self {
             BLayout::KOuter { align, .. } | BLayout::K4 { align, .. } => align,
+            BLayout::K2 { .. } => 32,
         }
     }
 }
@@ -116,33 +148,66 @@ impl Kernel {
             Some(name) => name,
             None => fastest_kernel()?.to_string(),
         };
-        let (mmm, packing) = candidates()
+        let imp = choices()
             .into_iter()
-            .find(|(m, _)| m.name() == name)
+            .find(|i| i.name() == name)
             .ok_or_else(|| {
                 Int8Error::Unsupported(format!("int8 kernel {name} does not run on this CPU"))
             })?;
-        Kernel::with(mmm, packing, k)
+        Kernel::with(imp, k)
     }
 
-    fn with(mmm: Box<dyn MatMatMul>, packing: usize, k: usize) -> Result<Kernel, Int8Error> {
-        let b: &dyn MMMInputFormat = &*mmm.packings()[packing].1;
-        let layout = BLayout::of(b, k).ok_or_else(|| {
-            Int8Error::Unsupported(format!(
-                "kernel {} reads B as {b}, which bedside does not gather",
-                mmm.name()
-            ))
-        })?;
-        Ok(Kernel {
-            mmm,
-            packing,
-            layout,
-        })
+    fn with(imp: Imp, k: usize) -> Result<Kernel, Int8Error> {
+        let layout = match &imp {
+            Imp::Pairs => BLayout::K2 {
+                panel: pairs::panel_bytes(k),
+            },
+            Imp::Tract { mmm, packing } => {
+                let b: &dyn MMMInputFormat = &*mmm.packings()[*packing].1;
+                BLayout::of(b, k).ok_or_else(|| {
+                    Int8Error::Unsupported(format!(
+                        "kernel {} reads B as {b}, which bedside does not gather",
+                        mmm.name()
+                    ))
+                })?
+            }
+        };
+        Ok(Kernel { imp, layout })
     }
 
     pub fn name(&self) -> &str {
-        self.mmm.name()
+        self.imp.name()
     }
+
+    /// Packs one group's weights (`m × k`, s8) for this kernel.
+    fn pack(&self, w: &[i8], m: usize, k: usize) -> TractResult<PackedWeights> {
+        Ok(match &self.imp {
+            Imp::Pairs => PackedWeights::Pairs(pairs::PackedA::new(w, m, k)),
+            Imp::Tract { mmm, packing } => {
+                let t = Tensor::from_shape(&[m, k], w)?;
+                PackedWeights::Tract(mmm.packings()[*packing].0.prepare_one(&t, 1, 0)?)
+            }
+        })
+    }
+}
+
+/// Names of every int8 kernel this CPU runs that bedside can use.
+pub fn kernel_names() -> Vec<String> {
+    choices().iter().map(|i| i.name().to_string()).collect()
+}
+
+/// bedside's pair kernel where the CPU has AVX2, then tract-linalg's candidates.
+fn choices() -> Vec<Imp> {
+    let mut out = vec![];
+    if pairs::available() {
+        out.push(Imp::Pairs);
+    }
+    out.extend(
+        candidates()
+            .into_iter()
+            .map(|(mmm, packing)| Imp::Tract { mmm, packing }),
+    );
+    out
 }
 
 /// Every kernel this CPU runs that multiplies i8 by i8 into i32 with B in a layout bedside
@@ -193,15 +258,19 @@ fn fastest_kernel() -> Result<&'static str, Int8Error> {
     let pick = PICK.get_or_init(|| {
         let mut best: Option<(f64, String)> = None;
         let mut seen = vec![];
-        for (mmm, packing) in candidates() {
-            match time_kernel(&*mmm, packing) {
+        for imp in choices() {
+            let timed = match &imp {
+                Imp::Tract { mmm, packing } => time_kernel(&**mmm, *packing),
+                Imp::Pairs => time_pairs(),
+            };
+            match timed {
                 Ok(t) => {
-                    seen.push(format!("{} {:.3} ms", mmm.name(), t * 1e3));
+                    seen.push(format!("{} {:.3} ms", imp.name(), t * 1e3));
                     if best.as_ref().is_none_or(|(b, _)| t < *b) {
-                        best = Some((t, mmm.name().to_string()));
+                        best = Some((t, imp.name().to_string()));
                     }
                 }
-                Err(e) => seen.push(format!("{} failed: {e:#}", mmm.name())),
+                Err(e) => seen.push(format!("{} failed: {e:#}", imp.name())),
             }
         }
         let best = best
@@ -215,6 +284,23 @@ fn fastest_kernel() -> Result<&'static str, Int8Error> {
     });
     pick.as_deref()
         .map_err(|e| Int8Error::Unsupported(e.clone()))
+}
+
+fn time_pairs() -> TractResult<f64> {
+    let (m, k, n): (usize, usize, usize) = (64, 256, 256);
+    let a: Vec<i8> = (0..m * k).map(|i| (i % 251) as i8).collect();
+    let a = pairs::PackedA::new(&a, m, k);
+    let b: Vec<u8> = (0..n.div_ceil(pairs::NR) * pairs::panel_bytes(k))
+        .map(|i| (i % 241) as u8)
+        .collect();
+    let mut c = vec![0i32; m * n];
+    let mut best = f64::MAX;
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        pairs::matmul(&a, &b, n, &mut c, n);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }
 
 fn time_kernel(mmm: &dyn MatMatMul, packing: usize) -> TractResult<f64> {
@@ -247,16 +333,22 @@ fn time_kernel(mmm: &dyn MatMatMul, packing: usize) -> TractResult<f64> {
 
 /// One set of run buffers. Taken from the op's pool for a run and given back after.
 struct Scratch {
-    /// B for one chunk, in the kernel's layout (tract's own packed-input type, so the kernel
-    /// reads it as it reads tract's).
-    b: EagerPackedInput,
+    /// B for one chunk, in the kernel's layout: tract's own packed-input type for
+    /// tract-linalg's kernels (so they read it as they read tract's), plain bytes for
+    /// bedside's pair kernel.
+    b: BChunk,
     /// Up to four im2col rows of one chunk, before they are interleaved into B.
     rows: Vec<u8>,
     /// i32 result of one chunk, `[cog, chunk]`.
     c: Tensor,
     /// Σ over k of B's column (only when weight zero points are not all zero).
     colsum: Vec<i32>,
-    mm: Box<dyn ScratchSpace>,
+    mm: Option<Box<dyn ScratchSpace>>,
+}
+
+enum BChunk {
+    Tract(EagerPackedInput),
+    Pairs(Vec<u8>),
 }
 
 /// The op tract runs in place of a quantized `Conv`.
@@ -265,7 +357,7 @@ pub struct QConvGemm {
     pub(crate) geo: Geometry,
     kernel: Kernel,
     /// Weights per group, packed once in the kernel's A layout.
-    a: Arc<Vec<Box<dyn MMMInputValue>>>,
+    a: Arc<Vec<PackedWeights>>,
     q: Arc<QuantParams>,
     /// The s8-domain weight zero point per output channel, when any is non-zero.
     k0: Option<Arc<Vec<i32>>>,
@@ -336,13 +428,7 @@ impl QConvGemm {
                 k0s[o] = z;
                 bias[o] = bias[o] - x0s * sum + (k as i32) * z * x0s;
             }
-            let t = Tensor::from_shape(&[cog, k], &wg).map_err(tract)?;
-            a.push(
-                kernel.mmm.packings()[kernel.packing]
-                    .0
-                    .prepare_one(&t, 1, 0)
-                    .map_err(tract)?,
-            );
+            a.push(kernel.pack(&wg, cog, k).map_err(tract)?);
         }
         let r = kernel.layout.r();
         // Pixels per chunk: B (K bytes a pixel) and the i32 tile (4·cog bytes a pixel) both
@@ -375,35 +461,53 @@ impl QConvGemm {
     fn scratch(&self) -> TractResult<Scratch> {
         let layout = self.kernel.layout;
         let panels = self.chunk / layout.r();
-        let format: Box<dyn MMMInputFormat> =
-            self.kernel.mmm.packings()[self.kernel.packing].1.clone();
-        // Zeroed once: lanes past K (K4) and past the last column are never written and
-        // must stay finite for the kernel; they multiply A's zero padding.
-        let mut blob =
-            unsafe { Blob::new_for_size_and_align(panels * layout.panel(), layout.align()) };
-        blob.as_bytes_mut().fill(0);
-        let b = EagerPackedInput {
-            fact: PackedExoticFact {
-                format,
-                mn: self.chunk.to_dim(),
-                k: self.geo.k(),
-            },
-            packed: Arc::new(blob),
-            panel_bytes: layout.panel(),
-            mn: self.chunk,
+        let (b, mm) = match &self.kernel.imp {
+            Imp::Pairs => (BChunk::Pairs(vec![0; panels * layout.panel()]), None),
+            Imp::Tract { mmm, packing } => {
+                let format: Box<dyn MMMInputFormat> = mmm.packings()[*packing].1.clone();
+                // Zeroed once: lanes past K (K4) and past the last column are never written
+                // and must stay finite for the kernel; they multiply A's zero padding.
+                let mut blob = unsafe {
+                    Blob::new_for_size_and_align(panels * layout.panel(), layout.align())
+                };
+                blob.as_bytes_mut().fill(0);
+                let b = EagerPackedInput {
+                    fact: PackedExoticFact {
+                        format,
+                        mn: self.chunk.to_dim(),
+                        k: self.geo.k(),
+                    },
+                    packed: Arc::new(blob),
+                    panel_bytes: layout.panel(),
+                    mn: self.chunk,
+                };
+                (
+                    BChunk::Tract(b),
+                    Some(unsafe { mmm.allocate_scratch_space() }),
+                )
+            }
         };
         Ok(Scratch {
             b,
             rows: vec![0; 4 * self.chunk],
             c: Tensor::zero::<i32>(&[self.geo.cog(), self.chunk])?,
             colsum: vec![0; self.chunk],
-            mm: unsafe { self.kernel.mmm.allocate_scratch_space() },
+            mm,
         })
     }
 
     /// Writes chunk `p0 .. p0 + n` of group `g`'s im2col matrix into `s.b`.
     fn gather(&self, x: &[u8], p0: usize, n: usize, s: &mut Scratch) {
-        let blob = Arc::get_mut(&mut s.b.packed).expect("B is owned by this scratch");
+        let b: &mut [u8] = match &mut s.b {
+            BChunk::Tract(e) => {
+                e.mn = n;
+                e.fact.mn = n.to_dim();
+                Arc::get_mut(&mut e.packed)
+                    .expect("B is owned by this scratch")
+                    .as_bytes_mut()
+            }
+            BChunk::Pairs(v) => v,
+        };
         let colsum = self.k0.is_some().then_some(&mut s.colsum[..n]);
         let chunk = Chunk {
             p0,
@@ -418,11 +522,9 @@ impl QConvGemm {
             x,
             chunk,
             &mut s.rows,
-            blob.as_bytes_mut(),
+            b,
             colsum,
         );
-        s.b.mn = n;
-        s.b.fact.mn = n.to_dim();
     }
 
     /// Work items: one chunk of output pixels of one group of one image.
@@ -442,10 +544,11 @@ impl QConvGemm {
         let geo = &self.geo;
         let (cog, opl) = (geo.cog(), geo.out_plane());
         let chunks = opl.div_ceil(self.chunk);
-        let c_spec = unsafe {
-            self.kernel
-                .mmm
-                .c_from_data_and_strides(4, self.chunk as isize, 1)
+        let c_spec = match &self.kernel.imp {
+            Imp::Tract { mmm, .. } => {
+                Some(unsafe { mmm.c_from_data_and_strides(4, self.chunk as isize, 1) })
+            }
+            Imp::Pairs => None,
         };
         for item in range {
             let (bg, chunk_ix) = (item / chunks, item % chunks);
@@ -455,20 +558,31 @@ impl QConvGemm {
             let p0 = chunk_ix * self.chunk;
             let n = self.chunk.min(opl - p0);
             self.gather(xg, p0, n, s);
-            let store = unsafe { c_spec.wrap(&s.c.view()) };
-            let specs = [
-                FusedSpec::AddMatMul {
-                    a: AsInputValue::Borrowed(&*self.a[g]),
-                    b: AsInputValue::Borrowed(&s.b),
-                    packing: self.kernel.packing,
-                },
-                FusedSpec::Store(store),
-            ];
-            unsafe {
-                self.kernel
-                    .mmm
-                    .run_with_scratch_space(cog, n, &mut *s.mm, &specs)?
-            };
+            match (&self.kernel.imp, &self.a[g], &s.b, &mut s.mm) {
+                (
+                    Imp::Tract { mmm, packing },
+                    PackedWeights::Tract(a),
+                    BChunk::Tract(b),
+                    Some(mm),
+                ) => {
+                    let c_spec = c_spec.context("tract kernel without an output spec")?;
+                    let store = unsafe { c_spec.wrap(&s.c.view()) };
+                    let specs = [
+                        FusedSpec::AddMatMul {
+                            a: AsInputValue::Borrowed(&**a),
+                            b: AsInputValue::Borrowed(b),
+                            packing: *packing,
+                        },
+                        FusedSpec::Store(store),
+                    ];
+                    unsafe { mmm.run_with_scratch_space(cog, n, &mut **mm, &specs)? };
+                }
+                (Imp::Pairs, PackedWeights::Pairs(a), BChunk::Pairs(b), _) => {
+                    let c = unsafe { s.c.as_slice_mut_unchecked::<i32>() };
+                    pairs::matmul(a, b, n, c, self.chunk);
+                }
+                _ => bail!("int8 conv: weights, B and kernel disagree"),
+            }
             let c = unsafe { s.c.as_slice_unchecked::<i32>() };
             for o in 0..cog {
                 let oc = g * cog + o;
@@ -609,6 +723,33 @@ fn gather_chunk(
                 }
             }
         }
+        BLayout::K2 { .. } => {
+            for kb in 0..k.div_ceil(2) {
+                let lanes = (k - kb * 2).min(2);
+                for t in 0..lanes {
+                    let (ch, ky, kx) = tap(kb * 2 + t);
+                    let row = &mut rows[t * c.stride..t * c.stride + n];
+                    geo.gather_row(&x[ch * plane..(ch + 1) * plane], ky, kx, c.p0, row, c.pad);
+                    if let Some(sums) = colsum.as_deref_mut() {
+                        add_col_sums(sums, row, flip);
+                    }
+                }
+                // The second lane of an odd K's last pair stays zero, as allocated.
+                let row = |t: usize| &rows[t * c.stride..t * c.stride + n];
+                for j in 0..n.div_ceil(r) {
+                    let cols = (n - j * r).min(r);
+                    let dst = &mut b[j * panel + kb * 2 * r..j * panel + kb * 2 * r + 2 * cols];
+                    let src = j * r..j * r + cols;
+                    if lanes == 2 {
+                        interleave2(dst, &row(0)[src.clone()], &row(1)[src], flip);
+                    } else {
+                        for (d, &v) in dst.chunks_exact_mut(2).zip(&row(0)[src]) {
+                            d[0] = v ^ flip;
+                        }
+                    }
+                }
+            }
+        }
         BLayout::K4 { .. } => {
             for kb in 0..k.div_ceil(4) {
                 let lanes = (k - kb * 4).min(4);
@@ -659,6 +800,27 @@ fn xor_copy(dst: &mut [u8], src: &[u8], flip: u8) {
 fn add_col_sums(sums: &mut [i32], row: &[u8], flip: u8) {
     for (s, &v) in sums.iter_mut().zip(row) {
         *s += (v ^ flip) as i8 as i32;
+    }
+}
+
+/// `dst[2c + t] = rows[t][c] ^ flip`: two im2col rows into the K2 pair layout. Whole
+/// panels of 16 columns go through fixed-size arrays, which LLVM turns into byte unpacks.
+#[inline]
+fn interleave2(dst: &mut [u8], r0: &[u8], r1: &[u8], flip: u8) {
+    if let (Ok(d), Ok(a), Ok(b)) = (
+        <&mut [u8; 32]>::try_from(&mut *dst),
+        <&[u8; 16]>::try_from(r0),
+        <&[u8; 16]>::try_from(r1),
+    ) {
+        for c in 0..16 {
+            d[2 * c] = a[c] ^ flip;
+            d[2 * c + 1] = b[c] ^ flip;
+        }
+        return;
+    }
+    for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(r0).zip(r1) {
+        d[0] = a ^ flip;
+        d[1] = b ^ flip;
     }
 }
 
@@ -834,7 +996,7 @@ mod tests {
                 // never multiplied): compare the k rows of each panel.
                 let used = match layout {
                     BLayout::KOuter { .. } => k * r,
-                    BLayout::K4 { .. } => layout.panel(),
+                    BLayout::K4 { .. } | BLayout::K2 { .. } => layout.panel(),
                 };
                 for (j, (got, want)) in b
                     .chunks(layout.panel())
@@ -853,6 +1015,65 @@ mod tests {
                 }
                 p0 += n;
             }
+        }
+    }
+
+    /// bedside's own K2 layout (pairs of k per column) against the same naive im2col.
+    #[test]
+    fn gathered_pairs_match_the_naive_im2col() {
+        let geo = Geometry {
+            batch: 1,
+            ci: 3,
+            h: 9,
+            w: 11,
+            co: 4,
+            groups: 1,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 2,
+            dh: 2,
+            dw: 1,
+            pt: 2,
+            pl: 1,
+            oh: 5,
+            ow: 6,
+        };
+        let x: Vec<u8> = (0..geo.ci * geo.in_plane())
+            .map(|i| (i * 29 % 256) as u8)
+            .collect();
+        let (pad, flip) = (200u8, 0x80u8);
+        let k = geo.k();
+        let im2col = naive_im2col(&geo, &x, pad, flip);
+        let layout = BLayout::K2 {
+            panel: pairs::panel_bytes(k),
+        };
+        let chunk = 2 * pairs::NR;
+        let mut p0 = 0;
+        while p0 < geo.out_plane() {
+            let n = chunk.min(geo.out_plane() - p0);
+            let mut b = vec![0u8; n.div_ceil(pairs::NR) * layout.panel()];
+            let mut rows = vec![0u8; 4 * chunk];
+            let c = Chunk {
+                p0,
+                n,
+                pad,
+                flip,
+                stride: chunk,
+            };
+            gather_chunk(&geo, layout, &x, c, &mut rows, &mut b, None);
+            for kk in 0..k {
+                for col in 0..n {
+                    let (j, cc) = (col / pairs::NR, col % pairs::NR);
+                    let got = b[j * layout.panel() + (kk / 2) * 2 * pairs::NR + cc * 2 + kk % 2];
+                    assert_eq!(
+                        got as i8,
+                        im2col[kk * geo.out_plane() + p0 + col],
+                        "k {kk} col {col}"
+                    );
+                }
+            }
+            p0 += n;
         }
     }
 }

@@ -67,13 +67,12 @@ impl Geometry {
         pad: u8,
     ) {
         let (w, h) = (self.w as isize, self.h as isize);
-        let mut p = p0;
-        let end = p0 + row.len();
+        let total = row.len();
+        // One division per call; the run then walks output rows.
+        let (mut oy, mut ox0) = (p0 / self.ow, p0 % self.ow);
         let mut off = 0;
-        while p < end {
-            let oy = p / self.ow;
-            let ox0 = p % self.ow;
-            let len = (self.ow - ox0).min(end - p);
+        while off < total {
+            let len = (self.ow - ox0).min(total - off);
             let dst = &mut row[off..off + len];
             let iy = (oy * self.sh + ky * self.dh) as isize - self.pt as isize;
             if iy < 0 || iy >= h {
@@ -81,33 +80,38 @@ impl Geometry {
             } else {
                 let src = &plane[iy as usize * self.w..(iy as usize + 1) * self.w];
                 let ix0 = (ox0 * self.sw + kx * self.dw) as isize - self.pl as isize;
-                let s = self.sw as isize;
+                let n = len as isize;
                 // Output columns j whose tap lands inside: 0 <= ix0 + j*s < w.
-                let j0 = if ix0 >= 0 { 0 } else { (-ix0 + s - 1) / s }.min(len as isize);
-                let j1 = if ix0 >= w { 0 } else { (w - ix0 + s - 1) / s }.clamp(j0, len as isize);
+                let (j0, j1) = if self.sw == 1 {
+                    let j0 = (-ix0).clamp(0, n);
+                    (j0, (w - ix0).clamp(j0, n))
+                } else {
+                    let s = self.sw as isize;
+                    let j0 = if ix0 >= 0 { 0 } else { (-ix0 + s - 1) / s }.min(n);
+                    let j1 = if ix0 >= w { 0 } else { (w - ix0 + s - 1) / s };
+                    (j0, j1.clamp(j0, n))
+                };
                 let (j0, j1) = (j0 as usize, j1 as usize);
                 dst[..j0].fill(pad);
                 dst[j1..].fill(pad);
-                if j1 == j0 {
-                    // Every tap of this run falls in the padding.
-                    p += len;
-                    off += len;
-                    continue;
-                }
-                let first = (ix0 + (j0 as isize) * s) as usize;
-                if self.sw == 1 {
-                    dst[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);
-                } else {
-                    for (d, x) in dst[j0..j1]
-                        .iter_mut()
-                        .zip(src[first..].iter().step_by(self.sw))
-                    {
-                        *d = *x;
+                // j1 == j0: every tap of this run falls in the padding.
+                if j1 > j0 {
+                    let first = (ix0 + j0 as isize * self.sw as isize) as usize;
+                    if self.sw == 1 {
+                        dst[j0..j1].copy_from_slice(&src[first..first + (j1 - j0)]);
+                    } else {
+                        for (d, x) in dst[j0..j1]
+                            .iter_mut()
+                            .zip(src[first..].iter().step_by(self.sw))
+                        {
+                            *d = *x;
+                        }
                     }
                 }
             }
-            p += len;
             off += len;
+            oy += 1;
+            ox0 = 0;
         }
     }
 }

@@ -26,6 +26,7 @@
 pub mod conv;
 pub mod depthwise;
 pub mod geometry;
+pub mod pairs;
 pub mod parity;
 pub mod qlinear;
 pub mod requant;
@@ -36,7 +37,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-pub use conv::{candidates as kernel_candidates, force_kernel};
+pub use conv::{force_kernel, kernel_names};
 use geometry::Geometry;
 use requant::OutRange;
 

@@ -43,7 +43,8 @@ pub struct CaseReport {
     pub case: String,
     pub op: String,
     pub description: String,
-    /// Largest difference from onnxruntime, in output steps.
+    /// Largest difference from onnxruntime, in output steps (units in the last place for
+    /// f32 outputs), capped at 255.
     pub max_diff: u8,
     /// How many output values differ at all.
     pub differing: usize,
@@ -138,17 +139,31 @@ pub fn check_case(dir: &Path) -> Result<CaseReport, ParityError> {
             case.output.shape
         )));
     }
-    let signed = case.output.dtype == "i8";
-    let as_int = |b: u8| if signed { b as i8 as i32 } else { b as i32 };
-    let diffs = got
-        .as_bytes()
-        .iter()
-        .zip(&want)
-        .map(|(&a, &b)| (as_int(a) - as_int(b)).unsigned_abs());
-    let (mut max_diff, mut differing) = (0u32, 0);
-    for d in diffs {
-        max_diff = max_diff.max(d);
-        differing += (d > 0) as usize;
+    // u8/i8 outputs differ in steps of the type; f32 outputs (QGemm without an output
+    // scale) must have the same bits, and a difference counts in units in the last place.
+    let (mut max_diff, mut differing) = (0u64, 0);
+    if case.output.dtype == "f32" {
+        for (a, b) in got.as_bytes().chunks_exact(4).zip(want.chunks_exact(4)) {
+            let ulp = |x: &[u8]| {
+                let i = i32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+                if i < 0 {
+                    i64::from(i32::MIN) - i64::from(i)
+                } else {
+                    i64::from(i)
+                }
+            };
+            let d = ulp(a).abs_diff(ulp(b));
+            max_diff = max_diff.max(d);
+            differing += (d > 0) as usize;
+        }
+    } else {
+        let signed = case.output.dtype == "i8";
+        let as_int = |b: u8| if signed { b as i8 as i32 } else { b as i32 };
+        for (&a, &b) in got.as_bytes().iter().zip(&want) {
+            let d = u64::from((as_int(a) - as_int(b)).unsigned_abs());
+            max_diff = max_diff.max(d);
+            differing += (d > 0) as usize;
+        }
     }
     let on_bedside = !coverage.nodes.is_empty() && coverage.on_tract().next().is_none();
     let detail = coverage
@@ -169,7 +184,7 @@ pub fn check_case(dir: &Path) -> Result<CaseReport, ParityError> {
         description: case.description,
         max_diff: max_diff.min(255) as u8,
         differing,
-        values: want.len(),
+        values: got.len(),
         on_bedside,
         detail,
     })
@@ -189,14 +204,11 @@ pub fn check_dir(dir: &Path) -> Result<Vec<CaseReport>, ParityError> {
     cases.iter().map(|c| check_case(c)).collect()
 }
 
-/// Runs every case folder once per int8 kernel this CPU runs ([`super::kernel_candidates`]),
+/// Runs every case folder once per int8 kernel this CPU runs ([`super::kernel_names`]),
 /// so that each kernel — AVX2 and AVX on x86, SMLAL and SDOT on aarch64 — is checked, not
 /// only the one the speed measurement picks. Returns the reports per kernel name.
 pub fn check_dir_every_kernel(dir: &Path) -> Result<Vec<(String, Vec<CaseReport>)>, ParityError> {
-    let names: Vec<String> = super::kernel_candidates()
-        .iter()
-        .map(|(k, _)| k.name().to_string())
-        .collect();
+    let names = super::kernel_names();
     let mut out = vec![];
     for name in names {
         super::force_kernel(Some(&name));

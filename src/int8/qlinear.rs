@@ -302,11 +302,13 @@ impl QLinear {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        if inputs.len() != 6 && inputs.len() != 7 && inputs.len() != 9 {
-            bail!("QGemm takes 6, 7 or 9 inputs, got {}", inputs.len());
+        // tract-onnx drops inputs with an empty name, so the count says which optional inputs
+        // are there: 6 (neither), 7 (bias C), 8 (output scale and zero point), 9 (both).
+        if !(6..=9).contains(&inputs.len()) {
+            bail!("QGemm takes 6 to 9 inputs, got {}", inputs.len());
         }
-        if inputs.len() == 9 {
-            s.equals(&outputs[0].datum_type, &inputs[8].datum_type)?;
+        if inputs.len() >= 8 {
+            s.equals(&outputs[0].datum_type, &inputs[inputs.len() - 1].datum_type)?;
         } else {
             s.equals(&outputs[0].datum_type, f32::datum_type())?;
         }
@@ -380,24 +382,37 @@ impl QLinear {
                 cols[nn * k + kk] = val(raw, b_signed) - b_zp[nn];
             }
         }
-        let bias =
-            if inputs.len() >= 7 && model.outlet_fact(inputs[6])?.shape.volume() != 0.to_dim() {
-                let c = konst(6, "C")?;
-                vec_of(&c, n, "C")?.iter().map(|&v| v as i32).collect()
-            } else {
-                vec![0; n]
-            };
-        let (out, out_dt, range) = if inputs.len() == 9 {
-            let y_scale = konst(7, "y_scale")?.cast_to_scalar::<f32>()?;
-            let y_zp = konst(8, "y_zero_point")?.cast_to_scalar::<i32>()?;
-            let y_signed = signed(8)?;
+        // tract-onnx drops inputs with an empty name: 7 or 9 inputs mean C is there, 8 or 9
+        // the output scale and zero point.
+        let (has_bias, has_y) = (inputs.len() % 2 == 1, inputs.len() >= 8);
+        let bias: Vec<i32> = if has_bias {
+            let c = konst(6, "C")?;
+            let v: Vec<i32> = c
+                .cast_to::<i32>()?
+                .to_plain_array_view::<i32>()?
+                .iter()
+                .copied()
+                .collect();
+            match v.len() {
+                1 => vec![v[0]; n],
+                l if l == n => v,
+                l => bail!("QGemm: C has {l} values for {n} columns"),
+            }
+        } else {
+            vec![0; n]
+        };
+        let (ys_ix, yz_ix) = (inputs.len() - 2, inputs.len() - 1);
+        let (out, out_dt, range) = if has_y {
+            let y_scale = konst(ys_ix, "y_scale")?.cast_to_scalar::<f32>()?;
+            let y_zp = konst(yz_ix, "y_zero_point")?.cast_to_scalar::<i32>()?;
+            let y_signed = signed(yz_ix)?;
             let scale = b_scale
                 .iter()
                 .map(|&bs| self.gemm_alpha * a_scale * bs / y_scale)
                 .collect();
             (
                 GemmOut::Quantized(scale),
-                model.outlet_fact(inputs[8])?.datum_type,
+                model.outlet_fact(inputs[yz_ix])?.datum_type,
                 OutRange::new(y_zp, y_signed),
             )
         } else {
@@ -675,9 +690,10 @@ impl Binary {
 /// `clamp(round_half_even(v))`, the zero point being inside `v` already.
 #[inline(always)]
 fn saturate(v: f32, range: OutRange) -> u8 {
-    const MAGIC: f32 = 12_582_912.0;
-    let v = v.max(range.lo as f32).min(range.hi as f32);
-    ((v + MAGIC) - MAGIC) as i32 as u8
+    let (lo, hi) = (range.lo as f32, range.hi as f32);
+    let v = if v < lo { lo } else { v };
+    let v = if v > hi { hi } else { v };
+    requant::round_small(v) as u8
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -5,9 +5,9 @@
 //! with `scale = x_scale * w_scale[o] / y_scale` computed in f32 in that order. tract's own
 //! path uses a fixed-point multiplier instead, which differs by one step now and then.
 //!
-//! Rounding uses the 1.5·2²³ trick rather than `f32::round_ties_even`: on x86-64's baseline
-//! (SSE2) the latter is a library call per element, while the addition vectorises. It is exact
-//! for |v| < 2²², which the clamp guarantees.
+//! Rounding uses the 1.5·2²³ trick ([`round_small`]) rather than `f32::round_ties_even`: on
+//! x86-64's baseline (SSE2) the latter is a library call per element, while the addition
+//! vectorises. It is exact for |v| < 2²², which the clamp guarantees.
 
 /// Where a requantized value lands: the output type's range and zero point.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,11 +26,22 @@ impl OutRange {
 
 const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
 
+/// `round_half_even(v)` for |v| < 2²²: adding 1.5·2²³ leaves the rounded integer in the low
+/// mantissa bits (the FPU rounds half to even), read back as bits — integer operations only,
+/// so the loops around it vectorise (a float-to-int `as` cast needs a NaN check per value).
+#[inline(always)]
+pub fn round_small(v: f32) -> i32 {
+    ((v + MAGIC).to_bits() as i32).wrapping_sub(0x4B40_0000)
+}
+
 #[inline(always)]
 fn one(acc: i32, scale: f32, lo: f32, hi: f32, y0: i32) -> u8 {
-    let v = (acc as f32 * scale).max(lo).min(hi);
-    let r = ((v + MAGIC) - MAGIC) as i32;
-    (r + y0) as u8
+    // Compare-and-select rather than f32::max/min: same result for the finite values that
+    // reach here, and it maps onto MAXPS/MINPS without NaN fix-ups, so the loop vectorises.
+    let v = acc as f32 * scale;
+    let v = if v < lo { lo } else { v };
+    let v = if v > hi { hi } else { v };
+    round_small(v).wrapping_add(y0) as u8
 }
 
 #[inline(always)]
@@ -97,8 +108,9 @@ pub fn row_with_cols(
 pub fn value(acc: f32, range: OutRange) -> u8 {
     let lo = (range.lo - range.y0) as f32;
     let hi = (range.hi - range.y0) as f32;
-    let v = acc.max(lo).min(hi);
-    ((((v + MAGIC) - MAGIC) as i32) + range.y0) as u8
+    let v = if acc < lo { lo } else { acc };
+    let v = if v > hi { hi } else { v };
+    round_small(v).wrapping_add(range.y0) as u8
 }
 
 #[cfg(test)]
