@@ -76,10 +76,10 @@ pub fn matmul(a: &PackedA, b: &[u8], n: usize, c: &mut [i32], c_stride: usize) {
     let panel = a.pairs * 2 * NR;
     assert!(b.len() >= n.div_ceil(NR) * panel, "B too short");
     assert!(c.len() >= (a.m - 1) * c_stride + n, "C too short");
-    #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2 checked above; every index below stays inside the asserted lengths.
+    #[cfg(target_arch = "x86_64")]
     unsafe {
-        x86::matmul(a, b, n, c, c_stride)
+        x86::matmul(a, b, n, c, c_stride);
     }
 }
 

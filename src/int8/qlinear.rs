@@ -708,12 +708,9 @@ unsafe fn run_span_fma(b: &Binary, p: &[u8], q: u8, out: &mut [u8]) {
     b.run_span(p, q, out)
 }
 
+#[cfg(target_arch = "x86_64")]
 fn has_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 impl Binary {
