@@ -133,6 +133,15 @@ fn a_broker_killed_three_times_while_1000_findings_flow_loses_none() {
             "{}",
             daemon.log()
         );
+        // Each broker life is killed only once the daemon has connected to it: with fast
+        // models, 250 images can take less than the daemon's reconnect back-off, and a life
+        // the daemon never saw would test nothing (and break the count below).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while daemon.log().matches("connected to MQTT broker").count() < round
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         eprintln!(
             "round {round}: {} processed, {} delivered; SIGKILL to the broker",
             count(&done),
