@@ -641,6 +641,23 @@ impl OutPtr {
     }
 }
 
+/// Checks a conv op's input, makes its output tensor and says how many threads the run may
+/// use: a second thread pays for itself only on a big enough convolution.
+pub(crate) fn start_run(
+    geo: &Geometry,
+    out_dt: DatumType,
+    x: &Tensor,
+) -> TractResult<(Tensor, usize)> {
+    ensure!(x.len() == geo.input_len(), "input shape changed since load");
+    let out = unsafe { Tensor::uninitialized_dt(out_dt, &geo.output_shape())? };
+    let threads = if geo.macs() >= PARALLEL_MIN_MACS {
+        super::threads()
+    } else {
+        1
+    };
+    Ok((out, threads))
+}
+
 /// Splits `items` work items over up to `threads` threads (this one included), giving each
 /// a contiguous range, and runs `f(range)` on each.
 pub(crate) fn parallel(
@@ -865,19 +882,9 @@ impl EvalOp for QConvGemm {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        ensure!(
-            x.len() == self.geo.input_len(),
-            "input shape changed since load"
-        );
-        let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &self.geo.output_shape())? };
+        let (mut out, threads) = start_run(&self.geo, self.out_dt, &x)?;
         let ptr = OutPtr::new(out.as_bytes_mut());
         let x = x.as_bytes();
-        // A second thread pays for itself only on a big enough convolution.
-        let threads = if self.geo.macs() >= PARALLEL_MIN_MACS {
-            super::threads()
-        } else {
-            1
-        };
         parallel(self.items(), threads, |range| {
             let mut s = self.take_scratch()?;
             let res = self.run_items(x, ptr, range, &mut s);

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::conv::{OutPtr, PARALLEL_MIN_MACS, parallel};
+use super::conv::{OutPtr, parallel, start_run};
 use super::geometry::Geometry;
 use super::requant;
 use super::{ConvParts, QuantParams};
@@ -205,18 +205,9 @@ impl EvalOp for QConvDepthwise {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
-        ensure!(
-            x.len() == self.geo.input_len(),
-            "input shape changed since load"
-        );
-        let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &self.geo.output_shape())? };
+        let (mut out, threads) = start_run(&self.geo, self.out_dt, &x)?;
         let ptr = OutPtr::new(out.as_bytes_mut());
         let x = x.as_bytes();
-        let threads = if self.geo.macs() >= PARALLEL_MIN_MACS {
-            super::threads()
-        } else {
-            1
-        };
         parallel(self.geo.batch * self.geo.ci, threads, |range| {
             let taken = self.pool.lock().map(|mut p| p.pop()).unwrap_or(None);
             let mut s = taken.unwrap_or_else(|| Scratch {

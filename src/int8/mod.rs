@@ -203,9 +203,29 @@ pub fn lower(mut model: TypedModel) -> TractResult<(TypedModel, Coverage)> {
         }
         let name = node.name.clone();
         let op = "QLinearConv".to_string();
-        match convert(&model, node, conv) {
-            Ok(Lowered::Gemm(new)) => {
-                let detail = format!("{} [{}]", new.info()?.join(" "), "implicit GEMM");
+        let lowered: Result<(Box<dyn TypedOp>, &str, String), Int8Error> =
+            convert(&model, node, conv).and_then(|l| {
+                let info = |i: TractResult<Vec<String>>| {
+                    i.map(|v| v.join(" "))
+                        .map_err(|e| Int8Error::Tract(format!("{e:#}")))
+                };
+                Ok(match l {
+                    Lowered::Gemm(new) => {
+                        let detail = format!("{} [implicit GEMM]", info(new.info())?);
+                        (Box::new(new) as Box<dyn TypedOp>, "BedsideQConv", detail)
+                    }
+                    Lowered::Depthwise(new) => {
+                        let detail = info(new.info())?;
+                        (
+                            Box::new(new) as Box<dyn TypedOp>,
+                            "BedsideQDepthwise",
+                            detail,
+                        )
+                    }
+                })
+            });
+        match lowered {
+            Ok((new, kind, detail)) => {
                 let patch =
                     TypedModelPatch::replace_single_op(&model, node, &[node.inputs[0]], new)?;
                 patch.apply(&mut model)?;
@@ -213,21 +233,7 @@ pub fn lower(mut model: TypedModel) -> TractResult<(TypedModel, Coverage)> {
                     name,
                     op,
                     placement: Placement::Bedside {
-                        op: "BedsideQConv".into(),
-                        detail,
-                    },
-                });
-            }
-            Ok(Lowered::Depthwise(new)) => {
-                let detail = new.info()?.join(" ");
-                let patch =
-                    TypedModelPatch::replace_single_op(&model, node, &[node.inputs[0]], new)?;
-                patch.apply(&mut model)?;
-                coverage.nodes.push(NodeCoverage {
-                    name,
-                    op,
-                    placement: Placement::Bedside {
-                        op: "BedsideQDepthwise".into(),
+                        op: kind.into(),
                         detail,
                     },
                 });
