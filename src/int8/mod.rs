@@ -147,6 +147,29 @@ pub fn threads() -> usize {
     THREADS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Process-wide tract settings, applied once before the first model is loaded.
+///
+/// tract 0.23.9's Intel AMX int8 matmul kernel (`avx512amx_mmm_i32_16x16`) segfaults now and
+/// then when two threads first run int8 models at the same time (seen here: 5 % of processes
+/// that load two int8 models concurrently, on a Xeon with AMX; none in 450 runs without AMX).
+/// It is not even faster here: on the reference model int8 runs 0.91–0.98× the speed of fp32
+/// on AMX and 1.30–1.36× on VNNI (`bedside bench`, see the model card). So bedside keeps to
+/// the AVX-512 VNNI kernels until that is fixed upstream; an operator can
+/// still override it with the `TRACT_CPU_ISA` environment variable, which tract reads first.
+/// The boards bedside ships on are ARM, where this kernel does not exist.
+fn configure_tract() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Naming another architecture's feature is an error to tract: x86-64 only.
+        #[cfg(target_arch = "x86_64")]
+        if let Err(e) =
+            tract_onnx::prelude::tract_data::knobs::set_config_global("TRACT_CPU_ISA", "-amx-int8")
+        {
+            tracing::warn!("cannot keep tract off its AMX int8 kernel: {e}");
+        }
+    });
+}
+
 /// Whether quantized convolutions go to bedside's kernels or stay on tract's own path (the
 /// latter for comparisons: `bedside bench --tract-only`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +185,7 @@ pub fn plan(
     inputs: &[(DatumType, Vec<usize>)],
     lowering: Lowering,
 ) -> TractResult<(std::sync::Arc<TypedRunnableModel>, Coverage)> {
+    configure_tract();
     let mut model = onnx().model_for_read(&mut std::io::Cursor::new(bytes))?;
     for (ix, (dt, shape)) in inputs.iter().enumerate() {
         model = model.with_input_fact(ix, dt.fact(shape).into())?;
