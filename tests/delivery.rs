@@ -13,10 +13,12 @@ use common::*;
 const FINDINGS: &str = "bedside/test-site/cart-7/findings";
 const STATUS: &str = "bedside/test-site/cart-7/status";
 
-/// A persistent broker that saves after every change, so that what it acknowledged survives
-/// its own SIGKILL (otherwise the test would measure Mosquitto, not bedside), and that queues
-/// without limit for a consumer that is away.
-const DURABLE_BROKER: &str = "max_queued_messages 0\nautosave_on_changes true\n";
+/// A persistent broker that saves after every change (`autosave_on_changes` counts changes
+/// against `autosave_interval`, whose default is 1800), so that what it acknowledged survives
+/// its own SIGKILL as far as Mosquitto can (otherwise the test would measure Mosquitto, not
+/// bedside), and that queues without limit for a consumer that is away.
+const DURABLE_BROKER: &str =
+    "max_queued_messages 0\nautosave_on_changes true\nautosave_interval 1\n";
 
 fn outbox_segments(state: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(state.join("outbox"))
@@ -133,11 +135,14 @@ fn a_broker_killed_three_times_while_1000_findings_flow_loses_none() {
             "{}",
             daemon.log()
         );
-        // Each broker life is killed only once the daemon has connected to it: with fast
-        // models, 250 images can take less than the daemon's reconnect back-off, and a life
-        // the daemon never saw would test nothing (and break the count below).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while daemon.log().matches("connected to MQTT broker").count() < round
+        // A broker life is killed only once the daemon has connected to it and the consumer
+        // holds the first round × 250 findings. With fast models 250 images take less than
+        // the reconnect back-off: a life the daemon never saw would test nothing, and one
+        // killed while it still holds acknowledged findings for an absent consumer would
+        // test Mosquitto's disk (it acknowledges before it saves), not bedside.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while (daemon.log().matches("connected to MQTT broker").count() < round
+            || consumer.unique() < round * 250)
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(50));
