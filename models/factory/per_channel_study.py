@@ -39,9 +39,11 @@ How to run (from anywhere; the venv needs torch, torchvision, onnx, onnxruntime,
   the budget), RESNET_BATCH (default 16), RETRAIN=1 (ignore a saved ResNet-18 checkpoint).
   Everything runs with 1 thread (torch, onnxruntime incl. its calibration session, BLAS).
 
-How long (2-core AVX2 machine, 1 thread, STUDY_WORKERS=1): generating the data the first time ~? min (cls: train
-  3000 + val 300 + test 600 + calib 256; det: val/test 400 + calib 200; us: val 400 + test 800 + calib 200);
-  the three shipped models ~? min; ResNet-18 ~10 min training + ~? min quantization/evaluation. See the report.
+How long (2-core AMD EPYC, AVX2 without VNNI, everything 1 thread, STUDY_WORKERS=1), measured:
+  data generation the first time ~10 min (cls val+test+calib 70 s, cls train 3000 ~3.5 min, det 90 s, us 4 min);
+  cxr-tiny-cls ~10 s, us-fast-fluid ~15 s, cxr-tiny-det ~25 min (decode_det's Python decoding at score >= 0.01,
+  ~2.5 min per form, 9 forms, plus its bootstrap); ResNet-18 ~10 min training + ~4 min quantization/evaluation
+  (skipped training when its checkpoint exists). About 50 min from scratch, ~40 min with the data cached.
 """
 import contextlib
 import copy
@@ -474,6 +476,8 @@ def train_resnet():
             log.append((s + 1, round(tot / nb, 4)))
             tot, nb = 0.0, 0
     train_s = time.time() - t0
+    os.makedirs(RESNET_DIR, exist_ok=True)
+    torch.save({"state": model.state_dict(), "info": {"steps": steps, "train_seconds": train_s}}, RESNET_CKPT + ".tmp")
     val_acc, _ = TE.evaluate(model, xva, yva)
     info = {"steps": steps, "batch": batch, "images_seen": steps * batch, "epochs": steps * batch / len(xtr),
             "train_seconds": train_s, "max_lr": lr, "val_acc_torch": val_acc, "loss_log": log,
@@ -481,6 +485,7 @@ def train_resnet():
     print(f"[resnet18] trained {steps} steps in {train_s:.0f}s, val acc (torch) {val_acc:.4f}", flush=True)
     os.makedirs(RESNET_DIR, exist_ok=True)
     torch.save({"state": model.state_dict(), "info": info}, RESNET_CKPT)
+    os.remove(RESNET_CKPT + ".tmp")
     return model, info
 
 
