@@ -476,8 +476,6 @@ def train_resnet():
             log.append((s + 1, round(tot / nb, 4)))
             tot, nb = 0.0, 0
     train_s = time.time() - t0
-    os.makedirs(RESNET_DIR, exist_ok=True)
-    torch.save({"state": model.state_dict(), "info": {"steps": steps, "train_seconds": train_s}}, RESNET_CKPT + ".tmp")
     val_acc, _ = TE.evaluate(model, xva, yva)
     info = {"steps": steps, "batch": batch, "images_seen": steps * batch, "epochs": steps * batch / len(xtr),
             "train_seconds": train_s, "max_lr": lr, "val_acc_torch": val_acc, "loss_log": log,
@@ -485,7 +483,6 @@ def train_resnet():
     print(f"[resnet18] trained {steps} steps in {train_s:.0f}s, val acc (torch) {val_acc:.4f}", flush=True)
     os.makedirs(RESNET_DIR, exist_ok=True)
     torch.save({"state": model.state_dict(), "info": info}, RESNET_CKPT)
-    os.remove(RESNET_CKPT + ".tmp")
     return model, info
 
 
