@@ -1,7 +1,8 @@
 //! bedside's int8 ops against onnxruntime, case by case (tests/fixtures/ops, made by
 //! models/factory/ops_fixtures.py): randomised QLinearConv shapes (kernels 1/3/5/7, strides,
 //! dilation, padding, groups, depthwise, odd channel counts, u8/s8, per-tensor and
-//! per-channel) and the QLinear element-wise ops. Each op's tolerance is stated in
+//! per-channel), the QLinear element-wise ops, QLinearSoftmax and the f32 Softmax over an inner
+//! axis. Each op's tolerance is stated in
 //! `bedside::int8::parity::tolerance`; every case must also run on bedside's ops, not fall
 //! back to tract's.
 
@@ -47,6 +48,8 @@ fn check(reports: &[bedside::int8::parity::CaseReport]) {
         "QLinearAdd",
         "QLinearConcat",
         "QLinearGlobalAveragePool",
+        "QLinearSoftmax",
+        "Softmax",
     ] {
         assert!(by_op.contains_key(op), "no {op} case");
     }
@@ -57,4 +60,9 @@ fn check(reports: &[bedside::int8::parity::CaseReport]) {
             .any(|r| r.detail.contains("BedsideQDepthwise"))
     );
     assert!(reports.iter().any(|r| r.detail.contains("implicit GEMM")));
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.op == "Softmax" && r.detail.contains("BedsideSoftmax"))
+    );
 }

@@ -31,6 +31,7 @@ exactness check below fails loudly should any fixture still differ from the exac
 for com.microsoft QGemm with u8 A and s8 B (a full-range 576 x 100 head differs from the exact product); its s8 x s8
 cases are exact with full-range weights.
 """
+import math
 import os
 import shutil
 import sys
@@ -606,6 +607,70 @@ def lut_case(name, op, dt, shape, alpha=None, xs=None, ys=None, probe=False):
     return dict(name=name, op=op, description=desc, model=model, inputs=[x], ref=ref)
 
 
+def qsoftmax_case(name, dt, shape, axis, opset=13, xs=None, ys=1 / 256, dist="full"):
+    """com.microsoft QLinearSoftmax: X, X_scale, X_zero_point, Y_scale, Y_zero_point; attributes axis and opset
+    (opset < 13: the softmax runs over axis and every axis after it, flattened; from 13: over axis alone).
+    The output scale is what onnxruntime's quantizer gives a softmax (1/256, zero point at the bottom)."""
+    rng = rng_for(name)
+    npd, lo, hi = DT[dt][0], DT[dt][2], DT[dt][3]
+    if dist == "full":
+        x = rng.integers(lo, hi + 1, shape)
+    elif dist == "narrow":  # logits within a few dozen steps, as a trained head gives
+        x = rng.integers(lo + 100, lo + 140, shape)
+    else:  # "equal": every softmax uniform
+        x = np.full(shape, lo + 77)
+    x = x.astype(npd)
+    xz = rand_zp(rng, dt)
+    xs = F32(xs if xs is not None else rng.uniform(0.02, 0.2))
+    ys, yz = F32(ys), lo
+    inits = [("x_scale", scalar(xs, F32)), ("x_zero_point", scalar(xz, npd)),
+             ("y_scale", scalar(ys, F32)), ("y_zero_point", scalar(yz, npd))]
+    node = helper.make_node("QLinearSoftmax", ["x", "x_scale", "x_zero_point", "y_scale", "y_zero_point"], ["y"],
+                            domain="com.microsoft", axis=axis, opset=opset)
+    model = make_model(node, [("x", x)], "y", dt, inits, ms=True)
+    desc = f"{dt} x{list(shape)} axis {axis} opset {opset} x_scale {float(xs):.4g} inputs {dist}"
+    ref = dict(kind="qsoftmax", x=x, xs=xs, ys=ys, yz=yz, lo=lo, hi=hi, axis=axis, opset=opset, signed=dt == "i8")
+    return dict(name=name, op="QLinearSoftmax", description=desc, model=model, inputs=[x], ref=ref)
+
+
+def softmax_case(name, shape, axis, scale=3.0):
+    """Softmax (default domain) in f32 over a non-innermost axis: the one bedside runs itself (YOLOv8's DFL head
+    takes it over axis 1 of [1, 16, 4, 8400])."""
+    rng = rng_for(name)
+    x = (rng.standard_normal(shape) * scale).astype(F32)
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=axis)
+    model = make_model(node, [("x", x)], "y", "f32", [])
+    desc = f"f32 x{list(shape)} axis {axis}, N(0, {scale}) logits"
+    ref = dict(kind="softmax", x=x, axis=axis, lo=None, hi=None)
+    return dict(name=name, op="Softmax", description=desc, model=model, inputs=[x], ref=ref)
+
+
+def qsoftmax_ref(ref, log_f32):
+    """onnxruntime's QLinearSoftmax in numpy: the 256-entry table of exp((k - 255 + shift) * xs), sums in f32 in
+    axis order, rne(f32(f32(e * floor(1/ys)) / sum)) + yz, saturated to the type (the maximum of an i8 softmax
+    with y_scale 1/256 comes to 256 - 128 = 128 and is stored as 127)."""
+    x, axis, opset = ref["x"], ref["axis"], ref["opset"]
+    axis = axis % x.ndim
+    d = int(np.prod(x.shape[axis:])) if opset < 13 else x.shape[axis]
+    q = np.float32(np.finfo(F32).max) / np.float32(d)
+    shift = float(np.log(q)) if log_f32 else math.log(float(q))
+    shift = max(0.0, shift - 5.0) / float(ref["xs"])
+    table = np.array([math.exp((k - 255 + shift) * float(ref["xs"])) for k in range(256)]).astype(F32)
+    if opset < 13:
+        v = x.reshape(int(np.prod(x.shape[:axis])), d, 1)
+    else:
+        v = x.reshape(int(np.prod(x.shape[:axis])), d, int(np.prod(x.shape[axis + 1:])))
+    v = v.astype(np.int64)
+    k = 255 - (v.max(axis=1, keepdims=True) - v)
+    e = table[k]
+    s = np.zeros((v.shape[0], v.shape[2]), F32)
+    for i in range(d):
+        s = (s + e[:, i, :]).astype(F32)
+    ysf = np.floor(np.float32(1.0) / ref["ys"]).astype(F32)
+    qv = rne(((e * ysf).astype(F32) / s[:, None, :]).astype(F32)).astype(np.int64) + ref["yz"]
+    return np.clip(qv, ref["lo"], ref["hi"]).reshape(x.shape)
+
+
 def other_cases():
     C = []
     a = C.append
@@ -646,6 +711,19 @@ def other_cases():
     a(lut_case("leakyrelu_i8_1x8x8x8", "QLinearLeakyRelu", "i8", (1, 8, 8, 8), alpha=0.1))
     a(lut_case("leakyrelu_u8_same_scale_1x4x8x8", "QLinearLeakyRelu", "u8", (1, 4, 8, 8), alpha=0.1,
                xs=0.05, ys=0.05))
+    a(qsoftmax_case("qsoftmax_u8_dfl_1x16x4x40", "u8", (1, 16, 4, 40), 1))
+    a(qsoftmax_case("qsoftmax_u8_dfl_narrow_1x16x4x700", "u8", (1, 16, 4, 700), 1, dist="narrow"))
+    a(qsoftmax_case("qsoftmax_i8_dfl_1x16x4x40", "i8", (1, 16, 4, 40), 1))
+    a(qsoftmax_case("qsoftmax_i8_dfl_narrow_1x16x4x40", "i8", (1, 16, 4, 40), 1, dist="narrow"))
+    a(qsoftmax_case("qsoftmax_u8_last_2x3x50", "u8", (2, 3, 50), -1))
+    a(qsoftmax_case("qsoftmax_i8_last_4x1000", "i8", (4, 1000), -1, xs=0.05))
+    a(qsoftmax_case("qsoftmax_u8_mid_2x5x7x3", "u8", (2, 5, 7, 3), 2))
+    a(qsoftmax_case("qsoftmax_u8_equal_1x16x2x9", "u8", (1, 16, 2, 9), 1, dist="equal"))
+    a(qsoftmax_case("qsoftmax_u8_opset12_2x4x6", "u8", (2, 4, 6), 1, opset=12))
+    a(qsoftmax_case("qsoftmax_u8_ys255_1x10x30", "u8", (1, 10, 30), 1, ys=1 / 255))
+    a(softmax_case("softmax_f32_dfl_1x16x4x300", (1, 16, 4, 300), 1))
+    a(softmax_case("softmax_f32_mid_2x5x7x3", (2, 5, 7, 3), 2))
+    a(softmax_case("softmax_f32_wide_1x3x1100", (1, 3, 1100), 1, scale=30.0))
     return C
 
 
@@ -1033,6 +1111,13 @@ def candidates(ref):
         x, xz, n = ref["x"].astype(np.int64), ref["xz"], ref["n"]
         acc = x.sum(axis=ref["axes"], keepdims=True) - xz * n
         C.update(gap_formulas(acc, ref["xs"], ref["ys"], n, ref["yz"], lo, hi))
+    elif k == "qsoftmax":
+        C["table: f64 ln of the bound, sums in f32, rne(f32(e*floor(1/ys))/sum) + yz"] = qsoftmax_ref(ref, False)
+        C["table: f32 ln of the bound, sums in f32, rne(f32(e*floor(1/ys))/sum) + yz"] = qsoftmax_ref(ref, True)
+    elif k == "softmax":
+        x = ref["x"].astype(np.float64)
+        e = np.exp(x - x.max(axis=ref["axis"], keepdims=True))
+        C["f64 softmax rounded to f32"] = (e / e.sum(axis=ref["axis"], keepdims=True)).astype(F32)
     elif k in ("QLinearSigmoid", "QLinearLeakyRelu"):
         x = ref["x"].astype(np.int64)
         dq = (ref["xs"] * (x - ref["xz"]).astype(F32)).astype(F32)
@@ -1162,6 +1247,7 @@ EXACT = {  # the formula each op's fixtures must follow exactly (what onnxruntim
     "QLinearLeakyRelu": "table: rne(f32(f(dq)/ys)) + yz, f32",
     "qgemm": "u8/s8 out: rne(f32(acc) * f32(f32(f32(alpha*as)*bs)/ys)) + yz",
     "qgemm_f32": "f32 out: f32(acc) * f32(f32(alpha*as)*bs)",
+    "qsoftmax": "table: f64 ln of the bound, sums in f32, rne(f32(e*floor(1/ys))/sum) + yz",
 }
 
 
@@ -1294,6 +1380,8 @@ fixture differs from it.
 | QLinearSigmoid | com.microsoft | X, X_scale, X_zero_point, Y_scale, Y_zero_point | - |
 | QLinearLeakyRelu | com.microsoft | X, X_scale, X_zero_point, Y_scale, Y_zero_point | alpha |
 | QGemm | com.microsoft | A, a_scale, a_zero_point, B, b_scale, b_zero_point, [C (int32)], [y_scale, y_zero_point] | transA (0), transB, alpha (1) |
+| QLinearSoftmax | com.microsoft | X, X_scale, X_zero_point, Y_scale, Y_zero_point | axis, opset |
+| Softmax (f32) | default | x | axis |
 
 QLinearConv: w_scale and w_zero_point are per tensor (0-d or [1]) or per output channel ([co]); y has the type of x.
 QLinearAdd/QLinearMul broadcast numpy-style ([1,C,1,1] operands, a [1] operand, either side).

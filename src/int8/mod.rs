@@ -29,7 +29,9 @@ pub mod geometry;
 pub mod pairs;
 pub mod parity;
 pub mod qlinear;
+pub mod quantize;
 pub mod requant;
+pub mod softmax;
 
 use std::fmt;
 
@@ -116,7 +118,7 @@ impl fmt::Display for Coverage {
         let tract = self.on_tract().count();
         writeln!(
             f,
-            "quantized nodes: {} on bedside's int8 ops, {} on tract's own path",
+            "nodes on bedside's ops: {}; quantized nodes on tract's own path: {}",
             self.on_bedside(),
             tract
         )?;
@@ -195,11 +197,37 @@ pub fn plan(
     // einsums (and strided ones into a subsampling + einsum) that bedside's op never sees.
     // Folding constants first gives the convs the constant weights and parameters it reads.
     tract_onnx::tract_core::optim::Optimizer::prop_consts().optimize(&mut model)?;
-    let (model, coverage) = match lowering {
+    let (model, mut coverage) = match lowering {
         Lowering::Bedside => lower(model)?,
         Lowering::TractOnly => (model, Coverage::default()),
     };
-    Ok((model.into_optimized()?.into_runnable()?, coverage))
+    let mut model = model.into_optimized()?;
+    if lowering == Lowering::Bedside {
+        lower_optimized(&mut model, &mut coverage)?;
+    }
+    Ok((model.into_runnable()?, coverage))
+}
+
+/// The second, smaller pass, on the optimised model: tract's float → int8 quantizations
+/// that its optimiser left standing become [`quantize::Quantize`] (same bytes, vectorised).
+fn lower_optimized(model: &mut TypedModel, coverage: &mut Coverage) -> TractResult<()> {
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(new) = quantize::Quantize::replacing(model, node) else {
+            continue;
+        };
+        coverage.nodes.push(NodeCoverage {
+            name: node.name.clone(),
+            op: "QuantizeLinear".into(),
+            placement: Placement::Bedside {
+                op: new.name().to_string(),
+                detail: new.info()?.join(" "),
+            },
+        });
+        let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs, new)?;
+        patch.apply(model)?;
+    }
+    Ok(())
 }
 
 /// tract-onnx's parser, with onnxruntime's QLinear ops (com.microsoft) registered.
@@ -217,6 +245,20 @@ pub fn lower(mut model: TypedModel) -> TractResult<(TypedModel, Coverage)> {
         let node = model.node(id);
         if let Some(q) = qlinear::describe(node) {
             coverage.nodes.push(q);
+            continue;
+        }
+        if let Some(new) = float_softmax(&model, node) {
+            let c = NodeCoverage {
+                name: node.name.clone(),
+                op: "Softmax".into(),
+                placement: Placement::Bedside {
+                    op: new.name().to_string(),
+                    detail: new.info()?.join(" "),
+                },
+            };
+            let patch = TypedModelPatch::replace_single_op(&model, node, &node.inputs, new)?;
+            patch.apply(&mut model)?;
+            coverage.nodes.push(c);
             continue;
         }
         let Some(conv) = node.op_as::<Conv>() else {
@@ -272,6 +314,26 @@ pub fn lower(mut model: TypedModel) -> TractResult<(TypedModel, Coverage)> {
         }
     }
     Ok((model, coverage))
+}
+
+/// tract's f32 Softmax over axes that are not the innermost ones, as bedside's
+/// ([`softmax::FloatSoftmax`]); `None` for any other node (a softmax over the last axis
+/// keeps tract's row kernel).
+fn float_softmax(model: &TypedModel, node: &TypedNode) -> Option<softmax::FloatSoftmax> {
+    use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
+    let op = node.op_as::<Softmax>()?;
+    let fact = model.outlet_fact(node.inputs[0]).ok()?;
+    if op.kind != SoftmaxKind::Softmax
+        || op.quant_output_dt.is_some()
+        || fact.datum_type != DatumType::F32
+    {
+        return None;
+    }
+    let shape = fact.shape.as_concrete()?;
+    let (_, _, inner) = softmax::split(shape, &op.axes)?;
+    (inner > 1).then(|| softmax::FloatSoftmax {
+        axes: op.axes.clone(),
+    })
 }
 
 enum Lowered {

@@ -13,14 +13,22 @@ use tract_onnx::prelude::*;
 
 use super::{Lowering, Placement};
 
-/// How far bedside's bytes may be from onnxruntime's, per op, in steps of the output type.
+/// How far bedside's bytes may be from onnxruntime's, per op, in steps of the output type
+/// (units in the last place for f32 outputs).
 ///
-/// Every op is exact: bedside computes in onnxruntime's own float formulation (x86-64 AVX2
-/// kernels, fused multiply-adds included; `tests/fixtures/ops/README.md` lists each formula
-/// and which alternatives the probe cases rule out). The function stays so that an op with a
-/// documented difference can say so here rather than in a test.
-pub fn tolerance(_op: &str) -> u8 {
-    0
+/// Every integer op is exact: bedside computes in onnxruntime's own float formulation
+/// (x86-64 AVX2 kernels, fused multiply-adds included; `tests/fixtures/ops/README.md` lists
+/// each formula and which alternatives the probe cases rule out).
+///
+/// The f32 `Softmax` is not: onnxruntime's exponential is MLAS's own polynomial in
+/// assembly, bedside's a portable Cephes one ([`super::softmax::exp`]), and each sums in its
+/// own order. On the fixtures both are within 12 ulp of the exact (f64) softmax and within
+/// 6 ulp of each other; 8 allows for that and nothing more.
+pub fn tolerance(op: &str) -> u8 {
+    match op {
+        "Softmax" => 8,
+        _ => 0,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +106,7 @@ fn dtype(s: &str) -> Option<DatumType> {
     match s {
         "u8" => Some(DatumType::U8),
         "i8" => Some(DatumType::I8),
+        "f32" => Some(DatumType::F32),
         _ => None,
     }
 }
@@ -140,12 +149,19 @@ pub fn check_case(dir: &Path) -> Result<CaseReport, ParityError> {
         )));
     }
     // u8/i8 outputs differ in steps of the type; f32 outputs (QGemm without an output
-    // scale) must have the same bits, and a difference counts in units in the last place.
+    // scale, Softmax) count in units in the last place. Values below f32's normal range
+    // count as zero: onnxruntime's softmax flushes some of them (e^-87.8 is 0 there, a
+    // denormal here), and a difference below 1.2e-38 is not one a model can see.
     let (mut max_diff, mut differing) = (0u64, 0);
     if case.output.dtype == "f32" {
         for (a, b) in got.as_bytes().chunks_exact(4).zip(want.chunks_exact(4)) {
             let ulp = |x: &[u8]| {
-                let i = i32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+                let v = f32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+                let i = if v.abs() < f32::MIN_POSITIVE {
+                    0
+                } else {
+                    v.to_bits() as i32
+                };
                 if i < 0 {
                     i64::from(i32::MIN) - i64::from(i)
                 } else {

@@ -20,6 +20,7 @@ use tract_onnx::tract_core::ndarray::{ArrayViewD, IxDyn, Zip};
 use tract_onnx::tract_hir::internal::*;
 
 use super::requant::{self, OutRange};
+use super::softmax;
 use super::{NodeCoverage, Placement};
 
 /// Adds the ops to tract-onnx's parser (looked up by op type, whatever the domain).
@@ -33,14 +34,31 @@ pub fn register(reg: &mut tract_onnx::model::OnnxOpRegister) {
     reg.insert("QLinearSigmoid", |_, n| parse(n, Kind::Sigmoid));
     reg.insert("QLinearLeakyRelu", |_, n| parse(n, Kind::LeakyRelu));
     reg.insert("QGemm", |_, n| parse(n, Kind::Gemm));
+    reg.insert("QLinearSoftmax", |_, n| parse(n, Kind::Softmax));
 }
 
 #[allow(clippy::unnecessary_wraps)]
 fn parse(node: &NodeProto, kind: Kind) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let _: Option<&ParsingContext> = None;
+    let opset = node.get_attr_opt::<i64>("opset")?;
+    if kind == Kind::Softmax && opset.is_none() {
+        bail!("QLinearSoftmax needs its opset attribute");
+    }
+    // QLinearSoftmax follows Softmax: axis 1 (and all after it) before opset 13, -1 from it.
+    let axis_default = match opset {
+        Some(o) if kind == Kind::Softmax => {
+            if o < 13 {
+                1
+            } else {
+                -1
+            }
+        }
+        _ => 0,
+    };
     let op = QLinear {
         kind,
-        axis: node.get_attr_opt::<i64>("axis")?.unwrap_or(0),
+        axis: node.get_attr_opt::<i64>("axis")?.unwrap_or(axis_default),
+        opset: opset.unwrap_or(0),
         alpha: node.get_attr_opt::<f32>("alpha")?.unwrap_or(0.01),
         channels_last: node.get_attr_opt::<i64>("channels_last")?.unwrap_or(0) != 0,
         trans_a: node.get_attr_opt::<i64>("transA")?.unwrap_or(0) != 0,
@@ -59,6 +77,7 @@ pub enum Kind {
     Sigmoid,
     LeakyRelu,
     Gemm,
+    Softmax,
 }
 
 impl Kind {
@@ -71,6 +90,7 @@ impl Kind {
             Kind::Sigmoid => "QLinearSigmoid",
             Kind::LeakyRelu => "QLinearLeakyRelu",
             Kind::Gemm => "QGemm",
+            Kind::Softmax => "QLinearSoftmax",
         }
     }
     /// Index of the output zero point among the node's inputs.
@@ -78,7 +98,7 @@ impl Kind {
         match self {
             Kind::Add | Kind::Mul => 7,
             Kind::Concat => 1,
-            Kind::GlobalAveragePool | Kind::Sigmoid | Kind::LeakyRelu => 4,
+            Kind::GlobalAveragePool | Kind::Sigmoid | Kind::LeakyRelu | Kind::Softmax => 4,
             // Optional: without it, QGemm's output is f32.
             Kind::Gemm => 8,
         }
@@ -98,6 +118,8 @@ impl Kind {
 struct QLinear {
     kind: Kind,
     axis: i64,
+    /// QLinearSoftmax's `opset` attribute: which Softmax it follows.
+    opset: i64,
     alpha: f32,
     channels_last: bool,
     trans_a: bool,
@@ -136,7 +158,7 @@ impl Expansion for QLinear {
                     )
                 })?;
             }
-            Kind::Sigmoid | Kind::LeakyRelu => {
+            Kind::Sigmoid | Kind::LeakyRelu | Kind::Softmax => {
                 check_input_arity(inputs, 5)?;
                 s.equals(&outputs[0].shape, &inputs[0].shape)?;
             }
@@ -247,6 +269,37 @@ impl Expansion for QLinear {
                 }
             }
             Kind::Sigmoid => Body::Lut(vec![table(1, &mlas_logistic)?]),
+            Kind::Softmax => {
+                let shape = model
+                    .outlet_fact(inputs[0])?
+                    .shape
+                    .as_concrete()
+                    .map(|s| s.to_vec());
+                let shape = shape.context("QLinearSoftmax needs a fixed input shape")?;
+                let rank = shape.len() as i64;
+                let axis = if self.axis < 0 {
+                    self.axis + rank
+                } else {
+                    self.axis
+                };
+                if !(0..rank).contains(&axis) {
+                    bail!("QLinearSoftmax: axis {} of a rank-{rank} input", self.axis);
+                }
+                let axis = axis as usize;
+                let axes: TVec<usize> = if self.opset < 13 {
+                    (axis..shape.len()).collect()
+                } else {
+                    tvec!(axis)
+                };
+                let d = axes.iter().map(|&a| shape[a]).product::<usize>().max(1);
+                Body::Softmax(Arc::new(softmax::Quantized {
+                    table: Box::new(softmax::table(f32_of(1)?, d)),
+                    y_scale: (1.0 / y_scale).floor(),
+                    y0: range.y0,
+                    signed: signed(0)?,
+                    axes,
+                }))
+            }
             Kind::LeakyRelu => {
                 let alpha = self.alpha;
                 Body::Lut(vec![table(1, &|v| if v >= 0.0 { v } else { alpha * v })?])
@@ -597,6 +650,7 @@ enum Body {
         channels_last: bool,
     },
     Gemm(Arc<Gemm>),
+    Softmax(Arc<softmax::Quantized>),
 }
 
 /// The typed op: data tensors in, one u8/i8 tensor out; all quantization parameters folded
@@ -845,7 +899,7 @@ impl QLinearOp {
             Body::Binary { .. } => {
                 tract_onnx::tract_core::broadcast::multi_broadcast(&[inputs[0], inputs[1]])?
             }
-            Body::Lut(_) => inputs[0].into(),
+            Body::Lut(_) | Body::Softmax(_) => inputs[0].into(),
             Body::Gemm(g) => {
                 let m = if g.trans_a {
                     inputs[0][1].clone()
@@ -889,6 +943,10 @@ impl EvalOp for QLinearOp {
         match &self.body {
             Body::Binary { .. } => self.binary(&inputs[0], &inputs[1], &mut out)?,
             Body::Gemm(g) => g.run(&inputs[0], self.signed[0], self.range, &mut out)?,
+            Body::Softmax(q) => {
+                let (outer, d, inner) = softmax::split(&shape, &q.axes).context("softmax axes")?;
+                q.run(inputs[0].as_bytes(), out.as_bytes_mut(), outer, d, inner);
+            }
             Body::Lut(t) => {
                 for (o, &x) in out.as_bytes_mut().iter_mut().zip(inputs[0].as_bytes()) {
                     *o = t[0][x as usize];
