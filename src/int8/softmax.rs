@@ -291,10 +291,14 @@ mod tests {
         for o in 0..outer {
             for j in 0..inner {
                 let at = |k: usize| o * d * inner + k * inner + j;
-                let m = (0..d).map(|k| x[at(k)] as f64).fold(f64::MIN, f64::max);
-                let s: f64 = (0..d).map(|k| (x[at(k)] as f64 - m).exp()).sum();
+                // x - max is an f32 subtraction in every f32 softmax (onnxruntime's too): its
+                // rounding is part of the op, so the f64 reference starts from the same f32
+                // difference and the bound below measures exp, the sum and the division.
+                let m = (0..d).map(|k| x[at(k)]).fold(f32::MIN, f32::max);
+                let e = |k: usize| ((x[at(k)] - m) as f64).exp();
+                let s: f64 = (0..d).map(e).sum();
                 for k in 0..d {
-                    let want = (x[at(k)] as f64 - m).exp() / s;
+                    let want = e(k) / s;
                     let got = y[at(k)] as f64;
                     assert!(
                         (got - want).abs() <= 4.0 * f32::EPSILON as f64 * want.max(1e-30),
