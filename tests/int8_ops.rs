@@ -1,8 +1,8 @@
 //! bedside's int8 ops against onnxruntime, case by case (tests/fixtures/ops, made by
 //! models/factory/ops_fixtures.py): randomised QLinearConv shapes (kernels 1/3/5/7, strides,
 //! dilation, padding, groups, depthwise, odd channel counts, u8/s8, per-tensor and
-//! per-channel), the QLinear element-wise ops, QLinearSoftmax and the f32 Softmax over an inner
-//! axis. Each op's tolerance is stated in
+//! per-channel), the QLinear element-wise ops, SiLU's QLinearSigmoid + QLinearMul pair,
+//! QLinearSoftmax and the f32 Softmax over an inner axis. Each op's tolerance is stated in
 //! `bedside::int8::parity::tolerance`; every case must also run on bedside's ops, not fall
 //! back to tract's.
 
@@ -65,4 +65,18 @@ fn check(reports: &[bedside::int8::parity::CaseReport]) {
             .iter()
             .any(|r| r.op == "Softmax" && r.detail.contains("BedsideSoftmax"))
     );
+    // SiLU's sigmoid-then-multiply pair runs as one folded table.
+    let silu: Vec<_> = reports
+        .iter()
+        .filter(|r| r.op == "QLinearSigmoid+QLinearMul")
+        .collect();
+    assert!(!silu.is_empty(), "no SiLU case");
+    for r in silu {
+        assert!(
+            r.detail.contains("BedsideQLinearMul(QLinearSigmoid)"),
+            "{}: {}",
+            r.case,
+            r.detail
+        );
+    }
 }

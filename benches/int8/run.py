@@ -1,7 +1,7 @@
 """Times the int8 benchmark's models (build_models.py) in tract, bedside and onnxruntime, interleaved.
 
   python benches/int8/run.py [--dir DIR] [--bedside target/release/bedside] [--models a,b] [--forms f,..]
-      [--engines tract,bedside,ort] [--threads 1,2] [--rounds 3] [--runs 30] [--warmup 5] [--all-forms]
+      [--engines tract,bedside,ort] [--threads 1,2] [--rounds 3] [--runs 30] [--warmup 5] [--all-forms] [--skip-today]
       [--quick] [--seed 0] [--out PREFIX] [--profile [MODEL[:FORM]]] [--profile-only]
 
 Cells: every (model, engine, form, threads). Default forms per engine:
@@ -148,6 +148,9 @@ def table(res, t, spread):
     ratios = []   # (title, function of the model's cells -> str)
     if has("bedside", "int8-pt") and has("ort", "int8-pt"):
         ratios.append(("bedside pt / ORT pt", lambda c: ratio(ms(c, "bedside", "int8-pt", t), ms(c, "ort", "int8-pt", t))))
+    if has("bedside", "int8-qop") and has("ort", "int8-qop"):
+        ratios.append(("bedside qop / ORT qop",
+                       lambda c: ratio(ms(c, "bedside", "int8-qop", t), ms(c, "ort", "int8-qop", t))))
     if has("tract", "fp32") and any(has("bedside", f) for f in INT8):
         def vs_tract(c):
             bf, bv = best_int8(c, "bedside", t)
@@ -211,6 +214,9 @@ def main():
     ap.add_argument("--forms", help="comma-separated subset of " + ",".join(FORMS))
     ap.add_argument("--engines", default="tract,bedside,ort", help="comma-separated subset of tract,bedside,ort")
     ap.add_argument("--all-forms", action="store_true", help="every engine on every form")
+    ap.add_argument("--skip-today", action="store_true",
+                    help="leave out tract's own int8 path (the 'today' column: seconds per run on the big models, "
+                         "and bedside's changes do not touch it)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=30, help="timed runs per cell and round")
@@ -269,7 +275,7 @@ def main():
         res["models"][name] = entry
         for e in engines:
             for f in (FORMS if a.all_forms else DEFAULT_CELLS[e]):
-                if f not in forms or f not in m["files"]:
+                if f not in forms or f not in m["files"] or (a.skip_today and (e, f) == ("tract", "int8-pt")):
                     continue
                 for t in threads:
                     cells.append((name, e, f, t))

@@ -607,6 +607,48 @@ def lut_case(name, op, dt, shape, alpha=None, xs=None, ys=None, probe=False):
     return dict(name=name, op=op, description=desc, model=model, inputs=[x], ref=ref)
 
 
+def silu_case(name, dt, shape, sigmoid_second=True):
+    """QLinearSigmoid, then QLinearMul of its input and its output: SiLU (Swish) as onnxruntime's quantizer writes
+    EfficientNet's activations. bedside folds the pair into one 256-entry table, so the fixture is the pair as
+    onnxruntime runs it. sigmoid_second: the sigmoid is the Mul's B operand (as in the quantizer's output), else A.
+    The input holds every value of the type, so the whole folded table is exercised."""
+    rng = rng_for(name)
+    npd, lo, hi = DT[dt][0], DT[dt][2], DT[dt][3]
+    n = int(np.prod(shape))
+    x = np.concatenate([rng.permutation(np.arange(lo, hi + 1)), rng.integers(lo, hi + 1, max(n - 256, 0))])
+    x = x[:n].reshape(shape).astype(npd)
+    xz = rand_zp(rng, dt)
+    xs = F32(rng.uniform(0.02, 0.06))
+    ss, sz = F32(1.0 / 256), lo
+    dq = (np.arange(lo, hi + 1) - xz) * float(xs)
+    f = dq / (1 + np.exp(-dq))
+    ys = F32((f.max() - f.min()) / (hi - lo))
+    yz = int(np.clip(round(lo - f.min() / float(ys)), lo, hi))
+    inits = [("x_scale", scalar(xs, F32)), ("x_zero_point", scalar(xz, npd)),
+             ("s_scale", scalar(ss, F32)), ("s_zero_point", scalar(sz, npd)),
+             ("y_scale", scalar(ys, F32)), ("y_zero_point", scalar(yz, npd))]
+    sig = helper.make_node("QLinearSigmoid", ["x", "x_scale", "x_zero_point", "s_scale", "s_zero_point"], ["s"],
+                           domain="com.microsoft")
+    a, b = (("x", "x_scale", "x_zero_point"), ("s", "s_scale", "s_zero_point"))
+    if not sigmoid_second:
+        a, b = b, a
+    mul = helper.make_node("QLinearMul", [*a, *b, "y_scale", "y_zero_point"], ["y"], domain="com.microsoft")
+    g = helper.make_graph(
+        [sig, mul], "g",
+        [helper.make_tensor_value_info("x", DT[dt][1], list(x.shape))],
+        [helper.make_tensor_value_info("y", DT[dt][1], None)],
+        [numpy_helper.from_array(v, k) for k, v in inits])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET),
+                                                helper.make_opsetid("com.microsoft", MS_OPSET)],
+                              producer_name="bedside-ops-fixtures")
+    model.ir_version = IR_VERSION
+    order = "x * sigmoid(x)" if sigmoid_second else "sigmoid(x) * x"
+    desc = f"{dt} x{list(shape)} holding every {dt} value: QLinearSigmoid then QLinearMul, {order}"
+    ref = dict(kind="qsilu", x=x, xz=xz, xs=xs, ss=ss, sz=sz, ys=ys, yz=yz, lo=lo, hi=hi,
+               sigmoid_second=sigmoid_second)
+    return dict(name=name, op="QLinearSigmoid+QLinearMul", description=desc, model=model, inputs=[x], ref=ref)
+
+
 def qsoftmax_case(name, dt, shape, axis, opset=13, xs=None, ys=1 / 256, dist="full"):
     """com.microsoft QLinearSoftmax: X, X_scale, X_zero_point, Y_scale, Y_zero_point; attributes axis and opset
     (opset < 13: the softmax runs over axis and every axis after it, flattened; from 13: over axis alone).
@@ -724,6 +766,9 @@ def other_cases():
     a(softmax_case("softmax_f32_dfl_1x16x4x300", (1, 16, 4, 300), 1))
     a(softmax_case("softmax_f32_mid_2x5x7x3", (2, 5, 7, 3), 2))
     a(softmax_case("softmax_f32_wide_1x3x1100", (1, 3, 1100), 1, scale=30.0))
+    a(silu_case("silu_u8_1x16x8x8", "u8", (1, 16, 8, 8)))
+    a(silu_case("silu_i8_1x8x8x8", "i8", (1, 8, 8, 8)))
+    a(silu_case("silu_u8_sigmoid_first_1x4x8x8", "u8", (1, 4, 8, 8), sigmoid_second=False))
     return C
 
 
@@ -1114,6 +1159,15 @@ def candidates(ref):
     elif k == "qsoftmax":
         C["table: f64 ln of the bound, sums in f32, rne(f32(e*floor(1/ys))/sum) + yz"] = qsoftmax_ref(ref, False)
         C["table: f32 ln of the bound, sums in f32, rne(f32(e*floor(1/ys))/sum) + yz"] = qsoftmax_ref(ref, True)
+    elif k == "qsilu":
+        x = ref["x"].astype(np.int64)
+        dq = (ref["xs"] * (x - ref["xz"]).astype(F32)).astype(F32)
+        sig = sat(rne((mlas_logistic(dq, True) / ref["ss"]).astype(F32)) + ref["sz"], lo, hi)
+        A, B = (x, sig) if ref["sigmoid_second"] else (sig, x)
+        az, bz, asc, bsc = ((ref["xz"], ref["sz"], ref["xs"], ref["ss"]) if ref["sigmoid_second"]
+                            else (ref["sz"], ref["xz"], ref["ss"], ref["xs"]))
+        for formula, v in mul_formulas(A, B, az, bz, asc, bsc, ref["ys"], ref["yz"], lo, hi).items():
+            C["sigmoid table (FMA), then QLinearMul " + formula] = v
     elif k == "softmax":
         x = ref["x"].astype(np.float64)
         e = np.exp(x - x.max(axis=ref["axis"], keepdims=True))
@@ -1248,6 +1302,7 @@ EXACT = {  # the formula each op's fixtures must follow exactly (what onnxruntim
     "qgemm": "u8/s8 out: rne(f32(acc) * f32(f32(f32(alpha*as)*bs)/ys)) + yz",
     "qgemm_f32": "f32 out: f32(acc) * f32(f32(alpha*as)*bs)",
     "qsoftmax": "table: f64 ln of the bound, sums in f32, rne(f32(e*floor(1/ys))/sum) + yz",
+    "qsilu": "sigmoid table (FMA), then QLinearMul SSE2: rne(f32(f32(prod)*r) + f32(zc)), r = f32(f32(sa*sb)/sc)",
 }
 
 
@@ -1452,6 +1507,9 @@ In words (float32 throughout, rne = round half to even, then saturate to the out
   of beta_10..beta_0, f = max(p/q + 0.5, 0)); y = sat(rne(f32(f / y_scale)) + yz). An exact sigmoid differs.
 - QLinearLeakyRelu: table; f = dq >= 0 ? dq : f32(alpha * dq) with alpha = f32(0.1); y = sat(rne(f32(f / y_scale))
   + yz).
+- QLinearSigmoid then QLinearMul of its input and its output (SiLU, the `silu_*` cases): onnxruntime runs the two
+  ops as above, through an intermediate tensor. The result is a function of one input byte, so bedside folds the
+  pair into one 256-entry table built with exactly those two steps; the cases check that it is the same.
 - QGemm (MlasGemm with an output processor; B prepacked): acc[m, n] = C[n] + sum_k (A[m, k] - a_zp) * B[k, n]
   (b_zp = 0 here), exact int32 - the bias is added in the integer accumulator, not in float. alpha enters the scale
   first: with y_scale/y_zero_point, scale[n] = f32(f32(f32(alpha * a_scale) * b_scale[n]) / y_scale)

@@ -12,8 +12,8 @@
 //!   columns past the output's width are computed and dropped). The run is walked in chunks
 //!   of [`CHUNK`] positions whose accumulators stay in registers through all `kh × kw` taps:
 //!   one load and one multiply-add per tap and position, no accumulator traffic. LLVM
-//!   vectorises the chunk (NEON's widening multiply-add on aarch64; an AVX2 copy is
-//!   selected at run time on x86);
+//!   vectorises the chunk (NEON's widening multiply-add on aarch64); on x86 with AVX2 a
+//!   hand-written loop takes the taps in pairs with `VPMADDWD` (two products per lane);
 //! - each output row is requantized like the GEMM path ([`super::requant`]).
 //!
 //! The previous form accumulated tap by tap into a row buffer (a load, multiply-add and
@@ -154,14 +154,18 @@ impl QConvDepthwise {
                 }
                 let at = row + cp * phase_len + (first + g.pl) / g.sw;
                 let dst = &mut phases[at..];
-                let src = src[first..].iter().step_by(g.sw);
-                if self.x_signed {
-                    for (d, &b) in dst.iter_mut().zip(src) {
-                        *d = (b as i8 as i32 - x0) as i16;
-                    }
+                if g.sw == 1 {
+                    // Plain slices: the conversion vectorises (a `step_by` iterator does not).
+                    convert(src, dst, x0, self.x_signed);
                 } else {
+                    let src = src[first..].iter().step_by(g.sw);
                     for (d, &b) in dst.iter_mut().zip(src) {
-                        *d = (b as i32 - x0) as i16;
+                        let v = if self.x_signed {
+                            b as i8 as i32
+                        } else {
+                            b as i32
+                        };
+                        *d = (v - x0) as i16;
                     }
                 }
             }
@@ -181,21 +185,99 @@ impl QConvDepthwise {
             for m in 0..mult {
                 let o = c * mult + m;
                 let taps = &self.taps[o * taps_per..(o + 1) * taps_per];
-                accumulate(&s.phases, &self.offsets, taps, &mut s.acc);
                 // SAFETY: output channel `o` of this image belongs to this item only.
                 let dst = unsafe { out.slice((batch * g.co + o) * opl, opl) };
-                for (oy, row) in dst.chunks_exact_mut(g.ow).enumerate() {
-                    requant::row(
-                        &s.acc[oy * self.wq..][..g.ow],
-                        self.q.bias[o],
-                        self.q.scale[o],
-                        self.q.range,
-                        row,
-                    );
-                }
+                let requant = Requant {
+                    bias: self.q.bias[o],
+                    scale: self.q.scale[o],
+                    range: self.q.range,
+                    ow: g.ow,
+                    pitch: self.wq,
+                };
+                channel(&s.phases, &self.offsets, taps, &mut s.acc, &requant, dst);
             }
         }
     }
+}
+
+/// `dst[i] = src[i] − x0` as i16, for the first `src.len()` values of `dst`.
+fn convert(src: &[u8], dst: &mut [i16], x0: i32, signed: bool) {
+    let (x0, dst) = (x0 as i16, &mut dst[..src.len()]);
+    if signed {
+        for (d, &b) in dst.iter_mut().zip(src) {
+            *d = (b as i8 as i16).wrapping_sub(x0);
+        }
+    } else {
+        for (d, &b) in dst.iter_mut().zip(src) {
+            *d = (b as i16).wrapping_sub(x0);
+        }
+    }
+}
+
+/// How one channel's flat accumulators become its output rows.
+struct Requant {
+    bias: i32,
+    scale: f32,
+    range: requant::OutRange,
+    ow: usize,
+    /// Flat positions per output row (the phase's width).
+    pitch: usize,
+}
+
+/// One output channel: accumulate every tap over the flat plane, then requantize its rows
+/// (the few positions past each row's end are dropped).
+#[inline(always)]
+fn channel_with(
+    acc_fn: impl Fn(&[i16], &[usize], &[i16], &mut [i32]),
+    src: &[i16],
+    offsets: &[usize],
+    taps: &[i16],
+    acc: &mut [i32],
+    q: &Requant,
+    dst: &mut [u8],
+) {
+    acc_fn(src, offsets, taps, acc);
+    for (oy, row) in dst.chunks_exact_mut(q.ow).enumerate() {
+        requant::row_impl(&acc[oy * q.pitch..][..q.ow], q.bias, q.scale, q.range, row);
+    }
+}
+
+fn channel(
+    src: &[i16],
+    offsets: &[usize],
+    taps: &[i16],
+    acc: &mut [i32],
+    q: &Requant,
+    dst: &mut [u8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { channel_avx2(src, offsets, taps, acc, q, dst) };
+    }
+    channel_with(accumulate_impl, src, offsets, taps, acc, q, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn channel_avx2(
+    src: &[i16],
+    offsets: &[usize],
+    taps: &[i16],
+    acc: &mut [i32],
+    q: &Requant,
+    dst: &mut [u8],
+) {
+    channel_with(
+        // SAFETY: this function runs only on CPUs with AVX2.
+        |s, o, t, a| unsafe { accumulate_pairs_avx2(s, o, t, a) },
+        src,
+        offsets,
+        taps,
+        acc,
+        q,
+        dst,
+    )
 }
 
 /// `acc[i] = Σ_t src[offsets[t] + i] · taps[t]` for every position `i` of `acc` (whole
@@ -218,19 +300,67 @@ fn accumulate_impl(src: &[i16], offsets: &[usize], taps: &[i16], acc: &mut [i32]
     }
 }
 
+/// [`accumulate_impl`] with x86's `VPMADDWD`: taps go in pairs, the two taps' inputs
+/// interleaved as i16 pairs and multiplied by the pair of weights, two products summed per
+/// i32 lane (exact: |x − x0|, |w − k0| ≤ 383, so a pair stays far below 2^31). Half the
+/// multiplies of the portable loop. An odd last tap pairs with a zero weight.
+///
+/// # Safety
+/// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn accumulate_avx2(src: &[i16], offsets: &[usize], taps: &[i16], acc: &mut [i32]) {
-    accumulate_impl(src, offsets, taps, acc)
-}
-
-fn accumulate(src: &[i16], offsets: &[usize], taps: &[i16], acc: &mut [i32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { accumulate_avx2(src, offsets, taps, acc) };
+unsafe fn accumulate_pairs_avx2(src: &[i16], offsets: &[usize], taps: &[i16], acc: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let reach = offsets.iter().max().copied().unwrap_or(0) + acc.len();
+    assert!(src.len() >= reach && offsets.len() == taps.len());
+    assert!(acc.len().is_multiple_of(CHUNK));
+    let n = taps.len();
+    let sp = src.as_ptr();
+    for c in 0..acc.len() / CHUNK {
+        let base = c * CHUNK;
+        // Two halves of 16 positions; per half, lanes hold positions 0-3 and 8-11 (lo) and
+        // 4-7 and 12-15 (hi), the order VPUNPCKLWD/HWD leave within 128-bit lanes.
+        let mut a = [_mm256_setzero_si256(); 4];
+        let mut t = 0;
+        while t < n {
+            let (o0, w0) = (offsets[t], taps[t]);
+            let (o1, w1) = if t + 1 < n {
+                (offsets[t + 1], taps[t + 1])
+            } else {
+                (o0, 0)
+            };
+            let w = _mm256_set1_epi32(((w1 as i32) << 16) | (w0 as u16 as i32));
+            for h in 0..2 {
+                // SAFETY: base + o + 32 <= reach <= src.len() (asserted above).
+                let (s0, s1) = unsafe {
+                    (
+                        _mm256_loadu_si256(sp.add(base + o0 + 16 * h) as *const __m256i),
+                        _mm256_loadu_si256(sp.add(base + o1 + 16 * h) as *const __m256i),
+                    )
+                };
+                let lo = _mm256_unpacklo_epi16(s0, s1);
+                let hi = _mm256_unpackhi_epi16(s0, s1);
+                a[2 * h] = _mm256_add_epi32(a[2 * h], _mm256_madd_epi16(lo, w));
+                a[2 * h + 1] = _mm256_add_epi32(a[2 * h + 1], _mm256_madd_epi16(hi, w));
+            }
+            t += 2;
+        }
+        let out = acc[base..base + CHUNK].as_mut_ptr();
+        for h in 0..2 {
+            let (lo, hi) = (a[2 * h], a[2 * h + 1]);
+            // SAFETY: out has CHUNK = 32 i32s; each half writes 16 of them.
+            unsafe {
+                _mm256_storeu_si256(
+                    out.add(16 * h) as *mut __m256i,
+                    _mm256_permute2x128_si256(lo, hi, 0x20),
+                );
+                _mm256_storeu_si256(
+                    out.add(16 * h + 8) as *mut __m256i,
+                    _mm256_permute2x128_si256(lo, hi, 0x31),
+                );
+            }
+        }
     }
-    accumulate_impl(src, offsets, taps, acc)
 }
 
 impl Op for QConvDepthwise {

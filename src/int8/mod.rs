@@ -243,6 +243,20 @@ pub fn lower(mut model: TypedModel) -> TractResult<(TypedModel, Coverage)> {
     let mut coverage = Coverage::default();
     for id in model.eval_order()? {
         let node = model.node(id);
+        if let Some((new, x)) = qlinear::fuse_self_product(&model, node) {
+            let c = NodeCoverage {
+                name: node.name.clone(),
+                op: qlinear::describe(node).map(|d| d.op).unwrap_or_default(),
+                placement: Placement::Bedside {
+                    op: new.name().to_string(),
+                    detail: "with its table input: one table".into(),
+                },
+            };
+            let patch = TypedModelPatch::replace_single_op(&model, node, &[x], new)?;
+            patch.apply(&mut model)?;
+            coverage.nodes.push(c);
+            continue;
+        }
         if let Some(q) = qlinear::describe(node) {
             coverage.nodes.push(q);
             continue;

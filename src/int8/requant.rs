@@ -44,8 +44,9 @@ fn one(acc: i32, scale: f32, lo: f32, hi: f32, y0: i32) -> u8 {
     round_small(v).wrapping_add(y0) as u8
 }
 
+/// [`row`] without the CPU dispatch, for callers already compiled for the CPU's features.
 #[inline(always)]
-fn row_impl(acc: &[i32], add: i32, scale: f32, range: OutRange, out: &mut [u8]) {
+pub(super) fn row_impl(acc: &[i32], add: i32, scale: f32, range: OutRange, out: &mut [u8]) {
     let lo = (range.lo - range.y0) as f32;
     let hi = (range.hi - range.y0) as f32;
     for (o, &a) in out.iter_mut().zip(acc) {
