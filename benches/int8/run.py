@@ -1,7 +1,7 @@
 """Times the int8 benchmark's models (build_models.py) in tract, bedside and onnxruntime, interleaved.
 
   python benches/int8/run.py [--dir DIR] [--bedside target/release/bedside] [--models a,b] [--forms f,..]
-      [--engines tract,bedside,ort] [--threads 1,2] [--rounds 3] [--runs 30] [--warmup 5] [--all-forms] [--skip-today]
+      [--engines tract,bedside,ort] [--threads 1,2] [--rounds 3] [--runs 30] [--warmup 5] [--all-forms] [--skip-today] [--shipped]
       [--quick] [--seed 0] [--out PREFIX] [--profile [MODEL[:FORM]]] [--profile-only]
 
 Cells: every (model, engine, form, threads). Default forms per engine:
@@ -103,6 +103,24 @@ def ort_run(path, x, runs, warmup, threads):
         ts.append((time.perf_counter() - t) * 1e3)
     return {"engine": "ort", "threads": threads, "runs": runs, "median_ms": float(np.median(ts)),
             "p25_ms": float(np.percentile(ts, 25)), "p75_ms": float(np.percentile(ts, 75))}
+
+
+def shipped_models():
+    """models.json-style entries for the models bedside ships: the int8 file as int8-pt (it is the factory's
+    per-tensor QOperator recipe) and its pruned fp32 parent as fp32, with absolute paths."""
+    import tomllib
+    sys.path.insert(0, os.path.join(ROOT, "models", "factory"))
+    from bench_all import onnx_macs
+    out = {}
+    for name in ("cxr-tiny-cls", "cxr-tiny-det", "us-fast-fluid"):
+        d = os.path.join(ROOT, "models", name)
+        with open(os.path.join(d, "model.toml"), "rb") as f:
+            shape = tomllib.load(f)["input"]["shape"]
+        files = {"fp32": os.path.join(d, "model.pruned.onnx"), "int8-pt": os.path.join(d, "model.onnx")}
+        out[name] = {"input": "input", "shape": shape, "gmac": round(onnx_macs(files["fp32"], shape) / 1e9, 4),
+                     "files": {f: {"file": p, "bytes": os.path.getsize(p), "nodes": None, "com_microsoft_ops": {}}
+                               for f, p in files.items()}}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -214,6 +232,8 @@ def main():
     ap.add_argument("--forms", help="comma-separated subset of " + ",".join(FORMS))
     ap.add_argument("--engines", default="tract,bedside,ort", help="comma-separated subset of tract,bedside,ort")
     ap.add_argument("--all-forms", action="store_true", help="every engine on every form")
+    ap.add_argument("--shipped", action="store_true",
+                    help="also the shipped models (models/*/): int8-pt = model.onnx, fp32 = its pruned fp32 parent")
     ap.add_argument("--skip-today", action="store_true",
                     help="leave out tract's own int8 path (the 'today' column: seconds per run on the big models, "
                          "and bedside's changes do not touch it)")
@@ -241,6 +261,8 @@ def main():
     if not os.path.exists(index_path):
         sys.exit(f"no {index_path}: run benches/int8/build_models.py (or benches/int8/run.sh) first")
     index = json.load(open(index_path))
+    if a.shipped:
+        index["models"].update(shipped_models())
     models = {n: m for n, m in index["models"].items() if not a.models or n in a.models.split(",")}
     if a.models and set(a.models.split(",")) - set(models):
         sys.exit(f"not in models.json: {sorted(set(a.models.split(',')) - set(models))}")
@@ -325,7 +347,7 @@ def main():
         fo = m["forms"]
         md.append(f"| {name} | {'x'.join(map(str, m['shape']))} | {m['gmac']:.3f} | "
                   + " / ".join(f"{fo[f]['bytes'] / 1e6:.1f}" if f in fo else "–" for f in FORMS) + " | "
-                  + " / ".join(str(fo[f]["nodes"]) if f in fo else "–" for f in FORMS) + " | "
+                  + " / ".join(str(fo[f]["nodes"]) if fo.get(f, {}).get("nodes") is not None else "–" for f in FORMS) + " | "
                   + (", ".join(f"{k} {v}" for k, v in fo.get("int8-qop", {}).get("com_microsoft_ops", {}).items())
                      or "none") + " |")
     md.append("")
