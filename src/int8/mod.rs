@@ -32,6 +32,7 @@ pub mod qlinear;
 pub mod quantize;
 pub mod requant;
 pub mod softmax;
+pub mod upsample;
 
 use std::fmt;
 
@@ -209,16 +210,22 @@ pub fn plan(
 }
 
 /// The second, smaller pass, on the optimised model: tract's float → int8 quantizations
-/// that its optimiser left standing become [`quantize::Quantize`] (same bytes, vectorised).
+/// that its optimiser left standing become [`quantize::Quantize`] (same bytes, vectorised),
+/// and its nearest upsampling of u8/i8 images [`upsample::Upsample`] (same bytes, by rows).
 fn lower_optimized(model: &mut TypedModel, coverage: &mut Coverage) -> TractResult<()> {
     for id in model.eval_order()? {
         let node = model.node(id);
-        let Some(new) = quantize::Quantize::replacing(model, node) else {
-            continue;
-        };
+        let (op, new): (&str, Box<dyn TypedOp>) =
+            if let Some(new) = quantize::Quantize::replacing(model, node) {
+                ("QuantizeLinear", Box::new(new))
+            } else if let Some(new) = upsample::Upsample::replacing(model, node) {
+                ("Resize", Box::new(new))
+            } else {
+                continue;
+            };
         coverage.nodes.push(NodeCoverage {
             name: node.name.clone(),
-            op: "QuantizeLinear".into(),
+            op: op.into(),
             placement: Placement::Bedside {
                 op: new.name().to_string(),
                 detail: new.info()?.join(" "),
