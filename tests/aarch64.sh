@@ -97,7 +97,7 @@ done
 
 echo "== bedside's int8 ops against onnxruntime, every case, every ARM int8 kernel"
 # neoverse-n1 has dotprod (SDOT kernel and SMLAL kernel both run); cortex-a72 has not
-# (SMLAL only). parity-ops runs all 139 single-op cases once per kernel the CPU runs and
+# (SMLAL only). parity-ops runs all 174 cases once per kernel the CPU runs and
 # fails on any byte that differs from onnxruntime's.
 for cpu in neoverse-n1 cortex-a72; do
   qemu "$cpu" "$ARM_BIN" parity-ops --fixtures tests/fixtures/ops | sed "s/^/$cpu: /"
