@@ -30,6 +30,7 @@ pub mod alloc;
 pub mod board;
 pub mod daemon;
 pub mod dicom;
+pub mod eval;
 pub mod finding;
 pub mod infer;
 pub mod int8;

@@ -75,6 +75,45 @@ enum Command {
         #[arg(long, default_value = "tests/fixtures/ops")]
         fixtures: PathBuf,
     },
+    /// Write the model's input tensors for images (PNG, DICOM, NIfTI; folders walked), made
+    /// by the daemon's own preparation: what calibration and reference runs in Python feed
+    /// the model. One `<name>.f32` per image (NCHW, little-endian) and `index.json`.
+    Prepare {
+        /// Model folder (its manifest's input and preprocessing).
+        #[arg(long)]
+        model: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        dump: PathBuf,
+        /// Images or folders of images.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Judge a model on a labelled folder with the runtime that serves: the field's metrics
+    /// (sensitivity, specificity, AUC; Dice, IoU; COCO mAP), per-image timings, a Markdown
+    /// report, a CSV and PNG plots (docs/eval.md).
+    Eval {
+        /// Model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Labelled folder: labels.csv, images/ + masks/, or annotations.json.
+        #[arg(long)]
+        data: PathBuf,
+        /// Which form of the model folder to judge.
+        #[arg(long, value_enum, default_value = "shipped")]
+        form: Form,
+        /// Put beside it: `parent` or `pruned` (forms of the same folder) or another model
+        /// folder.
+        #[arg(long)]
+        compare: Option<String>,
+        /// Output folder for report.md, per_image.csv, summary.json and the plots.
+        #[arg(long, default_value = "eval-report")]
+        out: PathBuf,
+        /// Exit with status 3 when the model's main metric falls more than this below the
+        /// compared one's (e.g. 0.02).
+        #[arg(long, requires = "compare")]
+        max_drop: Option<f64>,
+    },
     /// Print the systemd drop-in a board needs (MemoryMax= from its memory budget, access to
     /// its capture device); install as /etc/systemd/system/bedside.service.d/board.conf.
     SystemdDropin {
@@ -150,6 +189,24 @@ enum Command {
     },
 }
 
+/// A model folder's forms, as `--form` names them.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Form {
+    Shipped,
+    Parent,
+    Pruned,
+}
+
+impl From<Form> for bedside::infer::Variant {
+    fn from(f: Form) -> Self {
+        match f {
+            Form::Shipped => Self::Shipped,
+            Form::Parent => Self::Parent,
+            Form::Pruned => Self::Pruned,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     bedside::alloc::hold_memory();
     let cli = Cli::parse();
@@ -178,6 +235,26 @@ fn main() -> ExitCode {
         Command::Check { board } => check(&board),
         Command::Parity { model, fixtures } => parity(&model, &fixtures),
         Command::ParityOps { fixtures } => parity_ops(&fixtures),
+        Command::Prepare {
+            model,
+            dump,
+            inputs,
+        } => cmd::prepare::prepare(&model, &dump, &inputs),
+        Command::Eval {
+            model,
+            data,
+            form,
+            compare,
+            out,
+            max_drop,
+        } => cmd::eval::eval(cmd::eval::EvalArgs {
+            model,
+            variant: form.into(),
+            data,
+            compare,
+            out,
+            max_drop,
+        }),
         Command::SystemdDropin { board } => BoardProfile::load(&board)
             .map(|p| {
                 print!("{}", bedside::service::dropin(&p, &board));

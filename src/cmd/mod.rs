@@ -1,6 +1,8 @@
-//! The benchmark subcommands: the binary's edge over the library (anyhow errors, printing),
+//! The benchmark and evaluation subcommands: the binary's edge over the library (anyhow errors, printing),
 //! kept out of `main.rs` so that it stays a thin dispatcher.
 
 pub mod bench;
 pub mod bench_live;
 pub mod bench_outbox;
+pub mod eval;
+pub mod prepare;
