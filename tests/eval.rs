@@ -69,6 +69,13 @@ fn binary_metrics_roc_and_youden_match_scikit_learn() {
         close(b.npv(), &e["npv"], &format!("{name}: npv"));
         close(b.f1(), &e["f1"], &format!("{name}: f1"));
         close(b.accuracy(), &e["accuracy"], &format!("{name}: accuracy"));
+        for (ci, key) in [
+            (b.sensitivity_ci(), "sensitivity_ci"),
+            (b.specificity_ci(), "specificity_ci"),
+        ] {
+            close(ci.map(|c| c[0]), &e[key][0], &format!("{name}: {key} low"));
+            close(ci.map(|c| c[1]), &e[key][1], &format!("{name}: {key} high"));
+        }
         let roc = Roc::new(&truth, &scores);
         close(
             roc.as_ref().map(Roc::auc),

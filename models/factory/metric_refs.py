@@ -100,6 +100,10 @@ def binary_expected(y_true, scores, threshold):
         "f1": r12(f1_score(y_true, y_pred, zero_division=np.nan)),
         "accuracy": r12(accuracy_score(y_true, y_pred)),
     }
+    # 95 % Wilson score intervals of sensitivity and specificity (statsmodels); null without cases
+    from statsmodels.stats.proportion import proportion_confint
+    for key, hits, n in (("sensitivity_ci", tp, tp + fn), ("specificity_ci", tn, tn + fp)):
+        e[key] = [r12(v) for v in proportion_confint(int(hits), int(n), alpha=0.05, method="wilson")] if n else None
     try:
         e["auc"] = r12(roc_auc_score(y_true, scores))
     except ValueError:

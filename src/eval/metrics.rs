@@ -62,6 +62,30 @@ impl Binary {
     pub fn accuracy(&self) -> Option<f64> {
         ratio(self.tp + self.tn, self.total())
     }
+    /// 95 % Wilson score interval of the sensitivity.
+    pub fn sensitivity_ci(&self) -> Option<[f64; 2]> {
+        wilson(self.tp, self.tp + self.fn_)
+    }
+    /// 95 % Wilson score interval of the specificity.
+    pub fn specificity_ci(&self) -> Option<[f64; 2]> {
+        wilson(self.tn, self.tn + self.fp)
+    }
+}
+
+/// The 95 % Wilson score interval of a proportion `hits / n` (statsmodels'
+/// `proportion_confint(method="wilson")`): unlike the normal approximation it stays inside
+/// [0, 1] and says something at 16 of 16, the size of a small validation set.
+pub fn wilson(hits: usize, n: usize) -> Option<[f64; 2]> {
+    if n == 0 {
+        return None;
+    }
+    // The 97.5th percentile of the standard normal, as scipy gives it.
+    const Z: f64 = 1.959_963_984_540_054;
+    let (p, n) = (hits as f64 / n as f64, n as f64);
+    let z2 = Z * Z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    Some([centre - half, centre + half])
 }
 
 /// A receiver operating characteristic curve as scikit-learn's `roc_curve` with

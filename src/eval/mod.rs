@@ -362,6 +362,9 @@ pub struct LabelSummary {
     pub fn_: usize,
     pub sensitivity: Option<f64>,
     pub specificity: Option<f64>,
+    /// 95 % Wilson score intervals.
+    pub sensitivity_ci: Option<[f64; 2]>,
+    pub specificity_ci: Option<[f64; 2]>,
     pub ppv: Option<f64>,
     pub npv: Option<f64>,
     pub f1: Option<f64>,
@@ -514,6 +517,8 @@ impl Run {
                     fn_: b.fn_,
                     sensitivity: b.sensitivity(),
                     specificity: b.specificity(),
+                    sensitivity_ci: b.sensitivity_ci(),
+                    specificity_ci: b.specificity_ci(),
                     ppv: b.ppv(),
                     npv: b.npv(),
                     f1: b.f1(),

@@ -12,6 +12,14 @@ fn f(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.3}"))
 }
 
+/// A rate with its 95 % interval: "0.875 [0.640, 0.965]".
+fn rate(v: Option<f64>, ci: Option<[f64; 2]>) -> String {
+    match (v, ci) {
+        (Some(v), Some([lo, hi])) => format!("{v:.3} [{lo:.3}, {hi:.3}]"),
+        _ => f(v),
+    }
+}
+
 fn report_err(path: &Path, reason: impl ToString) -> EvalError {
     EvalError::Report {
         path: path.to_path_buf(),
@@ -235,7 +243,7 @@ fn markdown(data: &Path, runs: &[Run], sums: &[Summary], plots: &[(&str, &str)])
         };
         let _ = writeln!(
             s,
-            "Image-level calls ({call}); AUC and Youden's threshold over the image-level score{}.\n",
+            "Image-level calls ({call}), sensitivity and specificity with their 95 % Wilson intervals; AUC and Youden's threshold over the image-level score{}.\n",
             if seg {
                 " (the region's fraction); Dice and IoU per image at the mask's resolution, \
                  averaged where defined (images with neither truth nor prediction are counted \
@@ -267,8 +275,8 @@ fn markdown(data: &Path, runs: &[Run], sums: &[Summary], plots: &[(&str, &str)])
                 l.fp,
                 l.tn,
                 l.fn_,
-                f(l.sensitivity),
-                f(l.specificity),
+                rate(l.sensitivity, l.sensitivity_ci),
+                rate(l.specificity, l.specificity_ci),
                 f(l.ppv),
                 f(l.npv),
                 f(l.f1),
