@@ -44,9 +44,23 @@ pub struct BoardProfile {
     #[serde(default)]
     pub memory: Memory,
     pub models: Vec<ModelSlot>,
+    /// Who may update the models of a running device (`bedside models install`).
+    #[serde(default)]
+    pub updates: Updates,
     /// The file this profile was read from.
     #[serde(skip)]
     pub origin: PathBuf,
+}
+
+/// `[updates]`: model updates staged under `paths.state`/models.d.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Updates {
+    /// An ed25519 public key (64 hex digits). When set, an update is taken only with a valid
+    /// signature of its `model.toml` (`model.toml.sig`): the manifest names the sha256 of
+    /// every model file, so the signature covers the weights too.
+    #[serde(default)]
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -559,6 +573,14 @@ impl BoardProfile {
             if value.is_empty() || value.contains(['/', '+', '#', '\0']) || value.trim() != value {
                 return Err(self.field(field, format!("{value:?} must be a non-empty MQTT topic level without '/', '+', '#' or outer spaces")));
             }
+        }
+        if let Some(key) = &self.updates.public_key
+            && (key.len() != 64 || !key.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(self.field(
+                "updates.public_key",
+                "must be an ed25519 public key: 64 hex digits (`bedside models keygen` makes one)",
+            ));
         }
         let broker = self
             .broker()

@@ -62,8 +62,32 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     // Every model is loaded and dry-run under the counting allocator: the plan's measured
     // lines. Nothing else of size is allocated before the plan is checked.
-    let planned = crate::plan::plan_for(&profile)?;
+    // Models staged by `bedside models install` serve in place of the profile's, when they
+    // pass the checks; otherwise the profile's models serve and the status says why.
+    let (staged, mut refused) = crate::update::resolve(&profile);
+    for r in &refused {
+        warn!("{r}");
+    }
+    let planned = match crate::plan::plan_for(&staged) {
+        Ok(p) => p,
+        Err(e)
+            if staged
+                .models
+                .iter()
+                .zip(&profile.models)
+                .any(|(a, b)| a.path != b.path) =>
+        {
+            let reason = format!(
+                "staged model updates could not be loaded ({e}); starting with the installed models"
+            );
+            warn!("{reason}");
+            refused.push(reason);
+            crate::plan::plan_for(&profile)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     planned.plan.check()?;
+    let updater = crate::update::Updater::new(profile.clone(), &planned);
     info!("memory plan\n{}", planned.plan.table());
     let processor = Processor::from_engines(Identity::for_board(&profile)?, planned.dicom)
         .with_limits(profile.memory.image_limits());
@@ -111,6 +135,10 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             "findings from an earlier run wait in the outbox; they are sent first"
         );
     }
+    let video_models: Vec<_> = video_engines
+        .iter()
+        .map(|e| e.model_ref().clone())
+        .collect();
     let config = publisher_config(&profile, models, outbox_config.max_payload())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -125,6 +153,27 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     rt.block_on(async move {
         let (publisher, connection) = Publisher::start(config, outbox);
         publisher.set_memory_plan(plan.total(), plan.heap(), plan.budget);
+        if let Some(last) = refused.last() {
+            let models = current_models(&processor, &video_models);
+            publisher.set_models(models, serde_json::json!({ "state": "refused", "reason": last }));
+        }
+        // SIGHUP (`systemctl reload bedside`): take staged model updates between two images.
+        let reload = Arc::new(AtomicBool::new(false));
+        {
+            let reload = reload.clone();
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            info!("SIGHUP: taking staged model updates after the current image");
+                            reload.store(true, Ordering::SeqCst);
+                        }
+                    });
+                }
+                Err(e) => warn!("cannot listen for SIGHUP ({e}); model updates are taken at restart only"),
+            }
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(64);
         // Watch before the worker scans, so that no file slips between scan and watch.
@@ -163,6 +212,9 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                 made: 0,
                 failed: 0,
                 deferred: None,
+                reload,
+                updater,
+                video_models,
             };
             std::thread::Builder::new()
                 .name("bedside-dicom".into())
@@ -407,6 +459,25 @@ struct Worker {
     failed: u64,
     /// Set while the outbox is full: the first file left in the inbox because of it.
     deferred: Option<PathBuf>,
+    /// Set by SIGHUP: take staged model updates before the next image.
+    reload: Arc<AtomicBool>,
+    updater: crate::update::Updater,
+    /// The live pipeline's models, for the status (they change only at a restart).
+    video_models: Vec<crate::model::ModelRef>,
+}
+
+/// The models serving now: the image worker's, then the live pipeline's others.
+fn current_models(
+    processor: &Processor,
+    video: &[crate::model::ModelRef],
+) -> Vec<crate::model::ModelRef> {
+    let mut models: Vec<_> = processor.engines().map(|e| e.model_ref().clone()).collect();
+    for m in video {
+        if !models.contains(m) {
+            models.push(m.clone());
+        }
+    }
+    models
 }
 
 impl Worker {
@@ -415,6 +486,9 @@ impl Worker {
         self.process_waiting();
         while !self.stopping() {
             self.heartbeat.beat();
+            if self.reload.swap(false, Ordering::SeqCst) {
+                self.take_updates();
+            }
             if self.deferred.is_some() {
                 // Files wait in the inbox while the outbox is full; events are dropped
                 // because the rescan below finds every file anyway.
@@ -453,6 +527,30 @@ impl Worker {
                 return;
             }
             self.handle_file(&file);
+        }
+    }
+
+    /// Takes the staged model updates that pass every check; the old model keeps serving
+    /// when one fails, and the status and the log say why.
+    fn take_updates(&mut self) {
+        let outcomes = self.updater.take(&mut self.processor);
+        if outcomes.is_empty() {
+            info!("no staged model update differs from the models serving");
+        }
+        for o in &outcomes {
+            match o {
+                crate::update::Outcome::Taken { old, new } => info!(
+                    model = %new.id, version = %new.version, sha256 = %new.sha256,
+                    replaced_version = %old.version, replaced_sha256 = %old.sha256,
+                    "model updated: the next image runs on the new version"
+                ),
+                crate::update::Outcome::Refused { id, dir, reason } => warn!(
+                    model = %id, staged = %dir.display(),
+                    "model update refused, the old model keeps serving: {reason}"
+                ),
+            }
+            let models = current_models(&self.processor, &self.video_models);
+            self.publisher.set_models(models, o.to_json());
         }
     }
 

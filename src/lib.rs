@@ -42,3 +42,4 @@ pub mod prepare;
 pub mod publish;
 pub mod service;
 pub mod source;
+pub mod update;

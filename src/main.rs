@@ -75,6 +75,11 @@ enum Command {
         #[arg(long, default_value = "tests/fixtures/ops")]
         fixtures: PathBuf,
     },
+    /// The models a device serves, and new ones put on it without downtime.
+    Models {
+        #[command(subcommand)]
+        action: ModelsCommand,
+    },
     /// Write the model's input tensors for images (PNG, DICOM, NIfTI; folders walked), made
     /// by the daemon's own preparation: what calibration and reference runs in Python feed
     /// the model. One `<name>.f32` per image (NCHW, little-endian) and `index.json`.
@@ -189,6 +194,34 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Check a model folder as the running daemon will (signature when the board names a
+    /// key, sha256, load and dry run, memory plan) and stage it under the state folder; the
+    /// daemon takes it on SIGHUP (`systemctl reload bedside`).
+    Install {
+        dir: PathBuf,
+        #[arg(long)]
+        board: PathBuf,
+    },
+    /// The models the board profile names and the staged updates, with versions and hashes.
+    List {
+        #[arg(long)]
+        board: PathBuf,
+    },
+    /// Make an ed25519 key pair: PREFIX.key (secret) and PREFIX.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a model folder's model.toml (writes model.toml.sig).
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
+        dir: PathBuf,
+    },
+}
+
 /// A model folder's forms, as `--form` names them.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Form {
@@ -235,6 +268,12 @@ fn main() -> ExitCode {
         Command::Check { board } => check(&board),
         Command::Parity { model, fixtures } => parity(&model, &fixtures),
         Command::ParityOps { fixtures } => parity_ops(&fixtures),
+        Command::Models { action } => match action {
+            ModelsCommand::Install { dir, board } => cmd::models::install(&board, &dir),
+            ModelsCommand::List { board } => cmd::models::list(&board),
+            ModelsCommand::Keygen { out } => cmd::models::keygen(&out),
+            ModelsCommand::Sign { key, dir } => cmd::models::sign(&key, &dir),
+        },
         Command::Prepare {
             model,
             dump,

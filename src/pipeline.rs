@@ -10,6 +10,7 @@ use crate::dicom::{self, DecodeError};
 use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher, round3};
 use crate::infer::{Engine, InferError};
 use crate::model::ModelError;
+use crate::model::ModelRef;
 use crate::model::manifest::Task;
 use crate::plan::ImageLimits;
 use crate::prepare::{PrepareError, Preparer};
@@ -90,6 +91,23 @@ impl Processor {
             slots,
             limits: ImageLimits::default(),
         }
+    }
+
+    /// Puts `engine` in the place of the model with the same id, between two images (the
+    /// processor runs one image at a time, so no finding mixes the two). Returns the model it
+    /// replaced, or gives the engine back when no model has its id.
+    pub fn replace(&mut self, engine: Engine) -> Result<ModelRef, Box<Engine>> {
+        let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| s.engine.model_ref().id == engine.model_ref().id)
+        else {
+            return Err(Box::new(engine));
+        };
+        let (h, w) = engine.manifest().input_hw();
+        slot.preparer = Preparer::new(engine.manifest().preprocess.clone(), h, w);
+        let old = std::mem::replace(&mut slot.engine, engine);
+        Ok(old.model_ref().clone())
     }
 
     /// Inputs beyond these limits are refused before they are decoded.

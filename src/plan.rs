@@ -407,6 +407,10 @@ pub struct Planned {
     pub dicom: Vec<Engine>,
     pub video: Vec<Engine>,
     pub plan: MemoryPlan,
+    /// What the plan was computed from, to compute it again when a model is replaced.
+    pub dicom_facts: Vec<ModelFacts>,
+    pub video_facts: Vec<ModelFacts>,
+    pub baseline_rss: u64,
 }
 
 pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
@@ -434,5 +438,12 @@ pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
         (Vec::new(), Vec::new())
     };
     let plan = MemoryPlan::compute(profile, &dicom_facts, &video_facts, baseline);
-    Ok(Planned { dicom, video, plan })
+    Ok(Planned {
+        dicom,
+        video,
+        plan,
+        dicom_facts,
+        video_facts,
+        baseline_rss: baseline,
+    })
 }

@@ -642,3 +642,22 @@ fn common_png(path: &Path) -> Vec<u8> {
     buf.truncate(info.buffer_size());
     buf
 }
+
+#[test]
+fn a_model_with_other_labels_is_not_put_beside_it() {
+    let out = tempfile::tempdir().unwrap();
+    let o = bedside()
+        .args(["eval", "--model"])
+        .arg(common::model_dir())
+        .arg("--data")
+        .arg(eval_set("cxr-tiny-cls"))
+        .arg("--out")
+        .arg(out.path())
+        .arg("--compare")
+        .arg(repo().join("models/us-fast-fluid"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("cannot be compared"), "{stderr}");
+}

@@ -69,7 +69,22 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let mut runs = vec![one(&args.model, args.variant, &args.data)?];
     if let Some(c) = &args.compare {
         let (dir, variant) = compared(&args.model, c);
-        runs.push(one(&dir, variant, &args.data)?);
+        // Side by side only makes sense label by label: checked before anything runs.
+        let other = bedside::model::Manifest::load(&dir)?;
+        let labels: Vec<String> = other.labels.iter().map(|l| l.name.clone()).collect();
+        if other.model.task != runs[0].task || labels != runs[0].labels {
+            anyhow::bail!(
+                "{} ({:?}, labels {:?}) cannot be compared with {} ({:?}, labels {:?})",
+                dir.display(),
+                other.model.task,
+                labels,
+                args.model.display(),
+                runs[0].task,
+                runs[0].labels
+            );
+        }
+        let other = one(&dir, variant, &args.data)?;
+        runs.push(other);
     }
     let files = eval::report::write(&args.out, &args.data, &runs)?;
     let summaries: Vec<eval::Summary> = runs.iter().map(Run::summary).collect();

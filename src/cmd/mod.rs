@@ -5,4 +5,5 @@ pub mod bench;
 pub mod bench_live;
 pub mod bench_outbox;
 pub mod eval;
+pub mod models;
 pub mod prepare;

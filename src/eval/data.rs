@@ -130,7 +130,13 @@ fn masks(dir: &Path) -> Result<Vec<Item>, DataError> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(d)
             .map_err(|e| folder_err(d, e.to_string()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
+            // Hidden files (.DS_Store, editors' backups) are not part of the data.
+            .filter(|p| {
+                p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         v.sort();
         Ok(v)

@@ -102,6 +102,9 @@ pub struct StatusDoc<'a> {
     /// The live video camera's state, when the device has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub video: Option<&'a serde_json::Value>,
+    /// The last model update this process tried: taken, or refused and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_update: Option<&'a serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -376,6 +379,9 @@ struct Flight {
     hold_until: Option<Instant>,
     buf: Vec<u8>,
     video: Option<serde_json::Value>,
+    /// Who this device is, with the models serving now (updates change them).
+    identity: DeviceStatus,
+    model_update: Option<serde_json::Value>,
 }
 
 struct Shared {
@@ -399,10 +405,11 @@ impl Shared {
     fn status_payload(&self, f: &Flight, online: bool) -> Vec<u8> {
         let doc = StatusDoc {
             state: if online { "online" } else { "offline" },
-            device: &self.config.identity,
+            device: &f.identity,
             protocol: Some(f.client.name()),
             outbox: Some(outbox_status(&f.outbox)),
             video: f.video.as_ref(),
+            model_update: f.model_update.as_ref(),
         };
         serde_json::to_vec(&doc).expect("status serialises")
     }
@@ -640,6 +647,8 @@ impl Publisher {
                 hold_until: None,
                 buf: Vec::new(),
                 video: None,
+                identity: config.identity.clone(),
+                model_update: None,
             }),
             config,
             wake: Notify::new(),
@@ -708,6 +717,17 @@ impl Publisher {
     pub fn set_video_status(&self, state: serde_json::Value) {
         let mut f = self.shared.lock();
         f.video = Some(state);
+        f.status_dirty = true;
+        drop(f);
+        self.shared.wake.notify_one();
+    }
+
+    /// The models now serving, and what the last update did, in the retained status
+    /// (republished at once).
+    pub fn set_models(&self, models: Vec<ModelRef>, update: serde_json::Value) {
+        let mut f = self.shared.lock();
+        f.identity.models = models;
+        f.model_update = Some(update);
         f.status_dirty = true;
         drop(f);
         self.shared.wake.notify_one();
@@ -785,6 +805,7 @@ fn will(config: &PublisherConfig) -> Vec<u8> {
         protocol: None,
         outbox: None,
         video: None,
+        model_update: None,
     })
     .expect("status serialises")
 }
