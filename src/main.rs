@@ -209,6 +209,9 @@ enum ModelsCommand {
         #[arg(long)]
         board: PathBuf,
     },
+    /// Load and dry-run a model folder and print its measured memory (`[memory]
+    /// tract_working_bytes` of its manifest).
+    Measure { dir: PathBuf },
     /// Make an ed25519 key pair: PREFIX.key (secret) and PREFIX.pub.
     Keygen {
         #[arg(long)]
@@ -272,6 +275,7 @@ fn main() -> ExitCode {
             ModelsCommand::Install { dir, board } => cmd::models::install(&board, &dir),
             ModelsCommand::List { board } => cmd::models::list(&board),
             ModelsCommand::Keygen { out } => cmd::models::keygen(&out),
+            ModelsCommand::Measure { dir } => cmd::models::measure(&dir),
             ModelsCommand::Sign { key, dir } => cmd::models::sign(&key, &dir),
         },
         Command::Prepare {

@@ -96,3 +96,14 @@ pub fn sign(key: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
     println!("{}", path.display());
     Ok(ExitCode::SUCCESS)
 }
+
+/// Loads and dry-runs a model folder under the counting allocator and prints what its
+/// manifest's `[memory]` states (the model tool writes it from this).
+pub fn measure(dir: &Path) -> anyhow::Result<ExitCode> {
+    let (engine, memory) = bedside::plan::load_measured(dir)?;
+    let m = engine.model_ref();
+    println!("# {} {} (sha256 {})", m.id, m.version, m.sha256);
+    println!("resident_bytes = {}", memory.resident);
+    println!("tract_working_bytes = {}", memory.working);
+    Ok(ExitCode::SUCCESS)
+}
