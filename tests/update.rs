@@ -134,9 +134,22 @@ fn a_signed_update_is_taken_under_load_and_no_image_is_lost_or_mixed() {
     // installed and taken.
     const FILES: usize = 30;
     const STORED: usize = 10;
+    // Half of each before the update is installed, half after: both versions must appear
+    // however fast this machine is, and images keep arriving while the swap happens.
+    let installed_flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wait_installed = |flag: &std::sync::atomic::AtomicBool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let inbox = tmp.path().join("inbox");
+    let flag = installed_flag.clone();
     let feeder = std::thread::spawn(move || {
         for i in 0..FILES {
+            if i == FILES / 2 {
+                wait_installed(&flag);
+            }
             let tmp_name = inbox.join(format!("f{i:02}.part"));
             std::fs::copy(sample("cxr-ptx-mono2.dcm"), &tmp_name).unwrap();
             std::fs::rename(&tmp_name, inbox.join(format!("f{i:02}.dcm"))).unwrap();
@@ -144,9 +157,13 @@ fn a_signed_update_is_taken_under_load_and_no_image_is_lost_or_mixed() {
         }
     });
     let copies = distinct_copies(&tmp.path().join("scp"), STORED);
+    let flag = installed_flag.clone();
     let sender = std::thread::spawn(move || {
         let mut ok = 0;
-        for c in copies {
+        for (i, c) in copies.into_iter().enumerate() {
+            if i == STORED / 2 {
+                wait_installed(&flag);
+            }
             let o = Command::new("storescu")
                 .args([
                     "-aet",
@@ -178,6 +195,7 @@ fn a_signed_update_is_taken_under_load_and_no_image_is_lost_or_mixed() {
             );
             hup(&daemon);
             installed = true;
+            installed_flag.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         if let Some((_, f)) = findings.next_json(Duration::from_secs(5)) {
             assert_valid_finding(&f);
