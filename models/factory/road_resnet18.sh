@@ -10,14 +10,17 @@
 #                       DICOM before and one after: findings from 0.2.0 and from 1.0.0-resnet18
 #   5. summary          the figures (WORK/summary.md, WORK/summary.json)
 # Fails loudly (set -e, every wait bounded), everything on 127.0.0.1, its processes stopped by a trap.
+# Measured (2-core AMD EPYC, the other core busy, 3 Dec 2026): train 318 s (57 steps), import 28 s, eval 8 s,
+# install 4 s; ~6 min in all. Results of that run: WORK/summary.md.
 # Nothing is written inside the repository: every artefact goes to WORK (the model is ~45 MB fp32 + ~11 MB int8).
 #
 # Usage (from anywhere):  models/factory/road_resnet18.sh
 # Environment:
 #   WORK            work dir, outside the repo (default /work/scratch/road)
 #   FROM            first step to run, 1..5 (default 1); later steps reuse WORK's artefacts of earlier ones
-#   RESNET_SECONDS  training budget in seconds (default 300, ~100 steps of batch 16 at ~3 s/step on one
-#                   2020s x86 core); RESNET_STEPS a fixed step count instead; RETRAIN=1 ignores WORK's checkpoint
+#   RESNET_SECONDS  training budget in seconds (default 300; train_resnet times two probe steps and fits the
+#                   step count to it: 3-5 s/step of batch 16 on one AMD EPYC core, i.e. 60-100 steps, well under
+#                   one epoch); RESNET_STEPS a fixed step count instead; RETRAIN=1 ignores WORK's checkpoint
 #   N_CALIB         calibration PNGs (default 64)
 #   CACHE           factory data cache (default: ~/.cache/bedside-study/cache-cls when it holds the train split,
 #                   else /work/scratch/cache; generating the 3000-image train split takes ~4 min)
