@@ -155,7 +155,9 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         publisher.set_memory_plan(plan.total(), plan.heap(), plan.budget);
         if let Some(last) = refused.last() {
             let models = current_models(&processor, &video_models);
-            publisher.set_models(models, serde_json::json!({ "state": "refused", "reason": last }));
+            // The first line: a memory plan's table stays in the log.
+            let reason = last.lines().next().unwrap_or_default();
+            publisher.set_models(models, serde_json::json!({ "state": "refused", "reason": reason }));
         }
         // SIGHUP (`systemctl reload bedside`): take staged model updates between two images.
         let reload = Arc::new(AtomicBool::new(false));

@@ -34,6 +34,12 @@ pub enum UpdateError {
         "this device serves no model `{id}` (it serves {served:?}); an update replaces a model, it does not add one"
     )]
     NotServed { id: String, served: Vec<String> },
+    #[error(
+        "{path}: model.toml states no [memory] tract_working_bytes; an update is planned before it is loaded, so it must (bedside-model writes it; `bedside models measure` prints it)"
+    )]
+    NoMemory { path: PathBuf },
+    #[error(transparent)]
+    OverBudget(#[from] crate::plan::OverBudget),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -123,6 +129,16 @@ pub fn precheck(profile: &BoardProfile, dir: &Path) -> Result<Manifest, UpdateEr
         .transpose()?;
     verify_signature(dir, key.as_ref())?;
     let manifest = Manifest::load(dir)?;
+    if manifest
+        .memory
+        .as_ref()
+        .and_then(|m| m.tract_working_bytes)
+        .is_none()
+    {
+        return Err(UpdateError::NoMemory {
+            path: dir.to_path_buf(),
+        });
+    }
     let served = served_ids(profile);
     if !served.contains(&manifest.model.id) {
         return Err(UpdateError::NotServed {
@@ -272,9 +288,10 @@ impl Outcome {
             Outcome::Taken { old, new } => serde_json::json!({
                 "state": "taken", "model": new, "replaced": old, "at": at,
             }),
+            // The first line: a memory plan's table stays in the log.
             Outcome::Refused { id, dir, reason } => serde_json::json!({
                 "state": "refused", "model": { "id": id }, "staged": dir.display().to_string(),
-                "reason": reason, "at": at,
+                "reason": reason.lines().next().unwrap_or_default(), "at": at,
             }),
         }
     }
@@ -297,6 +314,45 @@ impl Updater {
             video_facts: planned.video_facts.clone(),
             baseline_rss: planned.baseline_rss,
         }
+    }
+
+    fn facts_with(
+        &self,
+        id: &str,
+        memory: crate::plan::ModelMemory,
+        input_hw: (usize, usize),
+    ) -> Vec<crate::plan::ModelFacts> {
+        let mut facts = self.dicom_facts.clone();
+        for f in facts.iter_mut().filter(|f| f.0 == id) {
+            *f = (id.to_string(), memory, input_hw);
+        }
+        facts
+    }
+
+    /// The plan with `manifest`'s model in place of `id`: its measured memory when given,
+    /// else what the manifest states (the working memory; the weights not yet counted, so
+    /// a model this refuses is refused for certain).
+    fn plan_with(
+        &self,
+        id: &str,
+        manifest: &Manifest,
+        measured: Option<crate::plan::ModelMemory>,
+    ) -> crate::plan::MemoryPlan {
+        let memory = measured.unwrap_or(crate::plan::ModelMemory {
+            resident: 0,
+            working: manifest
+                .memory
+                .as_ref()
+                .and_then(|m| m.tract_working_bytes)
+                .unwrap_or(0),
+        });
+        let facts = self.facts_with(id, memory, manifest.input_hw());
+        crate::plan::MemoryPlan::compute(
+            &self.profile,
+            &facts,
+            &self.video_facts,
+            self.baseline_rss,
+        )
     }
 
     /// Takes every staged update of a model `processor` serves whose file differs from the
@@ -330,7 +386,17 @@ impl Updater {
                 ));
                 continue;
             }
-            if let Err(e) = precheck(&self.profile, &dir) {
+            let manifest = match precheck(&self.profile, &dir) {
+                Ok(m) => m,
+                Err(e) => {
+                    outcomes.push(refused(e.to_string()));
+                    continue;
+                }
+            };
+            // Planned with what the manifest states before anything is loaded: a model
+            // too large for the budget must not be loaded to find out (the unit's
+            // MemoryMax= would end the daemon).
+            if let Err(e) = self.plan_with(&id, &manifest, None).check() {
                 outcomes.push(refused(e.to_string()));
                 continue;
             }
@@ -342,10 +408,7 @@ impl Updater {
                     continue;
                 }
             };
-            let mut facts = self.dicom_facts.clone();
-            for f in facts.iter_mut().filter(|f| f.0 == id) {
-                *f = (id.clone(), memory, engine.manifest().input_hw());
-            }
+            let facts = self.facts_with(&id, memory, engine.manifest().input_hw());
             let plan = crate::plan::MemoryPlan::compute(
                 &self.profile,
                 &facts,

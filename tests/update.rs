@@ -375,3 +375,68 @@ impl MkDir for PathBuf {
         self
     }
 }
+
+#[test]
+fn an_update_the_memory_budget_cannot_hold_is_refused_before_it_is_loaded() {
+    // cxr-tiny-cls alone plans ~550 MiB here (most of it the largest DICOM file and its
+    // decode); the test model (models/factory/big_working_model.py) states ~206 MB of working
+    // memory more, so 650 MiB holds the one and not the other, whatever the noise of the
+    // measured baseline.
+    let big = repo().join("tests/fixtures/models/cxr-big-working");
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let board = write_board_with(
+        tmp.path(),
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        "[memory]\nbudget_mib = 650\n",
+    );
+    let o = install(&board, &big);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "installed:\n{stderr}");
+    assert!(
+        stderr.contains("does not fit the budget of 650 MiB"),
+        "{stderr}"
+    );
+
+    // Put there by hand, past the installer: the daemon plans it from its manifest and
+    // refuses it without loading it.
+    let daemon = Daemon::start(&board, tmp.path());
+    assert!(
+        status_where(broker.port, |s| s["state"] == "online").is_some(),
+        "{}",
+        daemon.log()
+    );
+    let staged = tmp.path().join("state/models.d/cxr-tiny-cls");
+    std::fs::create_dir_all(&staged).unwrap();
+    for f in ["model.onnx", "model.toml"] {
+        std::fs::copy(big.join(f), staged.join(f)).unwrap();
+    }
+    let rss_before = daemon.rss_bytes();
+    hup(&daemon);
+    let status = status_where(broker.port, |s| s["model_update"]["state"] == "refused")
+        .unwrap_or_else(|| panic!("no refusal:\n{}", daemon.log()));
+    let reason = status["model_update"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("does not fit the budget of 650 MiB"),
+        "{reason}"
+    );
+    assert_eq!(status["models"][0]["version"], "0.2.0");
+    assert!(
+        daemon.rss_bytes() < rss_before + 100 * 1024 * 1024,
+        "the refused model was not run: RSS {} -> {}",
+        rss_before,
+        daemon.rss_bytes()
+    );
+    let mut findings = Subscriber::connect(broker.port, TOPIC_FINDINGS, None);
+    std::fs::copy(sample("cxr-ptx-mono2.dcm"), tmp.path().join("inbox/x.part")).unwrap();
+    std::fs::rename(
+        tmp.path().join("inbox/x.part"),
+        tmp.path().join("inbox/x.dcm"),
+    )
+    .unwrap();
+    let (_, f) = findings
+        .next_json(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the old model stopped serving:\n{}", daemon.log()));
+    assert_eq!(f["model"]["version"], "0.2.0");
+    let _ = daemon.stop();
+}
