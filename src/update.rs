@@ -40,6 +40,10 @@ pub enum UpdateError {
     NoMemory { path: PathBuf },
     #[error(transparent)]
     OverBudget(#[from] crate::plan::OverBudget),
+    #[error(
+        "{path}: model.toml names the file `{file}`, which is not a plain path inside the folder"
+    )]
+    BadPath { path: PathBuf, file: PathBuf },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -179,6 +183,18 @@ pub fn stage(
         files.push(PathBuf::from(extra));
     }
     for f in files {
+        // Only names inside the folder: a manifest cannot make the copy read or write
+        // anywhere else.
+        if !f
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(UpdateError::BadPath {
+                path: dir.to_path_buf(),
+                file: f,
+            });
+        }
         let from = dir.join(&f);
         if !from.exists() {
             continue;
@@ -189,7 +205,8 @@ pub fn stage(
         }
         std::fs::copy(&from, &to).map_err(io(format!("copying {}", from.display())))?;
     }
-    // Data on disk before the name changes: a power cut leaves the old or the new, whole.
+    // Data on disk before the names change. A power cut leaves the old staged folder, the
+    // new one, or — between the two renames — none, and then the board's own models serve.
     for entry in std::fs::read_dir(&staging).map_err(io(staging.display().to_string()))? {
         let p = entry.map_err(io(staging.display().to_string()))?.path();
         if p.is_file() {
@@ -263,6 +280,31 @@ mod tests {
         sign(dir.path(), &secret).unwrap();
         assert!(verify_signature(dir.path(), Some(&verifying_key(&other).unwrap())).is_err());
         assert!(verify_signature(dir.path(), None).is_ok());
+    }
+
+    #[test]
+    fn a_manifest_cannot_make_staging_read_or_write_outside_its_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let profile_text = format!(
+            "[device]\nid = \"d\"\nsite = \"s\"\nboard = \"b\"\n[paths]\ninbox = \"{0}/in\"\nstate = \"{0}/state\"\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n[[models]]\npath = \"{1}\"\n",
+            tmp.path().display(),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models/cxr-tiny-cls")
+                .display()
+        );
+        let board = tmp.path().join("board.toml");
+        std::fs::write(&board, profile_text).unwrap();
+        let profile = BoardProfile::load(&board).unwrap();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cxr-tiny-cls");
+        let mut manifest = Manifest::load(&src).unwrap();
+        for bad in ["../../escape.onnx", "/etc/passwd"] {
+            manifest.model.file = PathBuf::from(bad);
+            assert!(matches!(
+                stage(&profile, &src, &manifest),
+                Err(UpdateError::BadPath { .. })
+            ));
+        }
+        assert!(!updates_dir(&profile).join("cxr-tiny-cls").exists());
     }
 }
 
