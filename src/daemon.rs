@@ -202,6 +202,8 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             }
             _ => None,
         };
+        // Set once the live pipeline runs: the image worker takes updates of its models too.
+        let live_updater: Arc<std::sync::OnceLock<crate::live::LiveUpdater>> = Arc::default();
         let (alive, worker_ended) = tokio::sync::oneshot::channel::<()>();
         let heartbeat = Heartbeat::new();
         let worker = {
@@ -217,6 +219,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                 reload,
                 updater,
                 video_models,
+                live: live_updater.clone(),
             };
             std::thread::Builder::new()
                 .name("bedside-dicom".into())
@@ -235,6 +238,9 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             Some(video) => Some(start_live(&profile, video, video_engines, &publisher)?),
             None => None,
         };
+        if let Some(live) = &live {
+            let _ = live_updater.set(live.updater());
+        }
         info!(inbox = %inbox.dir.display(), findings = %profile.topic("findings"), "bedside running");
         service::ready(&format!("watching {}", inbox.dir.display()));
         let watchdog = service::watchdog_period().map(|period| {
@@ -464,8 +470,9 @@ struct Worker {
     /// Set by SIGHUP: take staged model updates before the next image.
     reload: Arc<AtomicBool>,
     updater: crate::update::Updater,
-    /// The live pipeline's models, for the status (they change only at a restart).
+    /// The live pipeline's models at start, for the status before it runs.
     video_models: Vec<crate::model::ModelRef>,
+    live: Arc<std::sync::OnceLock<crate::live::LiveUpdater>>,
 }
 
 /// The models serving now: the image worker's, then the live pipeline's others.
@@ -535,7 +542,7 @@ impl Worker {
     /// Takes the staged model updates that pass every check; the old model keeps serving
     /// when one fails, and the status and the log say why.
     fn take_updates(&mut self) {
-        let outcomes = self.updater.take(&mut self.processor);
+        let outcomes = self.updater.take(&mut self.processor, self.live.get());
         if outcomes.is_empty() {
             info!("no staged model update differs from the models serving");
         }
@@ -551,7 +558,11 @@ impl Worker {
                     "model update refused, the old model keeps serving: {reason}"
                 ),
             }
-            let models = current_models(&self.processor, &self.video_models);
+            let video = self
+                .live
+                .get()
+                .map_or_else(|| self.video_models.clone(), |l| l.models());
+            let models = current_models(&self.processor, &video);
             self.publisher.set_models(models, o.to_json());
         }
     }

@@ -358,17 +358,21 @@ impl Updater {
         }
     }
 
+    /// The plan's facts with `id` measured as `memory` wherever it serves.
     fn facts_with(
         &self,
         id: &str,
         memory: crate::plan::ModelMemory,
         input_hw: (usize, usize),
-    ) -> Vec<crate::plan::ModelFacts> {
-        let mut facts = self.dicom_facts.clone();
-        for f in facts.iter_mut().filter(|f| f.0 == id) {
-            *f = (id.to_string(), memory, input_hw);
-        }
-        facts
+    ) -> (Vec<crate::plan::ModelFacts>, Vec<crate::plan::ModelFacts>) {
+        let swap = |facts: &[crate::plan::ModelFacts]| {
+            let mut facts = facts.to_vec();
+            for f in facts.iter_mut().filter(|f| f.0 == id) {
+                *f = (id.to_string(), memory, input_hw);
+            }
+            facts
+        };
+        (swap(&self.dicom_facts), swap(&self.video_facts))
     }
 
     /// The plan with `manifest`'s model in place of `id`: its measured memory when given,
@@ -388,20 +392,26 @@ impl Updater {
                 .and_then(|m| m.tract_working_bytes)
                 .unwrap_or(0),
         });
-        let facts = self.facts_with(id, memory, manifest.input_hw());
-        crate::plan::MemoryPlan::compute(
-            &self.profile,
-            &facts,
-            &self.video_facts,
-            self.baseline_rss,
-        )
+        let (dicom, video) = self.facts_with(id, memory, manifest.input_hw());
+        crate::plan::MemoryPlan::compute(&self.profile, &dicom, &video, self.baseline_rss)
     }
 
-    /// Takes every staged update of a model `processor` serves whose file differs from the
-    /// one serving, each only if every check passes; called between two images.
-    pub fn take(&mut self, processor: &mut crate::pipeline::Processor) -> Vec<Outcome> {
-        let serving: Vec<crate::model::ModelRef> =
+    /// Takes every staged update of a model the device serves — on images (`processor`)
+    /// and on live video (`live`) — whose version or weights differ from the one serving,
+    /// each only if every check passes. Called by the image worker between two images; the
+    /// live pipeline swaps between two frames.
+    pub fn take(
+        &mut self,
+        processor: &mut crate::pipeline::Processor,
+        live: Option<&crate::live::LiveUpdater>,
+    ) -> Vec<Outcome> {
+        let mut serving: Vec<crate::model::ModelRef> =
             processor.engines().map(|e| e.model_ref().clone()).collect();
+        for m in live.map(|l| l.models()).unwrap_or_default() {
+            if !serving.iter().any(|s| s.id == m.id) {
+                serving.push(m);
+            }
+        }
         let mut outcomes = Vec::new();
         for current in serving {
             let id = current.id.clone();
@@ -422,10 +432,10 @@ impl Updater {
                 dir: dir.clone(),
                 reason,
             };
-            if self.video_facts.iter().any(|f| f.0 == id) {
-                outcomes.push(refused(
-                    "the live pipeline runs this model too; a live model is replaced at the next start".into(),
-                ));
+            let on_images = self.dicom_facts.iter().any(|f| f.0 == id);
+            let on_video = self.video_facts.iter().any(|f| f.0 == id);
+            if on_video && live.is_none() {
+                outcomes.push(refused("the live pipeline is not running here".into()));
                 continue;
             }
             let manifest = match precheck(&self.profile, &dir) {
@@ -450,24 +460,25 @@ impl Updater {
                     continue;
                 }
             };
-            let facts = self.facts_with(&id, memory, engine.manifest().input_hw());
-            let plan = crate::plan::MemoryPlan::compute(
-                &self.profile,
-                &facts,
-                &self.video_facts,
-                self.baseline_rss,
-            );
-            if let Err(e) = plan.check() {
+            if let Err(e) = self.plan_with(&id, &manifest, Some(memory)).check() {
                 outcomes.push(refused(e.to_string()));
                 continue;
             }
             let new = engine.model_ref().clone();
-            match processor.replace(engine) {
-                Ok(old) => {
-                    self.dicom_facts = facts;
+            let mut old = None;
+            if on_images {
+                old = processor.replace(engine.fork()).ok();
+            }
+            if on_video && let Some(live) = live {
+                old = live.replace(engine).ok().or(old);
+            }
+            match old {
+                Some(old) => {
+                    (self.dicom_facts, self.video_facts) =
+                        self.facts_with(&id, memory, manifest.input_hw());
                     outcomes.push(Outcome::Taken { old, new });
                 }
-                Err(_) => outcomes.push(refused("no model with this id serves".into())),
+                None => outcomes.push(refused("no model with this id serves".into())),
             }
         }
         outcomes

@@ -441,3 +441,97 @@ fn capture_resumes_when_the_camera_comes_back() {
     );
     broker.stop();
 }
+
+/// A model update while the live pipeline runs (issue 15): the new version takes over between
+/// two frames, the span the old version was following ends under the old version, and no
+/// video finding mixes the two — the findings go from the old version to the new, never back.
+#[test]
+fn a_live_model_is_updated_between_two_frames_without_mixing_versions() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broker = Mosquitto::start_on(port, dir.path(), false);
+    let model = repo().join("models/us-fast-fluid");
+    // The same weights as a new version (the update path is what is under test).
+    let update = dir.path().join("v2");
+    std::fs::create_dir_all(&update).unwrap();
+    std::fs::copy(model.join("model.onnx"), update.join("model.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    let bumped = manifest.replacen("version = \"0.1.0\"", "version = \"0.1.1-live-update\"", 1);
+    assert_ne!(manifest, bumped);
+    std::fs::write(update.join("model.toml"), bumped).unwrap();
+    let board = video_board(
+        dir.path(),
+        port,
+        &model,
+        &format!(
+            "source = \"replay\"\n{}\nwindow_frames = 5\npublish_interval_s = 1\n[video.replay]\npath = \"{}\"\nfps = 30\nloop = true",
+            crop_toml(),
+            clip().display()
+        ),
+    );
+    let findings = Collector::start(port, "bedside/test-site/cart-7/findings", "live-update");
+    let daemon = Daemon::start(&board, dir.path());
+    assert!(
+        daemon.wait_log("camera streaming", Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    // The clip's fluid event comes around every 8 s: run through one, update, run through
+    // another.
+    std::thread::sleep(Duration::from_secs(9));
+    let o = bedside()
+        .args(["models", "install"])
+        .arg(&update)
+        .arg("--board")
+        .arg(&board)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // SAFETY: kill(2) on the child's pid.
+    assert_eq!(unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) }, 0);
+    assert!(
+        daemon.wait_log("model updated", Duration::from_secs(30)),
+        "{}",
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_secs(9));
+    let (status, log) = daemon.stop();
+    assert!(status.success(), "{log}");
+    std::thread::sleep(Duration::from_millis(500));
+    let docs = findings.docs();
+    broker.stop();
+    let versions: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|f| {
+            (
+                f["model"]["version"].as_str().unwrap(),
+                f["video"]["event"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    eprintln!("video findings (version, event): {versions:?}");
+    let first_new = versions
+        .iter()
+        .position(|v| v.0 == "0.1.1-live-update")
+        .unwrap_or_else(|| panic!("no finding from the new version: {versions:?}\n{log}"));
+    assert!(first_new > 0, "findings before the update: {versions:?}");
+    assert!(
+        versions[..first_new].iter().all(|v| v.0 == "0.1.0"),
+        "{versions:?}"
+    );
+    assert!(
+        versions[first_new..]
+            .iter()
+            .all(|v| v.0 == "0.1.1-live-update"),
+        "an old-version finding after the new version's first: {versions:?}"
+    );
+    for f in &docs {
+        assert_valid_finding(f);
+        assert_eq!(
+            f["model"]["sha256"],
+            serde_json::json!(model_sha256(&model))
+        );
+    }
+    assert!(log.contains("model updated"), "{log}");
+}

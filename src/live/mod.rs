@@ -206,8 +206,105 @@ struct Frame {
 
 struct Scored {
     model: usize,
+    /// Which version of the model scored it (0 the first, one more per update).
+    generation: u64,
     stream: u32,
     score: FrameScore,
+}
+
+/// What the smoothing thread receives: scores, and the news that a model was replaced (sent
+/// before any inference thread has the new one, so every later score of the new version
+/// comes after it on the channel).
+enum Scoring {
+    Frame(Scored),
+    Model {
+        model: usize,
+        generation: u64,
+        info: ModelInfo,
+    },
+}
+
+/// A new version of model `model` for one inference thread.
+struct SlotUpdate {
+    model: usize,
+    generation: u64,
+    slot: Slot,
+}
+
+impl Slot {
+    fn of(engine: Engine) -> Slot {
+        let m = engine.manifest();
+        let (h, w) = m.input_hw();
+        Slot {
+            preparer: Preparer::new(m.preprocess.clone(), h, w),
+            labels: m.labels.clone(),
+            task: m.model.task,
+            activation: m.output.activation,
+            engine,
+        }
+    }
+}
+
+/// Replaces the models of a running pipeline (cheap to clone; see [`Live::updater`]).
+#[derive(Clone)]
+pub struct LiveUpdater {
+    inner: Arc<Mutex<UpdaterState>>,
+}
+
+struct UpdaterState {
+    /// Taken away when the pipeline stops, so that the smoothing thread can end.
+    scoring: Option<SyncSender<Scoring>>,
+    threads: Vec<std::sync::mpsc::Sender<SlotUpdate>>,
+    models: Vec<ModelRef>,
+    generation: u64,
+}
+
+impl LiveUpdater {
+    /// The models the pipeline runs now.
+    pub fn models(&self) -> Vec<ModelRef> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .models
+            .clone()
+    }
+
+    /// Puts `engine` in the place of the model with its id, between two frames on every
+    /// inference thread. The span the old version was following ends with an end finding of
+    /// the old version; frames the old version scores after that are dropped, so no
+    /// finding mixes the two. Returns the model replaced, or gives the engine back when the
+    /// pipeline runs no model of its id (or has stopped).
+    pub fn replace(&self, engine: Engine) -> Result<ModelRef, Box<Engine>> {
+        let mut st = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(m) = st.models.iter().position(|r| r.id == engine.model_ref().id) else {
+            return Err(Box::new(engine));
+        };
+        let Some(scoring) = st.scoring.clone() else {
+            return Err(Box::new(engine));
+        };
+        st.generation += 1;
+        let generation = st.generation;
+        if scoring
+            .send(Scoring::Model {
+                model: m,
+                generation,
+                info: ModelInfo::of(&engine),
+            })
+            .is_err()
+        {
+            return Err(Box::new(engine));
+        }
+        // Each thread its own runner of the one plan (weights shared).
+        for tx in &st.threads {
+            let _ = tx.send(SlotUpdate {
+                model: m,
+                generation,
+                slot: Slot::of(engine.fork()),
+            });
+        }
+        let old = std::mem::replace(&mut st.models[m], engine.model_ref().clone());
+        Ok(old)
+    }
 }
 
 /// One model on one inference thread.
@@ -227,6 +324,7 @@ pub struct Live {
     stop: Arc<AtomicBool>,
     handoff: Arc<Handoff<Frame>>,
     threads: Vec<JoinHandle<()>>,
+    updater: LiveUpdater,
 }
 
 /// What the findings of one pipeline say about their source.
@@ -253,26 +351,17 @@ impl Live {
         // The pool: capture holds one, one waits in the hand-off, one per inference thread.
         // (Found by the 30/60 fps test: with one frame short, capture waited for inference.)
         let (pool_tx, pool_rx) = sync_channel::<Frame>(threads_n + 2);
-        let (scored_tx, scored_rx) = sync_channel::<Scored>(4 * threads_n * engines.len().max(1));
+        let (scored_tx, scored_rx) = sync_channel::<Scoring>(4 * threads_n * engines.len().max(1));
         let frame_size: Arc<Mutex<Option<Geometry>>> = Arc::new(Mutex::new(None));
         let geometry = frame_size.clone();
         let mut threads = Vec::new();
 
         let models: Vec<ModelInfo> = engines.iter().map(ModelInfo::of).collect();
+        let mut update_txs = Vec::new();
         for i in 0..threads_n {
-            let slots: Vec<Slot> = engines
-                .iter()
-                .map(|e| {
-                    let (h, w) = e.manifest().input_hw();
-                    Slot {
-                        engine: e.fork(),
-                        preparer: Preparer::new(e.manifest().preprocess.clone(), h, w),
-                        labels: e.manifest().labels.clone(),
-                        task: e.manifest().model.task,
-                        activation: e.manifest().output.activation,
-                    }
-                })
-                .collect();
+            let slots: Vec<Slot> = engines.iter().map(|e| Slot::of(e.fork())).collect();
+            let (update_tx, updates) = std::sync::mpsc::channel::<SlotUpdate>();
+            update_txs.push(update_tx);
             let core = (!config.cores.is_empty()).then(|| config.cores[i % config.cores.len()]);
             let (handoff, pool_tx, scored_tx, stats, stop, frame_size) = (
                 handoff.clone(),
@@ -285,6 +374,7 @@ impl Live {
             threads.push(spawn(&format!("infer-{i}"), core, move || {
                 infer_loop(
                     slots,
+                    &updates,
                     &handoff,
                     &pool_tx,
                     &scored_tx,
@@ -294,7 +384,14 @@ impl Live {
                 )
             }));
         }
-        drop(scored_tx);
+        let updater = LiveUpdater {
+            inner: Arc::new(Mutex::new(UpdaterState {
+                scoring: Some(scored_tx),
+                threads: update_txs,
+                models: engines.iter().map(|e| e.model_ref().clone()).collect(),
+                generation: 0,
+            })),
+        };
         {
             let (handoff, stats, stop, config) =
                 (handoff.clone(), stats.clone(), stop.clone(), config.clone());
@@ -317,7 +414,7 @@ impl Live {
             let stats = stats.clone();
             threads.push(spawn("smooth", None, move || {
                 smooth_loop(
-                    scored_rx, &models, &config, &context, sink, &stats, &geometry,
+                    scored_rx, models, &config, &context, sink, &stats, &geometry,
                 )
             }));
         }
@@ -326,7 +423,13 @@ impl Live {
             stop,
             handoff,
             threads,
+            updater,
         }
+    }
+
+    /// A handle that replaces the pipeline's models while it runs (model updates).
+    pub fn updater(&self) -> LiveUpdater {
+        self.updater.clone()
     }
 
     pub fn stats(&self) -> &Arc<LiveStats> {
@@ -338,6 +441,12 @@ impl Live {
     pub fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
         self.handoff.close();
+        // The updater's sender goes, so that smoothing ends once inference has.
+        self.updater
+            .inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .scoring = None;
         for t in self.threads {
             let name = t.thread().name().unwrap_or("live").to_string();
             if t.join().is_err() {
@@ -504,18 +613,26 @@ fn capture_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn infer_loop(
     mut slots: Vec<Slot>,
+    updates: &Receiver<SlotUpdate>,
     handoff: &Handoff<Frame>,
     pool_tx: &SyncSender<Frame>,
-    scored_tx: &SyncSender<Scored>,
+    scored_tx: &SyncSender<Scoring>,
     stats: &LiveStats,
     stop: &AtomicBool,
     frame_size: &Mutex<Option<Geometry>>,
 ) {
     let mut size: Option<(u32, u32)> = None;
+    let mut generations = vec![0u64; slots.len()];
     loop {
         stats.heartbeat.beat();
+        // A new model version takes effect between two frames.
+        while let Ok(u) = updates.try_recv() {
+            slots[u.model] = u.slot;
+            generations[u.model] = u.generation;
+        }
         let frame = match handoff.take(Duration::from_millis(200)) {
             Taken::Item(f) => f,
             Taken::Empty if !stop.load(Ordering::Relaxed) => continue,
@@ -555,11 +672,12 @@ fn infer_loop(
                 peaks,
             };
             if scored_tx
-                .send(Scored {
+                .send(Scoring::Frame(Scored {
                     model: m,
+                    generation: generations[m],
                     stream: frame.stream,
                     score,
-                })
+                }))
                 .is_err()
             {
                 return;
@@ -607,30 +725,26 @@ impl ModelInfo {
 }
 
 fn smooth_loop(
-    scored_rx: Receiver<Scored>,
-    models: &[ModelInfo],
+    scored_rx: Receiver<Scoring>,
+    mut models: Vec<ModelInfo>,
     config: &LiveConfig,
     context: &FindingContext,
     mut sink: Sink,
     stats: &LiveStats,
     frame_size: &Mutex<Option<Geometry>>,
 ) {
-    let new_smoothers = || -> Vec<Smoother> {
-        models
-            .iter()
-            .map(|m| {
-                let t: Vec<f32> = m.labels.iter().map(|(_, t)| *t).collect();
-                Smoother::new(
-                    &t,
-                    m.task == Task::Segmentation,
-                    config.window_frames,
-                    config.publish_interval,
-                    Instant::now(),
-                )
-            })
-            .collect()
+    let new_smoother = |m: &ModelInfo| {
+        let t: Vec<f32> = m.labels.iter().map(|(_, t)| *t).collect();
+        Smoother::new(
+            &t,
+            m.task == Task::Segmentation,
+            config.window_frames,
+            config.publish_interval,
+            Instant::now(),
+        )
     };
-    let mut smoothers = new_smoothers();
+    let mut smoothers: Vec<Smoother> = models.iter().map(new_smoother).collect();
+    let mut generations = vec![0u64; models.len()];
     let mut stream = (0u32, String::new());
     let geometry = || {
         frame_size
@@ -638,18 +752,38 @@ fn smooth_loop(
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or((0, 0, None))
     };
-    let emit = |m: usize, s: Summary, stream_id: &str, sink: &mut Sink| {
-        sink(make_finding(&models[m], &s, stream_id, context, geometry()));
+    let emit = |m: &ModelInfo, s: Summary, stream_id: &str, sink: &mut Sink| {
+        sink(make_finding(m, &s, stream_id, context, geometry()));
         stats.findings.fetch_add(1, Ordering::Relaxed);
     };
-    while let Ok(scored) = scored_rx.recv() {
+    while let Ok(message) = scored_rx.recv() {
+        let scored = match message {
+            Scoring::Frame(s) => s,
+            // A model was replaced: what the old version follows ends, under its name.
+            Scoring::Model {
+                model,
+                generation,
+                info,
+            } => {
+                if let Some(end) = smoothers[model].finish() {
+                    emit(&models[model], end, &stream.1, &mut sink);
+                }
+                smoothers[model] = new_smoother(&info);
+                models[model] = info;
+                generations[model] = generation;
+                continue;
+            }
+        };
+        if scored.generation != generations[scored.model] {
+            continue; // scored by the old version after the swap
+        }
         if scored.stream != stream.0 {
             for (m, s) in smoothers.iter_mut().enumerate() {
                 if let Some(end) = s.finish() {
-                    emit(m, end, &stream.1, &mut sink);
+                    emit(&models[m], end, &stream.1, &mut sink);
                 }
             }
-            smoothers = new_smoothers();
+            smoothers = models.iter().map(new_smoother).collect();
             let started = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -660,13 +794,13 @@ fn smooth_loop(
             );
         }
         for s in smoothers[scored.model].push(scored.score, Instant::now()) {
-            emit(scored.model, s, &stream.1, &mut sink);
+            emit(&models[scored.model], s, &stream.1, &mut sink);
         }
     }
     // Every sender gone: the pipeline stopped. Close what is still open.
     for (m, s) in smoothers.iter_mut().enumerate() {
         if let Some(end) = s.finish() {
-            emit(m, end, &stream.1, &mut sink);
+            emit(&models[m], end, &stream.1, &mut sink);
         }
     }
 }
