@@ -7,6 +7,9 @@ standard-domain QLinearConv with the ReLU folded into its output range (tract ca
 Microsoft-domain ops such as QLinearAdd); u8 activations, s8 weights, PER-TENSOR scales (the decided recipe,
 docs/int8.md "Per-channel or per-tensor"), MinMax calibration. Optionally the last Conv (a 1x1 head) stays fp32.
 
+`per_channel=True` exists for the factory's per-channel study only (benches/int8); the factory's builds call
+this function (models/factory/zoo.py quantize_int8), so their int8 files come from the same code as the tool's.
+
 Also here: `u8_weights` (models/factory/per_channel_study.py), the same int8 model with its s8 weights re-encoded
 as u8, which onnxruntime on x86 without VNNI runs through its exact u8 x u8 kernel (its u8 x s8 kernel saturates,
 VPMADDUBSW): every onnxruntime int8 reference (parity fixtures) is taken from that form.
@@ -35,7 +38,8 @@ class Reader(CalibrationDataReader):
         return next(self.it, None)
 
 
-def quantize_int8(src, out, input_name, calib, work, exclude_head=False, producer_version="0.1.0", doc=""):
+def quantize_int8(src, out, input_name, calib, work, exclude_head=False, producer_version="0.1.0", doc="",
+                  producer_name="bedside-model", per_channel=False):
     """Quantizes the fp32 model `src` to `out` with the recipe above, calibrated on `calib` (N, 1, H, W) float32.
     Returns the op list (domain:op) of the int8 graph. Refuses a graph with a non-standard-domain op (tract cannot
     load it) or with a Conv that did not become a QLinearConv (the head excepted with exclude_head)."""
@@ -56,11 +60,11 @@ def quantize_int8(src, out, input_name, calib, work, exclude_head=False, produce
         convs = [n.name for n in pm.graph.node if n.op_type == "Conv"]
         exclude = convs[-1:]
     quantize_static(pre, out, Reader(input_name, calib), quant_format=QuantFormat.QOperator,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                     op_types_to_quantize=["Conv", "Relu"],
                     calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
     m = onnx.load(out)
-    m.producer_name, m.producer_version = "bedside-model", producer_version
+    m.producer_name, m.producer_version = producer_name, producer_version
     m.doc_string = doc
     onnx.save(m, out)
     ops = [(n.domain or "ai.onnx") + ":" + n.op_type for n in m.graph.node]
