@@ -393,6 +393,9 @@ struct Shared {
     video_metrics: std::sync::OnceLock<VideoMetrics>,
     memory_plan: std::sync::OnceLock<(u64, u64, Option<u64>)>,
     started: Instant,
+    /// Set when this process disconnects at shutdown: the connection closing then is ours,
+    /// not an outage to report.
+    disconnecting: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -656,6 +659,7 @@ impl Publisher {
             video_metrics: std::sync::OnceLock::new(),
             memory_plan: std::sync::OnceLock::new(),
             started: Instant::now(),
+            disconnecting: std::sync::atomic::AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
@@ -782,6 +786,9 @@ impl Publisher {
             while self.shared.lock().statuses_in_flight > 0 && tokio::time::Instant::now() < until {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
+            self.shared
+                .disconnecting
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             self.shared.lock().client.try_disconnect();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -853,6 +860,13 @@ async fn drive(shared: Arc<Shared>, mut events: Events, mut stop: watch::Receive
             Ok(Ev::Other) => {}
             Err(e) => {
                 shared.lock().connected = false;
+                if shared
+                    .disconnecting
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    debug!(broker = %broker, "connection closed after our disconnect");
+                    return;
+                }
                 let (text, protocol_trouble) = match e {
                     LinkError::Protocol(t) => (t, true),
                     LinkError::Other(t) => (t, false),
