@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use bedside::eval::metrics::{
-    Binary, CocoAp, Confusion, LabelledBox, Overlap, Roc, ScoredBox, argmax, mean_defined,
+    Binary, CocoAp, Confusion, LabelledBox, Overlap, Roc, ScoredBox, argmax, hd95, mean_defined,
 };
 use common::{bedside, repo};
 use serde_json::Value;
@@ -178,6 +178,17 @@ fn dice_and_iou_match_scikit_learn_empty_masks_included() {
         );
         close(o.dice(), &e["dice"], &format!("{name}: dice"));
         close(o.iou(), &e["iou"], &format!("{name}: iou"));
+        // MONAI's definition (the reference follows it with scipy; checked once against
+        // monai.metrics.compute_hausdorff_distance 1.6.1: equal on every case).
+        let (h, w) = (
+            c["height"].as_u64().unwrap() as usize,
+            c["width"].as_u64().unwrap() as usize,
+        );
+        close(
+            hd95(&truth, &pred, h, w),
+            &e["hd95"],
+            &format!("{name}: HD95"),
+        );
         by_name.insert(name.to_string(), o);
     }
     for d in r["segmentation_datasets"].as_array().unwrap() {
@@ -438,7 +449,7 @@ fn segmentation_set_reproduces_the_reference_and_nifti_masks_read_as_png_ones() 
                 .iter()
                 .find(|r| r[0] == name && r[1] == file)
                 .unwrap_or_else(|| panic!("{name} missing from per_image.csv"));
-            let fraction: f64 = row[8].parse().unwrap();
+            let fraction: f64 = row[9].parse().unwrap();
             let wf = im["fraction"].as_f64().unwrap();
             assert!(
                 (fraction - wf).abs() <= 0.001,
@@ -446,7 +457,7 @@ fn segmentation_set_reproduces_the_reference_and_nifti_masks_read_as_png_ones() 
             );
             if (wf - min_fraction).abs() > 0.001 {
                 assert_eq!(
-                    row[9] == "1",
+                    row[10] == "1",
                     im["found"].as_bool().unwrap(),
                     "{form} {name}: call"
                 );
@@ -478,8 +489,8 @@ fn segmentation_set_reproduces_the_reference_and_nifti_masks_read_as_png_ones() 
             .iter()
             .find(|p| p[0] == r[0] && p[1] == "model.onnx")
             .unwrap_or_else(|| panic!("{} not in the PNG set", r[0]));
-        // truth pixels, predicted pixels, Dice, IoU, fraction, call
-        assert_eq!(&r[4..10], &png[4..10], "{}: NIfTI mask vs PNG mask", r[0]);
+        // truth pixels, predicted pixels, Dice, IoU, HD95, fraction, call
+        assert_eq!(&r[4..11], &png[4..11], "{}: NIfTI mask vs PNG mask", r[0]);
         compared += 1;
     }
     assert_eq!(compared, 6);

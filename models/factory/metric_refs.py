@@ -243,15 +243,34 @@ def multiclass_cases():
 
 
 # ---------------------------------------------------------------------------------------------- segmentation
-def seg_expected(truth, pred):
+def hd95(truth, pred):
+    """95th-percentile symmetric Hausdorff distance in pixels, MONAI's definition
+    (monai.metrics.compute_hausdorff_distance(percentile=95)): the edges of each mask are the mask minus its
+    binary erosion (scipy's, cross structure, outside = background); from each edge pixel of one mask the
+    Euclidean distance to the nearest edge pixel of the other (distance_transform_edt of the other's non-edges);
+    numpy's linear 95th percentile of each direction; the larger of the two. Null when either mask is empty."""
+    from scipy.ndimage import binary_erosion, distance_transform_edt
+    t, p = np.asarray(truth, bool), np.asarray(pred, bool)
+    if not t.any() or not p.any():
+        return None
+    et, ep = t ^ binary_erosion(t), p ^ binary_erosion(p)
+    d_pt = distance_transform_edt(~et)[ep]
+    d_tp = distance_transform_edt(~ep)[et]
+    return r12(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
+
+
+def seg_expected(truth, pred, shape=None):
     t = np.asarray(truth, dtype=int)
     p = np.asarray(pred, dtype=int)
     dice = f1_score(t, p, zero_division=np.nan)
     both_empty = t.sum() == 0 and p.sum() == 0
     # sklearn 1.9 jaccard_score rejects zero_division=np.nan; its only 0/0 case is both empty
     iou = None if both_empty else r12(jaccard_score(t, p, zero_division=0))
-    return {"dice": r12(dice), "iou": iou, "truth_pixels": int(t.sum()), "pred_pixels": int(p.sum()),
-            "intersection": int((t & p).sum())}
+    out = {"dice": r12(dice), "iou": iou, "truth_pixels": int(t.sum()), "pred_pixels": int(p.sum()),
+           "intersection": int((t & p).sum())}
+    if shape is not None:
+        out["hd95"] = hd95(t.reshape(shape), p.reshape(shape))
+    return out
 
 
 def disc(h, w, cy, cx, r):
@@ -266,7 +285,7 @@ def segmentation_cases():
         h, w = truth.shape
         cases.append({"name": name, "description": desc, "height": h, "width": w,
                       "truth": truth.ravel().tolist(), "pred": pred.ravel().tolist(),
-                      "expected": seg_expected(truth.ravel(), pred.ravel())})
+                      "expected": seg_expected(truth.ravel(), pred.ravel(), truth.shape)})
 
     h, w = 24, 32  # non-square so row-major vs column-major mistakes show
     add("discs_offset", "two discs r=6 offset by (2,3): partial overlap", disc(h, w, 12, 14, 6), disc(h, w, 14, 17, 6))

@@ -58,6 +58,8 @@ pub enum Detail {
     /// output (the finding's score) and whether the finding calls it present.
     Segmentation {
         overlaps: Vec<Overlap>,
+        /// 95th-percentile Hausdorff distance in the mask's pixels, where defined.
+        hd95: Vec<Option<f64>>,
         fractions: Vec<f64>,
         called: Vec<bool>,
     },
@@ -208,6 +210,7 @@ fn evaluate_one(
             );
             let one_label = labels.len() == 1;
             let mut overlaps = Vec::new();
+            let mut hd95 = Vec::new();
             let mut called = Vec::new();
             for (k, label) in labels.iter().enumerate() {
                 let truth: Vec<bool> = mask
@@ -231,11 +234,13 @@ fn evaluate_one(
                     label.threshold,
                 );
                 overlaps.push(Overlap::new(&truth, &predicted));
+                hd95.push(metrics::hd95(&truth, &predicted, rows, cols));
                 let f = fractions.get(k).copied().unwrap_or(0.0);
                 called.push(f > 0.0 && f >= label.finding_threshold(Task::Segmentation));
             }
             Detail::Segmentation {
                 overlaps,
+                hd95,
                 fractions: fractions.iter().map(|&f| f as f64).collect(),
                 called,
             }
@@ -379,6 +384,9 @@ pub struct LabelSummary {
     /// images had neither truth nor prediction (correct negatives, left out of the means).
     pub mean_dice: Option<f64>,
     pub mean_iou: Option<f64>,
+    /// Mean 95th-percentile Hausdorff distance (mask pixels) over the images where both masks
+    /// have pixels.
+    pub mean_hd95: Option<f64>,
     pub both_empty: Option<usize>,
     /// Detection: average precision at IoU 0.5 and over 0.5:0.95.
     pub ap50: Option<f64>,
@@ -531,6 +539,14 @@ impl Run {
                         .flatten(),
                     mean_iou: seg
                         .then(|| mean_defined(overlaps.iter().map(Overlap::iou)))
+                        .flatten(),
+                    mean_hd95: seg
+                        .then(|| {
+                            mean_defined(self.images.iter().map(|r| match &r.detail {
+                                Detail::Segmentation { hd95, .. } => hd95[k],
+                                _ => None,
+                            }))
+                        })
                         .flatten(),
                     both_empty: seg.then(|| overlaps.iter().filter(|o| o.both_empty()).count()),
                     ap50: coco.as_ref().and_then(|c| c.ap50(k)),

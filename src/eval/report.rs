@@ -89,6 +89,7 @@ fn write_csv(path: &Path, runs: &[Run]) -> Result<(), csv::Error> {
                 format!("predicted_pixels_{l}"),
                 format!("dice_{l}"),
                 format!("iou_{l}"),
+                format!("hd95_px_{l}"),
                 format!("fraction_{l}"),
                 format!("called_{l}"),
             ]),
@@ -117,6 +118,7 @@ fn write_csv(path: &Path, runs: &[Run]) -> Result<(), csv::Error> {
                     }
                     Detail::Segmentation {
                         overlaps,
+                        hd95,
                         fractions,
                         called,
                     } => row.extend([
@@ -124,6 +126,7 @@ fn write_csv(path: &Path, runs: &[Run]) -> Result<(), csv::Error> {
                         overlaps[k].predicted.to_string(),
                         opt(overlaps[k].dice()),
                         opt(overlaps[k].iou()),
+                        opt(hd95[k]),
                         format!("{:.6}", fractions[k]),
                         (called[k] as u8).to_string(),
                     ]),
@@ -256,7 +259,7 @@ fn markdown(data: &Path, runs: &[Run], sums: &[Summary], plots: &[(&str, &str)])
         );
         let mut head = "| label | threshold | with / without | TP FP TN FN | sensitivity | specificity | PPV | NPV | F1 | AUC | Youden threshold (sens / spec) |".to_string();
         if seg {
-            head += " mean Dice | mean IoU | both empty |";
+            head += " mean Dice | mean IoU | mean HD95 (px) | both empty |";
         }
         if det {
             head += " AP@0.5 | AP@0.5:0.95 |";
@@ -288,9 +291,10 @@ fn markdown(data: &Path, runs: &[Run], sums: &[Summary], plots: &[(&str, &str)])
             if seg {
                 let _ = write!(
                     s,
-                    " {} | {} | {} |",
+                    " {} | {} | {} | {} |",
                     f(l.mean_dice),
                     f(l.mean_iou),
+                    f(l.mean_hd95),
                     l.both_empty.unwrap_or(0)
                 );
             }
