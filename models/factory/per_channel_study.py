@@ -137,27 +137,13 @@ def quantize_forms(name, fp32, calib, exclude_head, out_dir):
 
 def u8_weights(src, dst):
     """The same int8 model with every QLinearConv's s8 weights stored as u8 = w + 128 with zero point(s) 128:
-    identical integer products, but onnxruntime runs its u8 x u8 kernel (no VPMADDUBSW saturation)."""
-    m = onnx.load(src)
-    inits = {i.name: i for i in m.graph.initializer}
-    for n in m.graph.node:
-        if n.op_type != "QLinearConv":
-            continue
-        w = numpy_helper.to_array(inits[n.input[3]])
-        zp = numpy_helper.to_array(inits[n.input[5]])
-        if w.dtype != np.int8:
-            continue
-        wn, zn = n.name + "_w_u8", n.name + "_wzp_u8"
-        m.graph.initializer.extend([numpy_helper.from_array((w.astype(np.int16) + 128).astype(np.uint8), wn),
-                                    numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), zn)])
-        n.input[3], n.input[5] = wn, zn
-    used = {i for n in m.graph.node for i in n.input}
-    keep = [i for i in m.graph.initializer if i.name in used]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(keep)
-    onnx.checker.check_model(m)
-    onnx.save(m, dst)
-    return dst
+    identical integer products, but onnxruntime runs its u8 x u8 kernel (no VPMADDUBSW saturation).
+    One implementation: tools/bedside-model's (the tool's parity fixtures use it too)."""
+    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "bedside-model")
+    if tool not in sys.path:
+        sys.path.insert(0, tool)
+    from bedside_model.quantize import u8_weights as reencode
+    return reencode(src, dst)
 
 
 def compare_int8(a, b):

@@ -22,12 +22,13 @@ def sha256(path):
 
 
 def session(path, threads=1):
-    """onnxruntime on the CPU, `threads` intra-op threads, sequential: the reference the fixtures come from."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    """onnxruntime on the CPU, `threads` intra-op threads, sequential: the reference the fixtures come from
+    (tools/bedside-model's settings, one implementation)."""
+    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "bedside-model")
+    if tool not in sys.path:
+        sys.path.insert(0, tool)
+    from bedside_model.fixtures import session as make
+    return make(path, threads)
 
 
 def run(sess, x):
