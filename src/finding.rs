@@ -7,24 +7,22 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::model::ModelRef;
-use crate::model::detect;
-use crate::model::manifest::{Activation, Label, Manifest, Task};
-
-/// Most labels a model may have: per-frame scores live in fixed arrays of this size, so that
-/// scoring a video frame allocates nothing.
-pub const MAX_LABELS: usize = 16;
-
-/// Per-label numbers of one output, without allocation: the score compared with the label's
-/// finding threshold, and the peak probability (for segmentation, of the likeliest pixel).
-pub type LabelValues = heapless::Vec<f32, MAX_LABELS>;
+use crate::model::manifest::Task;
 use crate::source::{SopInstanceUid, SourceKind};
 
 /// The largest finding (JSON) bedside records: at most 16 labels of short names make a few
-/// KB; the bound lets the memory plan size MQTT and outbox buffers.
-pub const MAX_FINDING_BYTES: usize = 16 * 1024;
+/// KB, and region outlines at most `MAX_OUTLINE_VERTICES` (1024) vertices of ~16 bytes; the
+/// bound lets the memory plan size MQTT and outbox buffers.
+pub const MAX_FINDING_BYTES: usize = 32 * 1024;
 
-/// Schema identifier carried by every finding; bumped when the JSON form changes.
-pub const SCHEMA: &str = "bedside.finding.v1";
+/// Schema identifier carried by every finding; bumped when the JSON form changes (v2: a
+/// segmentation region's `count` and `components`).
+pub const SCHEMA: &str = "bedside.finding.v2";
+
+/// What finding ids are hashed under: v1's, kept when the schema grows, so that the same
+/// image and model give the same id before and after an upgrade (a consumer's duplicate
+/// check keeps working).
+const ID_DOMAIN: &str = "bedside.finding.v1";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
@@ -84,6 +82,32 @@ pub struct Region {
     pub peak_area_mm2: Option<f64>,
     /// Highest pixel probability of the label.
     pub peak_probability: f32,
+    /// One image: how many connected regions the label's mask has (at least the manifest's
+    /// `min_region_px`); absent over a video span.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// One image: the largest regions (`[segmentation] max_regions`), largest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<Component>>,
+}
+
+/// One connected region of a segmentation label in one image. Coordinates are image pixels,
+/// continuous: `[x, y]` = (column, row), (0, 0) the top-left corner of the top-left pixel
+/// (as DICOM SCOORD), so a pixel's centre is at +0.5.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Component {
+    /// When the pixel spacing is known.
+    pub area_mm2: Option<f64>,
+    /// Fraction of the image (the model's field of view).
+    pub fraction: f32,
+    /// `[x, y]` of the region's centre of mass.
+    pub centroid: [f64; 2],
+    /// `[x1, y1, x2, y2]`.
+    #[serde(rename = "box")]
+    pub bbox: [f64; 4],
+    /// Closed polygon (first vertex repeated last) through the mask's pixel edges,
+    /// simplified, at most `[segmentation] outline_points` + 1 vertices, clockwise on screen.
+    pub outline: Vec<[f64; 2]>,
 }
 
 /// One box from a detection model.
@@ -196,7 +220,7 @@ impl UidHasher {
 /// Finding id: 128 bits of sha256 over the model's hash, the input's key and the frame.
 pub fn finding_id(model: &ModelRef, input: &InputKey, frame: u32) -> String {
     let mut h = Sha256::new();
-    h.update(SCHEMA.as_bytes());
+    h.update(ID_DOMAIN.as_bytes());
     h.update(b"\n");
     h.update(model.sha256.as_bytes());
     h.update(b"\n");
@@ -212,176 +236,6 @@ pub fn finding_id(model: &ModelRef, input: &InputKey, frame: u32) -> String {
     }
     h.update(format!("\n{frame}").as_bytes());
     hex::encode(&h.finalize()[..16])
-}
-
-/// Scores one output into fixed arrays (nothing allocated): per label, the score compared
-/// with its finding threshold and the peak probability.
-///
-/// Classification: `outputs` are one logit per label. Segmentation: `outputs` are
-/// `[labels, h, w]` logits; a pixel counts for a label when its probability reaches the
-/// label's `threshold`, and the score is the fraction of pixels that do.
-pub fn score_into(
-    task: Task,
-    outputs: &[f32],
-    labels: &[Label],
-    activation: Activation,
-    scores: &mut LabelValues,
-    peaks: &mut LabelValues,
-) {
-    scores.clear();
-    peaks.clear();
-    let n = labels.len().min(MAX_LABELS);
-    match task {
-        Task::Classification => {
-            let probs = |i: usize| match activation {
-                Activation::Softmax => {
-                    let max = outputs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f32 = outputs.iter().map(|v| (v - max).exp()).sum();
-                    (outputs[i] - max).exp() / sum
-                }
-                Activation::Sigmoid => sigmoid(outputs[i]),
-            };
-            for i in 0..n.min(outputs.len()) {
-                let p = probs(i);
-                let _ = scores.push(p);
-                let _ = peaks.push(p);
-            }
-        }
-        // Detection models are refused for live video (plan::plan_for); images go through
-        // [`score_detections`].
-        Task::Detection => {}
-        Task::Segmentation => {
-            let plane = outputs.len() / labels.len().max(1);
-            for (c, label) in labels.iter().enumerate().take(n) {
-                let (count, peak) = match activation {
-                    Activation::Sigmoid => {
-                        // p >= t  <=>  logit >= ln(t / (1 - t)): no exp per pixel.
-                        let t = label.threshold.clamp(1e-7, 1.0 - 1e-7);
-                        let cut = (t / (1.0 - t)).ln();
-                        let px = &outputs[c * plane..(c + 1) * plane];
-                        let count = px.iter().filter(|&&x| x >= cut).count();
-                        let max = px.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        (count, sigmoid(max))
-                    }
-                    Activation::Softmax => {
-                        let (mut count, mut peak) = (0usize, 0.0f32);
-                        for i in 0..plane {
-                            let at = |k: usize| outputs[k * plane + i];
-                            let max = (0..labels.len()).map(at).fold(f32::NEG_INFINITY, f32::max);
-                            let sum: f32 = (0..labels.len()).map(|k| (at(k) - max).exp()).sum();
-                            let p = (at(c) - max).exp() / sum;
-                            count += (p >= label.threshold) as usize;
-                            peak = peak.max(p);
-                        }
-                        (count, peak)
-                    }
-                };
-                let _ = scores.push(count as f32 / plane.max(1) as f32);
-                let _ = peaks.push(peak);
-            }
-        }
-    }
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// Turns a model's raw outputs into per-label scores, the labels over threshold and, for
-/// segmentation, the regions (`image_area_mm2`: the area the model saw, when known).
-pub fn score(
-    task: Task,
-    outputs: &[f32],
-    labels: &[Label],
-    activation: Activation,
-    image_area_mm2: Option<f64>,
-) -> (Vec<LabelScore>, Vec<String>, Option<Vec<Region>>) {
-    let (mut values, mut peaks) = (LabelValues::new(), LabelValues::new());
-    score_into(task, outputs, labels, activation, &mut values, &mut peaks);
-    let scores: Vec<LabelScore> = labels
-        .iter()
-        .zip(&values)
-        .map(|(l, &score)| LabelScore {
-            label: l.name.clone(),
-            score,
-            threshold: l.finding_threshold(task),
-            peak: None,
-        })
-        .collect();
-    let over = scores
-        .iter()
-        .filter(|s| s.score >= s.threshold && !(task == Task::Segmentation && s.score == 0.0))
-        .map(|s| s.label.clone())
-        .collect();
-    let regions = (task == Task::Segmentation).then(|| {
-        labels
-            .iter()
-            .zip(values.iter().zip(&peaks))
-            .map(|(l, (&fraction, &peak))| {
-                let area = image_area_mm2.map(|a| round3(a * fraction as f64));
-                Region {
-                    label: l.name.clone(),
-                    fraction,
-                    area_mm2: area,
-                    peak_area_mm2: area,
-                    peak_probability: peak,
-                }
-            })
-            .collect()
-    });
-    (scores, over, regions)
-}
-
-/// A detection model's output for one image of `rows` × `cols` pixels: per label the best
-/// box's score (0 without a box), the labels over threshold, and the boxes at or over their
-/// label's threshold, best first, in image pixels.
-pub fn score_detections(
-    outputs: &[f32],
-    manifest: &Manifest,
-    rows: u32,
-    cols: u32,
-    pixel_spacing_mm: Option<[f64; 2]>,
-) -> (Vec<LabelScore>, Vec<String>, Vec<Detection>) {
-    let boxes = detect::decode_with(manifest, outputs);
-    let (h, w) = manifest.input_hw();
-    let (sy, sx) = (rows as f64 / h as f64, cols as f64 / w as f64);
-    let round1 = |v: f64| (v * 10.0).round() / 10.0;
-    let mut best = vec![0.0f32; manifest.labels.len()];
-    let mut detections = Vec::new();
-    for b in &boxes {
-        best[b.label] = best[b.label].max(b.score);
-        let label = &manifest.labels[b.label];
-        if b.score < label.threshold {
-            continue;
-        }
-        let x1 = (b.x1 as f64 * sx).clamp(0.0, cols as f64);
-        let x2 = (b.x2 as f64 * sx).clamp(0.0, cols as f64);
-        let y1 = (b.y1 as f64 * sy).clamp(0.0, rows as f64);
-        let y2 = (b.y2 as f64 * sy).clamp(0.0, rows as f64);
-        detections.push(Detection {
-            label: label.name.clone(),
-            score: b.score,
-            bbox: [round1(x1), round1(y1), round1(x2), round1(y2)],
-            size_mm: pixel_spacing_mm.map(|[r, c]| [round3((x2 - x1) * c), round3((y2 - y1) * r)]),
-        });
-    }
-    let scores: Vec<LabelScore> = manifest
-        .labels
-        .iter()
-        .zip(&best)
-        .map(|(l, &score)| LabelScore {
-            label: l.name.clone(),
-            score,
-            threshold: l.threshold,
-            peak: None,
-        })
-        .collect();
-    let over = scores
-        .iter()
-        .filter(|s| s.score > 0.0 && s.score >= s.threshold)
-        .map(|s| s.label.clone())
-        .collect();
-    (scores, over, detections)
 }
 
 /// Rounds to 3 decimals (milliseconds, mm²): enough for a reader, short on the wire.
@@ -432,67 +286,5 @@ mod tests {
         assert!(!a.contains("1.2.3.4"));
         assert_ne!(a, UidHasher::new("site-b").hash(&uid));
         assert_eq!(format!("{uid:?}"), "SopInstanceUid(<redacted>)");
-    }
-
-    #[test]
-    fn classify_applies_softmax_and_thresholds() {
-        let labels = vec![
-            Label {
-                name: "normal".into(),
-                threshold: 0.5,
-                min_fraction: None,
-            },
-            Label {
-                name: "ptx".into(),
-                threshold: 0.2,
-                min_fraction: None,
-            },
-        ];
-        let classify = |o: &[f32]| {
-            let (s, over, regions) =
-                score(Task::Classification, o, &labels, Activation::Softmax, None);
-            assert!(regions.is_none());
-            (s, over)
-        };
-        let (scores, over) = classify(&[0.0, 0.0]);
-        assert!((scores[0].score - 0.5).abs() < 1e-6);
-        assert_eq!(over, vec!["normal".to_string(), "ptx".to_string()]);
-        let (scores, over) = classify(&[3.0, 0.0]);
-        assert!((scores.iter().map(|s| s.score).sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(over, vec!["normal".to_string()]);
-    }
-
-    #[test]
-    fn segmentation_counts_pixels_over_the_pixel_threshold() {
-        let labels = vec![Label {
-            name: "fluid".into(),
-            threshold: 0.5,
-            min_fraction: Some(0.2),
-        }];
-        // 10 pixels: 3 with logit > 0 (p > 0.5), one exactly 0 (p = 0.5 counts), 6 below.
-        let out = [2.0, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0];
-        let (scores, over, regions) = score(
-            Task::Segmentation,
-            &out,
-            &labels,
-            Activation::Sigmoid,
-            Some(200.0),
-        );
-        assert!((scores[0].score - 0.4).abs() < 1e-6);
-        assert_eq!(scores[0].threshold, 0.2);
-        assert_eq!(over, vec!["fluid".to_string()]);
-        let r = &regions.unwrap()[0];
-        assert_eq!(r.area_mm2, Some(80.0));
-        assert!((r.peak_probability - sigmoid(2.0)).abs() < 1e-6);
-        let none = [-9.0f32; 10];
-        let (scores, over, _) = score(
-            Task::Segmentation,
-            &none,
-            &labels,
-            Activation::Sigmoid,
-            None,
-        );
-        assert_eq!(scores[0].score, 0.0);
-        assert!(over.is_empty());
     }
 }

@@ -67,6 +67,8 @@ pub struct Engine {
     input: std::sync::Arc<Tensor>,
     /// Which quantized nodes run on bedside's int8 ops and which on tract's.
     coverage: std::sync::Arc<Coverage>,
+    /// The first output's shape, from the dry run at load.
+    output_shape: Vec<usize>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -94,6 +96,7 @@ impl Engine {
             state: self.state.clone(),
             input: std::sync::Arc::new(self.input.as_ref().clone()),
             coverage: self.coverage.clone(),
+            output_shape: self.output_shape.clone(),
         }
     }
 
@@ -153,16 +156,17 @@ impl Engine {
             state,
             input,
             coverage: std::sync::Arc::new(coverage),
+            output_shape: Vec::new(),
         };
         // A dry run proves the plan runs and that its output matches the labels.
         let zeros = vec![0.0; shape.iter().product()];
-        let got = engine
-            .run(&zeros)
+        let (got, out_shape) = engine
+            .run_raw(&zeros, |shape, out| (out.len(), shape.to_vec()))
             .map_err(|e| ModelError::Tract {
                 path: path.clone(),
                 reason: e.reason,
-            })?
-            .len();
+            })?;
+        engine.output_shape = out_shape;
         let want = engine.manifest.labels.len();
         let fits = match engine.manifest.model.task {
             Task::Classification => got == want,
@@ -170,9 +174,12 @@ impl Engine {
             Task::Segmentation => got >= want && got % want == 0,
             // [1, 5 + labels, h / stride, w / stride]: the grid the manifest describes.
             Task::Detection => {
-                engine.manifest.detection.as_ref().and_then(|d| {
-                    crate::model::detect::expected_len(d, engine.manifest.input_hw(), want)
-                }) == Some(got)
+                engine
+                    .manifest
+                    .detection
+                    .as_ref()
+                    .and_then(|d| d.expected_len(engine.manifest.input_hw(), want))
+                    == Some(got)
             }
         };
         if !fits {
@@ -194,6 +201,16 @@ impl Engine {
         &self.coverage
     }
 
+    /// Height and width of the first output's last two dimensions (a segmentation model's
+    /// mask); `(1, n)` for an output of one dimension.
+    pub fn output_hw(&self) -> (usize, usize) {
+        match self.output_shape.as_slice() {
+            [.., h, w] => (*h, *w),
+            [n] => (1, *n),
+            [] => (1, 1),
+        }
+    }
+
     /// Runs the model on a complete input tensor (NCHW, the manifest's shape) and returns
     /// the raw outputs (logits). tract takes ownership of its inputs, so the input is copied
     /// once into the tensor it consumes.
@@ -206,6 +223,15 @@ impl Engine {
         &mut self,
         input: &[f32],
         read: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, InferError> {
+        self.run_raw(input, |_, out| read(out))
+    }
+
+    /// Runs the model and hands its first output's shape and values to `read`.
+    fn run_raw<R>(
+        &mut self,
+        input: &[f32],
+        read: impl FnOnce(&[usize], &[f32]) -> R,
     ) -> Result<R, InferError> {
         let err = |e: TractError| InferError {
             model: self.model_ref.id.clone(),
@@ -237,6 +263,6 @@ impl Engine {
             .map_err(err)?;
         let out = outputs[0].cast_to::<f32>().map_err(err)?;
         let view = out.try_as_plain_ram().map_err(err)?;
-        Ok(read(view.as_slice::<f32>().map_err(err)?))
+        Ok(read(out.shape(), view.as_slice::<f32>().map_err(err)?))
     }
 }

@@ -42,4 +42,5 @@ pub mod prepare;
 pub mod publish;
 pub mod service;
 pub mod source;
+pub mod task;
 pub mod update;

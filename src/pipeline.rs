@@ -11,10 +11,10 @@ use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher, rou
 use crate::infer::{Engine, InferError};
 use crate::model::ModelError;
 use crate::model::ModelRef;
-use crate::model::manifest::Task;
 use crate::plan::ImageLimits;
 use crate::prepare::{PrepareError, Preparer};
 use crate::source::{Image, SourceKind};
+use crate::task::{self, Decoded, ImageGeometry};
 
 /// Why an image produced no finding.
 #[derive(Debug, thiserror::Error)]
@@ -200,31 +200,21 @@ impl Processor {
             let outputs = slot.engine.run(tensor)?;
             let infer_ms = ms(t.elapsed());
             let manifest = slot.engine.manifest();
-            let (scores, over_threshold, regions, detections) = match manifest.model.task {
-                Task::Detection => {
-                    let (s, o, d) = finding::score_detections(
-                        &outputs,
-                        manifest,
-                        image.rows,
-                        image.cols,
-                        image.pixel_spacing_mm,
-                    );
-                    (s, o, None, Some(d))
-                }
-                task => {
-                    let area_mm2 = image
-                        .pixel_spacing_mm
-                        .map(|[r, c]| image.rows as f64 * r * image.cols as f64 * c);
-                    let (s, o, r) = finding::score(
-                        task,
-                        &outputs,
-                        &manifest.labels,
-                        manifest.output.activation,
-                        area_mm2,
-                    );
-                    (s, o, r, None)
-                }
-            };
+            let Decoded {
+                scores,
+                over_threshold,
+                regions,
+                detections,
+            } = task::decode(
+                manifest,
+                &outputs,
+                slot.engine.output_hw(),
+                &ImageGeometry {
+                    rows: image.rows,
+                    cols: image.cols,
+                    pixel_spacing_mm: image.pixel_spacing_mm,
+                },
+            );
             let model = slot.engine.model_ref().clone();
             findings.push(Finding {
                 schema: finding::SCHEMA,

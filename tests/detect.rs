@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use bedside::model::Manifest;
-use bedside::model::detect::{self, BoxDet};
+use bedside::task::detect::{self, BoxDet};
 use common::*;
 
 fn det_dir() -> PathBuf {

@@ -95,8 +95,8 @@ pub fn bench_live(
     )?;
     let yuyv = vec![128u8; full.0 as usize * full.1 as usize * 2];
     let (mut scores, mut peaks) = (
-        bedside::finding::LabelValues::new(),
-        bedside::finding::LabelValues::new(),
+        bedside::task::LabelValues::new(),
+        bedside::task::LabelValues::new(),
     );
     let out_len = bare.run(&tensors[0])?.len();
     let logits = vec![0.0f32; out_len];
@@ -118,7 +118,7 @@ pub fn bench_live(
         preparer.prepare_luma(&luma, w, h).expect("prepares");
     });
     let score_ms = stage(&mut || {
-        bedside::finding::score_into(
+        bedside::task::score_into(
             manifest.model.task,
             &logits,
             &manifest.labels,

@@ -17,12 +17,12 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::finding::{LabelValues, score_into};
 use crate::infer::{Engine, Variant};
-use crate::model::detect;
 use crate::model::manifest::{Activation, Task};
 use crate::model::{ModelError, ModelRef};
 use crate::prepare::Preparer;
+use crate::task::detect;
+use crate::task::{LabelValues, score_into};
 use data::{DataError, Item, Truth};
 use metrics::{Binary, CocoAp, Confusion, LabelledBox, Overlap, Roc, ScoredBox, mean_defined};
 
@@ -248,7 +248,7 @@ fn evaluate_one(
         (Truth::Boxes(truth), Task::Detection) => {
             let spec = manifest
                 .detection
-                .map(|d| detect::DetectionSpec {
+                .map(|d| crate::model::manifest::DetectionSpec {
                     max_detections: d.max_detections.max(CocoAp::MAX_DETS),
                     ..d
                 })

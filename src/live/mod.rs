@@ -18,9 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{error, info, warn};
 
-use crate::finding::{
-    self, Finding, ImageInfo, LabelScore, LabelValues, Latency, Region, Timings, VideoSpan,
-};
+use crate::finding::{self, Finding, ImageInfo, LabelScore, Latency, Region, Timings, VideoSpan};
 use crate::infer::Engine;
 use crate::model::ModelRef;
 use crate::model::manifest::Task;
@@ -28,6 +26,7 @@ use crate::pipeline::Identity;
 use crate::prepare::Preparer;
 use crate::source::SourceKind;
 use crate::source::camera::{Camera, CameraError, Captured};
+use crate::task::LabelValues;
 use handoff::{Handoff, Taken};
 use smooth::{FrameScore, Smoother, Summary};
 
@@ -651,7 +650,14 @@ fn infer_loop(
                 Ok(tensor) => slot
                     .engine
                     .run_with(tensor, |out| {
-                        finding::score_into(task, out, labels, activation, &mut scores, &mut peaks)
+                        crate::task::score_into(
+                            task,
+                            out,
+                            labels,
+                            activation,
+                            &mut scores,
+                            &mut peaks,
+                        )
                     })
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -864,6 +870,9 @@ fn make_finding(
                     area_mm2: area.map(|a| finding::round3(a * mean as f64)),
                     peak_area_mm2: area.map(|a| finding::round3(a * peak as f64)),
                     peak_probability: s.peak_probability.get(i).copied().unwrap_or(0.0),
+                    // Outlines move from frame to frame: a span has no single one.
+                    count: None,
+                    components: None,
                 }
             })
             .collect()

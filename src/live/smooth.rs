@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use heapless::Deque;
 
-use crate::finding::{LabelValues, MAX_LABELS, VideoEvent};
+use crate::finding::VideoEvent;
+use crate::model::manifest::MAX_LABELS;
+use crate::task::LabelValues;
 
 /// Longest smoothing window.
 pub const MAX_WINDOW: usize = 64;

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::ModelError;
-use super::detect::{self, DetectionSpec};
 
 /// A parsed and validated `model.toml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +23,9 @@ pub struct Manifest {
     /// Detection models: how to read the output grid.
     #[serde(default)]
     pub detection: Option<DetectionSpec>,
+    /// Segmentation models: how a thresholded mask becomes regions (defaults when absent).
+    #[serde(default)]
+    pub segmentation: Option<SegmentationSpec>,
     pub labels: Vec<Label>,
 }
 
@@ -227,7 +229,86 @@ impl Label {
     }
 }
 
+/// Most labels a model may have: per-frame scores live in fixed arrays of this size, so that
+/// scoring a video frame allocates nothing.
+pub const MAX_LABELS: usize = 16;
+
+/// Most outline vertices one segmentation finding may carry (labels × regions × points):
+/// about 16 bytes each in JSON, so that a finding stays within
+/// `crate::finding::MAX_FINDING_BYTES`.
+pub const MAX_OUTLINE_VERTICES: usize = 1024;
+
+/// `[detection]` in the manifest: the output grid a detection model promises
+/// (`crate::task::detect` decodes it).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionSpec {
+    /// Input pixels per output grid cell.
+    pub stride: usize,
+    /// Boxes of one label overlapping a better one by more than this are dropped.
+    pub iou_threshold: f32,
+    /// The most boxes one image may yield (after suppression, best first).
+    pub max_detections: usize,
+}
+
+/// Channels before the label logits in a detection output: objectness, x, y, log w, log h.
+pub const BOX_CHANNELS: usize = 5;
+
+/// `[segmentation]` in the manifest: how a label's thresholded mask becomes the regions a
+/// finding lists (`crate::task::regions`). Sizes are in the model's output pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentationSpec {
+    /// Radius of the square morphological opening applied first (0: none); removes specks
+    /// and thin bridges narrower than `2 * opening_px + 1`.
+    pub opening_px: u32,
+    /// Components smaller than this many pixels are not regions.
+    pub min_region_px: u32,
+    /// The largest this many regions are listed (the finding counts all of them).
+    pub max_regions: usize,
+    /// Most vertices of one outline polygon.
+    pub outline_points: usize,
+    /// First Douglas–Peucker tolerance, doubled until the outline fits `outline_points`.
+    pub outline_tolerance_px: f64,
+}
+
+impl Default for SegmentationSpec {
+    fn default() -> Self {
+        Self {
+            opening_px: 0,
+            min_region_px: 4,
+            max_regions: 5,
+            outline_points: 32,
+            outline_tolerance_px: 0.5,
+        }
+    }
+}
+
+impl DetectionSpec {
+    /// The output length a detection model with `labels` labels must have for an input of
+    /// `input_hw`, or `None` when the input is not a whole number of strides.
+    pub fn expected_len(&self, input_hw: (usize, usize), labels: usize) -> Option<usize> {
+        let (h, w) = input_hw;
+        (self.stride > 0 && h % self.stride == 0 && w % self.stride == 0)
+            .then(|| (BOX_CHANNELS + labels) * (h / self.stride) * (w / self.stride))
+    }
+}
+
 impl Manifest {
+    /// The region rules of a segmentation model: its `[segmentation]` (checked at load to fit
+    /// [`MAX_OUTLINE_VERTICES`]), else the defaults with fewer outline points when many labels
+    /// would not fit otherwise.
+    pub fn segmentation_spec(&self) -> SegmentationSpec {
+        self.segmentation.unwrap_or_else(|| {
+            let d = SegmentationSpec::default();
+            let fit = MAX_OUTLINE_VERTICES / (self.labels.len().max(1) * d.max_regions);
+            SegmentationSpec {
+                outline_points: fit.clamp(3, d.outline_points),
+                ..d
+            }
+        })
+    }
+
     /// Reads `model.toml` from a model folder and checks that it is coherent.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("model.toml");
@@ -294,11 +375,11 @@ impl Manifest {
         if self.labels.is_empty() {
             return Err("no [[labels]]".into());
         }
-        if self.labels.len() > crate::finding::MAX_LABELS {
+        if self.labels.len() > MAX_LABELS {
             return Err(format!(
                 "{} labels: bedside scores at most {} per model",
                 self.labels.len(),
-                crate::finding::MAX_LABELS
+                MAX_LABELS
             ));
         }
         for l in &self.labels {
@@ -336,7 +417,7 @@ impl Manifest {
                 return Err("a detection model needs a [detection] table (stride, iou_threshold, max_detections)".into());
             }
             (Task::Detection, Some(d)) => {
-                if detect::expected_len(d, self.input_hw(), self.labels.len()).is_none() {
+                if d.expected_len(self.input_hw(), self.labels.len()).is_none() {
                     return Err(format!(
                         "detection.stride {} does not divide the input {:?}",
                         d.stride,
@@ -351,6 +432,39 @@ impl Manifest {
                 }
             }
             (_, Some(_)) => return Err("[detection] is for detection models".into()),
+            (_, None) => {}
+        }
+        match (m.task, &self.segmentation) {
+            (Task::Segmentation, Some(s)) => {
+                let vertices = self.labels.len() * s.max_regions * s.outline_points;
+                if vertices > MAX_OUTLINE_VERTICES {
+                    return Err(format!(
+                        "{} labels x segmentation.max_regions {} x outline_points {} = {vertices} outline vertices; at most {MAX_OUTLINE_VERTICES} fit in a finding",
+                        self.labels.len(),
+                        s.max_regions,
+                        s.outline_points
+                    ));
+                }
+                if s.max_regions == 0
+                    || s.outline_points < 3
+                    || s.max_regions > 64
+                    || s.outline_points > 256
+                {
+                    return Err(format!(
+                        "segmentation.max_regions {} must be in 1..=64 and outline_points {} in 3..=256 (a finding stays small)",
+                        s.max_regions, s.outline_points
+                    ));
+                }
+                if !(s.outline_tolerance_px.is_finite() && s.outline_tolerance_px >= 0.0)
+                    || s.opening_px > 16
+                {
+                    return Err(format!(
+                        "segmentation.outline_tolerance_px {} must be >= 0 and opening_px {} at most 16",
+                        s.outline_tolerance_px, s.opening_px
+                    ));
+                }
+            }
+            (_, Some(_)) => return Err("[segmentation] is for segmentation models".into()),
             (_, None) => {}
         }
         if let Some(par) = &self.parity
@@ -461,5 +575,51 @@ threshold = 0.5
         let bad = GOOD.replace("sha256 = \"0000", "sha256 = \"XX00");
         let m: Manifest = toml::from_str(&bad).unwrap();
         assert!(m.validate().unwrap_err().contains("model.sha256"));
+    }
+
+    #[test]
+    fn segmentation_rules_are_checked_and_default_to_fit_a_finding() {
+        let seg = GOOD
+            .replace(r#"task = "classification""#, r#"task = "segmentation""#)
+            .replace(r#"activation = "softmax""#, r#"activation = "sigmoid""#)
+            .replace("threshold = 0.5", "threshold = 0.5\nmin_fraction = 0.01");
+        let m: Manifest = toml::from_str(&seg).unwrap();
+        m.validate().unwrap();
+        assert_eq!(m.segmentation_spec(), SegmentationSpec::default());
+        let with = |table: &str| -> Result<(), String> {
+            let m: Manifest =
+                toml::from_str(&seg.replace("[[labels]]", &format!("{table}\n[[labels]]")))
+                    .map_err(|e| e.to_string())?;
+            m.validate()
+        };
+        with("[segmentation]\nopening_px = 1\nmax_regions = 3").unwrap();
+        let e = with("[segmentation]\nmax_regions = 64\noutline_points = 64").unwrap_err();
+        assert!(e.contains("4096 outline vertices"), "{e}");
+        let e = with("[segmentation]\noutline_points = 2").unwrap_err();
+        assert!(e.contains("outline_points 2"), "{e}");
+        assert!(
+            with("[segmentation]\nopenning_px = 1")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        let cls: Manifest =
+            toml::from_str(&GOOD.replace("[[labels]]", "[segmentation]\n[[labels]]")).unwrap();
+        assert!(
+            cls.validate()
+                .unwrap_err()
+                .contains("for segmentation models")
+        );
+        // Sixteen labels without a table: fewer outline points, within the finding's budget.
+        let many: String = (0..16)
+            .map(|i| format!("[[labels]]\nname = \"l{i}\"\nthreshold = 0.5\nmin_fraction = 0.01\n"))
+            .collect();
+        let text = seg[..seg.find("[[labels]]").unwrap()].to_string() + &many;
+        let m: Manifest = toml::from_str(&text).unwrap();
+        m.validate().unwrap();
+        let s = m.segmentation_spec();
+        assert!(
+            16 * s.max_regions * s.outline_points <= MAX_OUTLINE_VERTICES,
+            "{s:?}"
+        );
     }
 }

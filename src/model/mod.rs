@@ -2,7 +2,6 @@
 //! means. Loading checks the file's sha256 against the manifest before tract sees a byte, so a
 //! finding can always name the exact model that made it.
 
-pub mod detect;
 pub mod manifest;
 pub mod parity;
 

@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
-use super::detect::{self, BoxDet};
 use super::manifest::{Manifest, Task};
 use crate::infer::{Engine, Variant};
+use crate::task::detect::{self, BoxDet};
 
 /// fp32 forms without a stated `parity.fp32_max_abs`: tract and onnxruntime differ only by
 /// summation order (measured 1.9e-6 on cxr-tiny-cls).

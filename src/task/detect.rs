@@ -12,25 +12,9 @@
 //! finding reports as present. The factory's Python decoder follows the same rules, so the
 //! boxes from tract and from onnxruntime can be compared in the parity check.
 
-use serde::Deserialize;
-
-use super::manifest::Manifest;
-use crate::finding::MAX_LABELS;
-
-/// `[detection]` in the manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetectionSpec {
-    /// Input pixels per output grid cell.
-    pub stride: usize,
-    /// Boxes of one label overlapping a better one by more than this are dropped.
-    pub iou_threshold: f32,
-    /// The most boxes one image may yield (after suppression, best first).
-    pub max_detections: usize,
-}
-
-/// Channels before the label logits: objectness, x, y, log w, log h.
-pub const BOX_CHANNELS: usize = 5;
+use super::{ImageGeometry, sigmoid};
+use crate::finding::{Detection, LabelScore, round3};
+use crate::model::manifest::{BOX_CHANNELS, DetectionSpec, MAX_LABELS, Manifest};
 
 /// One box in the model's input pixels, `(x1, y1)` top left, `(x2, y2)` bottom right.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,20 +43,9 @@ impl BoxDet {
     }
 }
 
-/// The output length a detection model with `labels` labels must have for an input of
-/// `input_hw`, or `None` when the input is not a whole number of strides.
-pub fn expected_len(
-    spec: &DetectionSpec,
-    input_hw: (usize, usize),
-    labels: usize,
-) -> Option<usize> {
-    let (h, w) = input_hw;
-    (spec.stride > 0 && h % spec.stride == 0 && w % spec.stride == 0)
-        .then(|| (BOX_CHANNELS + labels) * (h / spec.stride) * (w / spec.stride))
-}
-
 /// Decodes the grid into boxes in input pixels, best first (see the module comment).
-/// `thresholds` has one entry per label; `outputs` must have [`expected_len`] values.
+/// `thresholds` has one entry per label; `outputs` must have [`DetectionSpec::expected_len`]
+/// values.
 pub fn decode(
     outputs: &[f32],
     spec: &DetectionSpec,
@@ -133,6 +106,61 @@ pub fn decode_with(manifest: &Manifest, outputs: &[f32]) -> Vec<BoxDet> {
     decode(outputs, spec, manifest.input_hw(), &thresholds)
 }
 
+/// A detection model's output for one `image`: per label the best
+/// box's score (0 without a box), the labels over threshold, and the boxes at or over their
+/// label's threshold, best first, in image pixels.
+pub fn score(
+    outputs: &[f32],
+    manifest: &Manifest,
+    image: &ImageGeometry,
+) -> (Vec<LabelScore>, Vec<String>, Vec<Detection>) {
+    let ImageGeometry {
+        rows,
+        cols,
+        pixel_spacing_mm,
+    } = *image;
+    let boxes = decode_with(manifest, outputs);
+    let (h, w) = manifest.input_hw();
+    let (sy, sx) = (rows as f64 / h as f64, cols as f64 / w as f64);
+    let round1 = |v: f64| (v * 10.0).round() / 10.0;
+    let mut best = vec![0.0f32; manifest.labels.len()];
+    let mut detections = Vec::new();
+    for b in &boxes {
+        best[b.label] = best[b.label].max(b.score);
+        let label = &manifest.labels[b.label];
+        if b.score < label.threshold {
+            continue;
+        }
+        let x1 = (b.x1 as f64 * sx).clamp(0.0, cols as f64);
+        let x2 = (b.x2 as f64 * sx).clamp(0.0, cols as f64);
+        let y1 = (b.y1 as f64 * sy).clamp(0.0, rows as f64);
+        let y2 = (b.y2 as f64 * sy).clamp(0.0, rows as f64);
+        detections.push(Detection {
+            label: label.name.clone(),
+            score: b.score,
+            bbox: [round1(x1), round1(y1), round1(x2), round1(y2)],
+            size_mm: pixel_spacing_mm.map(|[r, c]| [round3((x2 - x1) * c), round3((y2 - y1) * r)]),
+        });
+    }
+    let scores: Vec<LabelScore> = manifest
+        .labels
+        .iter()
+        .zip(&best)
+        .map(|(l, &score)| LabelScore {
+            label: l.name.clone(),
+            score,
+            threshold: l.threshold,
+            peak: None,
+        })
+        .collect();
+    let over = scores
+        .iter()
+        .filter(|s| s.score > 0.0 && s.score >= s.threshold)
+        .map(|s| s.label.clone())
+        .collect();
+    (scores, over, detections)
+}
+
 /// Greedy per-label non-maximum suppression. `candidates` in cell order; the sort is stable,
 /// so equal scores keep the lower cell first.
 pub fn nms(mut candidates: Vec<BoxDet>, iou_threshold: f32, max_detections: usize) -> Vec<BoxDet> {
@@ -150,10 +178,6 @@ pub fn nms(mut candidates: Vec<BoxDet>, iou_threshold: f32, max_detections: usiz
         }
     }
     kept
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 #[cfg(test)]
@@ -229,7 +253,7 @@ mod tests {
         out[4 * 4 + cell] = (2.0f32).ln(); // h = 2 strides
         out[5 * 4 + cell] = 0.0;
         out[6 * 4 + cell] = 3.0; // label 1, p = e^3 / (1 + e^3)
-        assert_eq!(expected_len(&spec, (16, 16), 2), Some(out.len()));
+        assert_eq!(spec.expected_len((16, 16), 2), Some(out.len()));
         let got = decode(&out, &spec, (16, 16), &[0.5, 0.5]);
         assert_eq!(got.len(), 1);
         let d = got[0];
@@ -241,6 +265,6 @@ mod tests {
         assert!(decode(&out, &spec, (16, 16), &[0.99, 0.99]).is_empty());
         // The wrong length is no boxes, not a panic.
         assert!(decode(&out[1..], &spec, (16, 16), &[0.5, 0.5]).is_empty());
-        assert_eq!(expected_len(&spec, (20, 16), 2), None);
+        assert_eq!(spec.expected_len((20, 16), 2), None);
     }
 }
