@@ -37,6 +37,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 import data
 import preprocess as P
 import synth
+import zoo
 from quantize_manifest import FORMS, OUT_DIR, session, softmax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,10 +56,6 @@ EXPECTED = {"cxr-ptx-mono2.dcm": ["pneumothorax"], "cxr-ptx-mono1.dcm": ["pneumo
             "cxr-other-8bit.dcm": ["other"]}
 
 
-def r7(a):
-    return [float(f"{v:.7g}") for v in np.asarray(a, dtype=np.float32).ravel()]
-
-
 def fixtures():
     os.makedirs(FIX_DIR, exist_ok=True)
     sess = {name: session(path) for name, path in FORMS}
@@ -75,7 +72,7 @@ def fixtures():
             x.astype("<f4").tofile(os.path.join(FIX_DIR, name))
             c = {"input": name, "label": synth.LABELS[k], "test_index": int(i)}
             for form in ("int8", "pruned", "fp32"):
-                c[form] = r7(outs[form])
+                c[form] = zoo.rounded7(outs[form])
             cases.append(c)
             n += 1
             if n == 2:
@@ -86,10 +83,7 @@ def fixtures():
                    "rounded to 7 significant digits; int8 = model.onnx, pruned = model.pruned.onnx, "
                    "fp32 = model.fp32.onnx",
            "cases": cases}
-    with open(os.path.join(FIX_DIR, "parity.json"), "w") as f:
-        f.write(json.dumps(doc, separators=(",", ":")))
-        f.write("\n")
-    print("wrote", len(cases), "fixtures to", FIX_DIR)
+    zoo.save_fixtures(FIX_DIR, doc)
 
 
 def write_dicom(path, pixels, *, sop_class, modality, photometric, bits, slope, intercept, c, w, key):

@@ -149,65 +149,32 @@ def tolerances():
         tj = json.load(open(TRACT_JSON))
         p = tj.get("parity", {})
         if all(p.get(f, {}).get("sha256") == sha256(path) for f, path in FORMS):
-            def tol(v):
-                return float(f"{max(3 * v, 1e-5):.2g}")
-            return tol(p["int8"]["max_abs"]), tol(max(p["fp32"]["max_abs"], p["pruned"]["max_abs"])), \
-                {f: p[f]["max_abs"] for f, _ in FORMS}
+            return zoo.tolerance(p["int8"]["max_abs"]), \
+                zoo.tolerance(max(p["fp32"]["max_abs"], p["pruned"]["max_abs"])), {f: p[f]["max_abs"] for f, _ in FORMS}
         print("tract.json was measured on other model files: default tolerances (run tract_check.py)")
     return 1e-3, 1e-4, None
 
 
-def manifest(res):
-    th = res["thresholds"]
+def manifest(res, path=None):
+    """model.toml (or `path`) from the evaluation `res` and the tract measurement (tolerances())."""
+    path = path or os.path.join(OUT_DIR, "model.toml")
     max_abs, fp32_max_abs, measured = tolerances()
     if measured:
-        note = (f"# max |tract - onnxruntime| on tests/fixtures/cxr-tiny-cls, ~3x the measured (floor 1e-5): int8 "
+        note = (f"max |tract - onnxruntime| on tests/fixtures/cxr-tiny-cls, ~3x the measured (floor 1e-5): int8 "
                 f"{measured['int8']:.2g}, pruned {measured['pruned']:.2g}, fp32 {measured['fp32']:.2g}\n"
-                f"# (MODEL_CARD.md; re-measure with models/factory/tract_check.py)")
+                f"(MODEL_CARD.md; re-measure with models/factory/tract_check.py)")
     else:
-        note = "# not measured with tract yet: conservative defaults (run models/factory/tract_check.py)"
-    mem = zoo.memory_section(os.path.join(OUT_DIR, "model.toml"))
-    toml = zoo.manifest_head(
+        note = "not measured with tract yet: conservative defaults (run models/factory/tract_check.py)"
+    m = zoo.manifest_spec(
         "cxr-tiny-cls", VERSION, "classification",
         f"int8 static of the pruned model, QOperator QLinearConv u8/s8 per-tensor (ReLU folded), pooling and classifier fp32, MinMax calibration on {res['n_calib']} synthetic images",
         "Tiny 3-class chest X-ray classifier trained on synthetic phantoms; runtime reference, not a medical device",
-        INT8, FP32, PRUNED) + f'''
-[input]
-name = "input"
-shape = [1, 1, {P.SIZE}, {P.SIZE}]
-layout = "NCHW"
-
-[preprocess]
-window = "dicom"
-resize = "bilinear-antialias"
-mean = {P.MEAN}
-std = {P.STD}
-
-[output]
-name = "logits"
-activation = "softmax"
-
-[parity]
-{note}
-max_abs = {max_abs}
-fp32_max_abs = {fp32_max_abs}
-
-{mem}[[labels]]
-name = "normal"
-threshold = {th["normal"]}
-[[labels]]
-name = "pneumothorax"
-threshold = {th["pneumothorax"]}
-[[labels]]
-name = "other"
-threshold = {th["other"]}
-'''
-    path = os.path.join(OUT_DIR, "model.toml")
-    with open(path, "w") as f:
-        f.write(toml)
-    print("wrote", path)
-    for _, p in FORMS:
-        print("sha256", os.path.basename(p), sha256(p), os.path.getsize(p), "bytes")
+        INT8, FP32, PRUNED, kept_from=os.path.join(OUT_DIR, "model.toml"))
+    m.update(input_shape=[1, 1, P.SIZE, P.SIZE], window="dicom", mean=P.MEAN, std=P.STD,
+             output_name="logits", activation="softmax",
+             parity={"note": note, "max_abs": max_abs, "fp32_max_abs": fp32_max_abs},
+             labels=[{"name": k, "threshold": res["thresholds"][k]} for k in synth.LABELS])
+    zoo.write_manifest(path, m, FORMS)
 
 
 if __name__ == "__main__":

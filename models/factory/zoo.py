@@ -1,12 +1,15 @@
 """What every model factory here shares (cxr: quantize_manifest.py, us/, det/): onnxruntime sessions as the
-fixtures and benchmarks use them, the int8 recipe that tract 0.23.9 runs with its integer kernels, hashing.
+fixtures and benchmarks use them, the int8 recipe that tract 0.23.9 runs with its integer kernels, hashing, the
+manifest and the parity fixtures' format. Each of those is tools/bedside-model's code (the tool users' models go
+through), imported here: one implementation, so the shipped models and a user's come out of the same recipe and
+are described the same way. What stays in each build is what is the model's own: its data, training, metrics,
+thresholds and which test images make good fixtures.
 
 The int8 recipe: onnxruntime's static quantizer in QOperator form restricted to Conv+Relu, so every
 convolution becomes a standard-domain QLinearConv with the ReLU folded into its output range (tract cannot load
 onnxruntime's Microsoft-domain ops such as QLinearAdd); u8 activations, s8 weights, per-tensor scales (tract's
 per-channel requantization ate the gain), MinMax calibration. Optionally the last Conv (a 1x1 head) stays fp32.
 """
-import hashlib
 import os
 import sys
 
@@ -16,19 +19,20 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+TOOL = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "bedside-model"))
+if TOOL not in sys.path:
+    sys.path.insert(0, TOOL)
+from bedside_model import fixtures, manifest  # noqa: E402
+from bedside_model.quantize import quantize_int8 as recipe  # noqa: E402
 
-def sha256(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+sha256 = manifest.sha256
+tolerance = manifest.tolerance  # [parity]: ~3x the measured max |tract - onnxruntime|, floor 1e-5
+rounded7 = fixtures.rounded7
 
 
 def session(path, threads=1):
-    """onnxruntime on the CPU, `threads` intra-op threads, sequential: the reference the fixtures come from
-    (tools/bedside-model's settings, one implementation)."""
-    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "bedside-model")
-    if tool not in sys.path:
-        sys.path.insert(0, tool)
-    from bedside_model.fixtures import session as make
-    return make(path, threads)
+    """onnxruntime on the CPU, `threads` intra-op threads, sequential: the reference the fixtures come from."""
+    return fixtures.session(path, threads)
 
 
 def run(sess, x):
@@ -68,10 +72,6 @@ def quantize_int8(pruned, out, calib, cache_dir, doc, version="0.1.0", exclude_h
     The recipe is tools/bedside-model's (bedside_model.quantize.quantize_int8), the one code users' models go
     through too; the shipped cxr-tiny-cls and us-fast-fluid int8 files come out of it byte for byte.
     per_channel=True: per-channel weight scales instead (benches/int8 compares the two)."""
-    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "bedside-model")
-    if tool not in sys.path:
-        sys.path.insert(0, tool)
-    from bedside_model.quantize import quantize_int8 as recipe
     ops = recipe(pruned, out, "input", calib, cache_dir, exclude_head=exclude_head, producer_version=version,
                  doc=doc, producer_name="bedside-model-factory", per_channel=per_channel)
     print("quantized", out, ops, os.path.getsize(out), "bytes")
@@ -91,36 +91,29 @@ def ort_ms(sess, x, n=100):
     return float(np.median(ts))
 
 
-def memory_section(model_toml):
-    """`[memory]` of a manifest being rewritten: tract_working_bytes is measured by bedside itself (tests/memory.rs
-    prints it when it is missing and checks it against the manifest), so a rebuild keeps the figure already
-    written in `model_toml`. '' when there is none; else the table and a blank line."""
-    if not os.path.exists(model_toml):
-        return ""
-    import tomllib
-    kept = tomllib.load(open(model_toml, "rb")).get("memory", {}).get("tract_working_bytes")
-    if not kept:
-        return ""
-    return ("[memory]\n# measured by bedside when it loads the model (tests/memory.rs checks it)\n"
-            f"tract_working_bytes = {kept}\n\n")
+def manifest_spec(model_id, version, task, quantization, description, int8, fp32, pruned, kept_from):
+    """The common part of a factory model's manifest spec (bedside_model.manifest.render): the three forms' files
+    and hashes, and the `[memory]` figure of the manifest being rewritten, `kept_from` (tract_working_bytes is measured by
+    bedside itself; tests/memory.rs prints it when missing and checks it, so a rebuild keeps it)."""
+    return {"id": model_id, "version": version, "task": task, "file": os.path.basename(int8), "sha256": sha256(int8),
+            "quantization": quantization, "description": description,
+            "parent": {"file": os.path.basename(fp32), "sha256": sha256(fp32)},
+            "pruned": {"file": os.path.basename(pruned), "sha256": sha256(pruned)},
+            "input_name": "input",
+            "tract_working_bytes": manifest.kept_working_bytes(kept_from),
+            "memory_note": "measured by bedside when it loads the model, with its int8 ops (tests/memory.rs checks it)"}
 
 
-def manifest_head(model_id, version, task, quantization, description, int8, fp32, pruned):
-    """The `[model]`, `[model.parent]` and `[model.pruned]` tables of a manifest for the three forms' files."""
-    return f'''[model]
-id = "{model_id}"
-version = "{version}"
-task = "{task}"
-file = "{os.path.basename(int8)}"
-sha256 = "{sha256(int8)}"
-quantization = "{quantization}"
-description = "{description}"
+def write_manifest(path, spec, forms):
+    """The manifest `path` from `spec`; prints the forms' hashes and sizes."""
+    manifest.write(path, spec)
+    print("wrote", path)
+    for _, p in forms:
+        print("sha256", os.path.basename(p), sha256(p), os.path.getsize(p), "bytes")
 
-[model.parent]
-file = "{os.path.basename(fp32)}"
-sha256 = "{sha256(fp32)}"
 
-[model.pruned]
-file = "{os.path.basename(pruned)}"
-sha256 = "{sha256(pruned)}"
-'''
+def save_fixtures(fix_dir, doc):
+    """parity.json (the tool's format writer) and the total size of the fixture folder."""
+    fixtures.save(fix_dir, doc)
+    tot = sum(os.path.getsize(os.path.join(fix_dir, p)) for p in os.listdir(fix_dir))
+    print("wrote", len(doc["cases"]), "fixtures to", fix_dir, tot, "bytes")

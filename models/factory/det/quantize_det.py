@@ -149,10 +149,6 @@ def evaluate(n_calib):
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
-def r7(a):
-    return [float(f"{v:.7g}") for v in np.asarray(a, dtype=np.float32).ravel()]
-
-
 def min_threshold(res):
     return min(res["thresholds"].values())
 
@@ -204,7 +200,7 @@ def fixtures(res):
         xt[i:i + 1].astype("<f4").tofile(os.path.join(FIX_DIR, name))
         c = {"input": name, "kind": kind, "test_index": int(i), "seed": base + i, "ecg_electrodes": int(n_ecg)}
         for form in ("int8", "pruned", "fp32"):
-            c[form] = r7(outs[form])
+            c[form] = zoo.rounded7(outs[form])
         # decoded from the rounded values exactly as written (what a reader of this file gets)
         c["detections"] = {form: Dd.as_json(Dd.decode(np.array(c[form], np.float32).reshape(outs[form].shape),
                                                       mthr, IOU_THRESHOLD, MAX_DETECTIONS))
@@ -236,11 +232,7 @@ def fixtures(res):
                    "input (256x256) pixels; each label's own threshold then decides presence "
                    f"({', '.join(f'{k} {v}' for k, v in thr.items())}). truth = generator boxes in input pixels.",
            "cases": cases}
-    with open(os.path.join(FIX_DIR, "parity.json"), "w") as f:
-        f.write(json.dumps(doc, separators=(",", ":")))
-        f.write("\n")
-    tot = sum(os.path.getsize(os.path.join(FIX_DIR, p)) for p in os.listdir(FIX_DIR))
-    print("wrote", len(cases), "fixtures to", FIX_DIR, tot, "bytes")
+    zoo.save_fixtures(FIX_DIR, doc)
 
 
 # ------------------------------------------------------------------------------------------------ manifest
@@ -249,54 +241,27 @@ def tolerances():
     """[parity]: ~3x what tract vs onnxruntime measured on the fixtures (bench_det.py), floors 1e-5."""
     if os.path.exists(TRACT_JSON):
         p = json.load(open(TRACT_JSON))["parity"]
-
-        def tol(v):
-            return float(f"{max(3 * v, 1e-5):.2g}")
-        return tol(p["int8"]["max_abs"]), tol(max(p["fp32"]["max_abs"], p["pruned"]["max_abs"]))
+        return zoo.tolerance(p["int8"]["max_abs"]), zoo.tolerance(max(p["fp32"]["max_abs"], p["pruned"]["max_abs"]))
     return 1e-3, 1e-4
 
 
-def manifest(res):
+def manifest(res, path=None):
+    """model.toml (or `path`) from the evaluation `res` and the tract measurement (tolerances())."""
+    path = path or os.path.join(OUT_DIR, "model.toml")
     max_abs, fp32_max_abs = tolerances()
-    labels = "".join(f'[[labels]]\nname = "{k}"\nthreshold = {v}\n' for k, v in res["thresholds"].items())
-    mem = zoo.memory_section(os.path.join(OUT_DIR, "model.toml"))
-    toml = zoo.manifest_head(
+    m = zoo.manifest_spec(
         "cxr-tiny-det", "0.1.0", "detection",
         f"int8 static, QOperator QLinearConv u8/s8 per-tensor (ReLU folded){', 1x1 head conv fp32' if EXCLUDE_HEAD else ''}, MinMax calibration on {res['n_calib']} synthetic images",
         "Nodule / metallic foreign body detector for frontal chest X-rays, trained on synthetic phantoms; runtime reference, not a medical device",
-        INT8, FP32, PRUNED) + f'''
-[input]
-name = "input"
-shape = [1, 1, {P.SIZE}, {P.SIZE}]
-layout = "NCHW"
-
-[preprocess]
-window = "dicom"
-resize = "bilinear-antialias"
-mean = {P.MEAN}
-std = {P.STD}
-
-[output]
-name = "det"
-activation = "sigmoid"
-
-[detection]
-stride = {P.STRIDE}
-iou_threshold = {IOU_THRESHOLD}
-max_detections = {MAX_DETECTIONS}
-
-[parity]
-# tract vs onnxruntime on tests/fixtures/cxr-tiny-det, ~3x the measured max |diff| (README.md; bench_det.py)
-max_abs = {max_abs}
-fp32_max_abs = {fp32_max_abs}
-min_box_iou = 0.9
-
-{mem}{labels}'''
-    with open(os.path.join(OUT_DIR, "model.toml"), "w") as f:
-        f.write(toml)
-    print("wrote model.toml")
-    for _, p in FORMS:
-        print("sha256", os.path.basename(p), sha256(p), os.path.getsize(p), "bytes")
+        INT8, FP32, PRUNED, kept_from=os.path.join(OUT_DIR, "model.toml"))
+    m.update(input_shape=[1, 1, P.SIZE, P.SIZE], window="dicom", mean=P.MEAN, std=P.STD,
+             output_name="det", activation="sigmoid",
+             detection={"stride": P.STRIDE, "iou_threshold": IOU_THRESHOLD, "max_detections": MAX_DETECTIONS},
+             parity={"note": "tract vs onnxruntime on tests/fixtures/cxr-tiny-det, ~3x the measured max |diff| "
+                             "(README.md; bench_det.py)",
+                     "max_abs": max_abs, "fp32_max_abs": fp32_max_abs, "min_box_iou": 0.9},
+             labels=[{"name": k, "threshold": v} for k, v in res["thresholds"].items()])
+    zoo.write_manifest(path, m, FORMS)
 
 
 if __name__ == "__main__":

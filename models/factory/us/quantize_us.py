@@ -131,10 +131,6 @@ def evaluate(n_calib):
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
-def r7(a):
-    return [float(f"{v:.7g}") for v in np.asarray(a, dtype=np.float32).ravel()]
-
-
 def fixtures():
     """6 held-out test inputs: 3 positives (small, medium, large fluid), 3 negatives (one with a gallbladder next
     to the kidney when available); outputs of the three forms from onnxruntime (1 thread)."""
@@ -156,74 +152,44 @@ def fixtures():
         c = {"input": name, "positive": bool(yt[i] == 1), "test_index": int(i),
              "fluid_max_thickness_mm": round(float(mt[i, 0]), 2)}
         for form, _ in (("int8", 0), ("pruned", 0), ("fp32", 0)):
-            c[form] = r7(sess[form].run(None, {"input": x})[0])
+            c[form] = zoo.rounded7(sess[form].run(None, {"input": x})[0])
         cases.append(c)
     doc = {"model": "us-fast-fluid", "input_shape": [1, 1, P.SIZE, P.SIZE], "output_shape": [1, 1, P.OUT, P.OUT],
            "note": "inputs are after preprocessing step 5 (raw little-endian float32); outputs are logits from "
                    f"onnxruntime {ort.__version__} CPUExecutionProvider, 1 thread, flattened row-major, rounded to "
                    "7 significant digits; int8 = model.onnx, pruned = model.pruned.onnx, fp32 = model.fp32.onnx",
            "cases": cases}
-    with open(os.path.join(FIX_DIR, "parity.json"), "w") as f:
-        f.write(json.dumps(doc, separators=(",", ":")))
-        f.write("\n")
-    tot = sum(os.path.getsize(os.path.join(FIX_DIR, p)) for p in os.listdir(FIX_DIR))
-    print("wrote", len(cases), "fixtures to", FIX_DIR, tot, "bytes")
+    zoo.save_fixtures(FIX_DIR, doc)
 
 
 # ------------------------------------------------------------------------------------------------ manifest
 
 def tolerances():
-    """[parity] values: ~3x what tract vs onnxruntime measured on the fixtures (bench_us.py), floors below."""
+    """[parity] values: ~3x what tract vs onnxruntime measured on the fixtures (bench_us.py), floor 1e-5; the mask
+    agreement floor 0.001 under the lowest measured."""
     if os.path.exists(TRACT_JSON):
-        tj = json.load(open(TRACT_JSON))
-        p = tj["parity"]
-        def tol(v, floor):
-            return float(f"{max(3 * v, floor):.2g}")
-        return (tol(p["int8"]["max_abs"], 1e-5), tol(max(p["fp32"]["max_abs"], p["pruned"]["max_abs"]), 1e-5),
+        p = json.load(open(TRACT_JSON))["parity"]
+        return (zoo.tolerance(p["int8"]["max_abs"]), zoo.tolerance(max(p["fp32"]["max_abs"], p["pruned"]["max_abs"])),
                 min(0.999, float(np.floor(min(p[f]["mask_agreement"] for f in p) * 1000) / 1000) - 0.001))
     return 1e-3, 1e-4, 0.999
 
 
-def manifest(res):
+def manifest(res, path=None):
+    """model.toml (or `path`) from the evaluation `res` and the tract measurement (tolerances())."""
+    path = path or os.path.join(OUT_DIR, "model.toml")
     max_abs, fp32_max_abs, agree = tolerances()
-    mem = zoo.memory_section(os.path.join(OUT_DIR, "model.toml"))
-    toml = zoo.manifest_head(
+    m = zoo.manifest_spec(
         "us-fast-fluid", "0.1.0", "segmentation",
         f"int8 static, QOperator QLinearConv u8/s8 per-tensor (ReLU folded){', 1x1 head conv fp32' if EXCLUDE_HEAD else ''}, MinMax calibration on {res['n_calib']} synthetic images",
         "Free fluid in Morison's pouch (FAST RUQ view) segmentation, trained on synthetic ultrasound phantoms; runtime reference, not a medical device",
-        INT8, FP32, PRUNED) + f'''
-[input]
-name = "input"
-shape = [1, 1, {P.SIZE}, {P.SIZE}]
-layout = "NCHW"
-frames = "all"
-
-[preprocess]
-window = {{ center = 128.0, width = 256.0 }}
-resize = "bilinear-antialias"
-mean = {P.MEAN}
-std = {P.STD}
-
-[output]
-name = "mask"
-activation = "sigmoid"
-
-[parity]
-# tract vs onnxruntime on tests/fixtures/us-fast-fluid, ~3x the measured max |diff| (README.md; bench_us.py)
-max_abs = {max_abs}
-fp32_max_abs = {fp32_max_abs}
-min_mask_agreement = {agree}
-
-{mem}[[labels]]
-name = "free_fluid"
-threshold = {THRESHOLD}
-min_fraction = {res["min_fraction"]}
-'''
-    with open(os.path.join(OUT_DIR, "model.toml"), "w") as f:
-        f.write(toml)
-    print("wrote model.toml")
-    for _, p in FORMS:
-        print("sha256", os.path.basename(p), sha256(p), os.path.getsize(p), "bytes")
+        INT8, FP32, PRUNED, kept_from=os.path.join(OUT_DIR, "model.toml"))
+    m.update(input_shape=[1, 1, P.SIZE, P.SIZE], frames="all", window=(128.0, 256.0), mean=P.MEAN, std=P.STD,
+             output_name="mask", activation="sigmoid",
+             parity={"note": "tract vs onnxruntime on tests/fixtures/us-fast-fluid, ~3x the measured max |diff| "
+                             "(README.md; bench_us.py)",
+                     "max_abs": max_abs, "fp32_max_abs": fp32_max_abs, "min_mask_agreement": agree},
+             labels=[{"name": "free_fluid", "threshold": THRESHOLD, "min_fraction": res["min_fraction"]}])
+    zoo.write_manifest(path, m, FORMS)
 
 
 if __name__ == "__main__":

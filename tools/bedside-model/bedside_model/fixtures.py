@@ -33,6 +33,19 @@ def exact_f32(a):
     return [float(str(np.float32(v))) for v in np.asarray(a, dtype=np.float32).ravel()]
 
 
+def rounded7(a):
+    """Values rounded to 7 significant digits (the factory's fixtures: shorter files; every tolerance is far above
+    the 6e-8 relative error this adds)."""
+    return [float(f"{v:.7g}") for v in np.asarray(a, dtype=np.float32).ravel()]
+
+
+def save(out_dir, doc):
+    """parity.json in `out_dir`: compact JSON, one line."""
+    with open(os.path.join(out_dir, "parity.json"), "w") as fh:
+        fh.write(json.dumps(doc, separators=(",", ":")))
+        fh.write("\n")
+
+
 def write(out_dir, model_id, x, names, int8_exact, fp32, labels):
     """Writes caseN.f32 and parity.json for the inputs x[i] (named names[i]) with onnxruntime's first output of the
     int8 model through its exact form `int8_exact` (u8 weights) under "int8" and the fp32 parent under "fp32".
@@ -54,6 +67,5 @@ def write(out_dir, model_id, x, names, int8_exact, fp32, labels):
                     "(exact integer arithmetic, as bedside computes; onnxruntime's own u8 x s8 kernel saturates on "
                     "x86 without VNNI), fp32 = model.fp32.onnx. Written by bedside-model."),
            "cases": cases}
-    with open(os.path.join(out_dir, "parity.json"), "w") as fh:
-        json.dump(doc, fh)
+    save(out_dir, doc)
     return y8, y32

@@ -36,15 +36,33 @@ def tolerance(measured):
 
 # [memory] tract_working_bytes: measured by bedside itself (`bedside models measure`, under the counting
 # allocator the binary installs), the figure the daemon's memory plan uses; never estimated here.
-def memory_toml(tract_working_bytes=None):
+MEMORY_NOTE = "measured by bedside when it loads the model, with its int8 ops"
+
+
+def memory_toml(tract_working_bytes=None, note=MEMORY_NOTE):
     if tract_working_bytes is None:
         return ""
-    return ("[memory]\n# measured by bedside when it loads the model, with its int8 ops\n"
-            f"tract_working_bytes = {int(tract_working_bytes)}\n\n")
+    return f"[memory]\n# {note}\ntract_working_bytes = {int(tract_working_bytes)}\n\n"
+
+
+def kept_working_bytes(path):
+    """The `[memory] tract_working_bytes` of the manifest at `path` (None when there is no manifest or no figure):
+    a rebuild that does not re-measure keeps the figure bedside measured (the factory's builds; tests/memory.rs
+    checks it against a fresh measurement)."""
+    import os
+    import tomllib
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as fh:
+        return tomllib.load(fh).get("memory", {}).get("tract_working_bytes") or None
 
 
 def render(m):
-    """The manifest text for the spec `m` (a dict: see cli.build)."""
+    """The manifest text for the spec `m`, a dict: id, version, task, file, sha256, quantization, description,
+    parent / pruned ({file, sha256}), input_name, input_shape, frames, window ("dicom" or (center, width)), mean,
+    std, output_name, activation, detection ({stride, iou_threshold, max_detections}), parity ({note, max_abs,
+    fp32_max_abs, min_mask_agreement, min_box_iou}), tract_working_bytes, memory_note, labels ([{name, threshold,
+    min_fraction}]). Written by cli.build and by the factory's three builds (models/factory)."""
     out = ["[model]",
            f"id = {q(m['id'])}",
            f"version = {q(m['version'])}",
@@ -55,8 +73,9 @@ def render(m):
         out.append(f"quantization = {q(m['quantization'])}")
     if m.get("description"):
         out.append(f"description = {q(m['description'])}")
-    if m.get("parent"):
-        out += ["", "[model.parent]", f"file = {q(m['parent']['file'])}", f"sha256 = {q(m['parent']['sha256'])}"]
+    for table in ("parent", "pruned"):  # the fp32 parent; the pruned fp32 form between it and the int8 file
+        if m.get(table):
+            out += ["", f"[model.{table}]", f"file = {q(m[table]['file'])}", f"sha256 = {q(m[table]['sha256'])}"]
     out += ["", "[input]", f"name = {q(m['input_name'])}",
             f"shape = [{', '.join(str(int(d)) for d in m['input_shape'])}]", 'layout = "NCHW"']
     if m.get("frames"):
@@ -80,7 +99,7 @@ def render(m):
         if m["task"] == "detection" and p.get("min_box_iou") is not None:
             out.append(f"min_box_iou = {f(p['min_box_iou'])}")
     out.append("")
-    text = "\n".join(out) + "\n" + memory_toml(m.get("tract_working_bytes"))
+    text = "\n".join(out) + "\n" + memory_toml(m.get("tract_working_bytes"), m.get("memory_note", MEMORY_NOTE))
     labels = []
     for lab in m["labels"]:
         labels += ["[[labels]]", f"name = {q(lab['name'])}", f"threshold = {f(lab['threshold'])}"]
