@@ -47,6 +47,14 @@ enum Command {
         /// Indented JSON.
         #[arg(long)]
         pretty: bool,
+        /// Also draw the image with what the models found (outlines, boxes, banners) into
+        /// this PNG, at the image's size.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Which frame of a multi-frame object to draw (0-based); default: the first with a
+        /// label over threshold, else the first.
+        #[arg(long, requires = "overlay")]
+        overlay_frame: Option<u32>,
     },
     /// Run the daemon: watch the inbox, publish findings over MQTT.
     Run {
@@ -266,7 +274,15 @@ fn main() -> ExitCode {
             model,
             board,
             pretty,
-        } => infer(&file, model, board.as_deref(), pretty),
+            overlay,
+            overlay_frame,
+        } => infer(
+            &file,
+            model,
+            board.as_deref(),
+            pretty,
+            overlay.as_deref().map(|p| (p, overlay_frame)),
+        ),
         Command::Run { board } => run(&board),
         Command::Check { board } => check(&board),
         Command::Parity { model, fixtures } => parity(&model, &fixtures),
@@ -358,6 +374,7 @@ fn infer(
     models: Vec<PathBuf>,
     board: Option<&Path>,
     pretty: bool,
+    overlay: Option<(&Path, Option<u32>)>,
 ) -> anyhow::Result<ExitCode> {
     let (identity, board_models) = match board {
         Some(b) => {
@@ -383,13 +400,25 @@ fn infer(
     let mut processor = Processor::new(identity, &models)?;
     match processor.process_file(file, SourceKind::File) {
         Ok(findings) => {
-            for f in findings {
+            for f in &findings {
                 let json = if pretty {
-                    serde_json::to_string_pretty(&f)?
+                    serde_json::to_string_pretty(f)?
                 } else {
-                    serde_json::to_string(&f)?
+                    serde_json::to_string(f)?
                 };
                 println!("{json}");
+            }
+            if let Some((out, frame)) = overlay {
+                let (picture, frame) = bedside::overlay::for_file(file, &findings, frame, None)?;
+                picture
+                    .write_png(out)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                eprintln!(
+                    "overlay of frame {frame} ({} x {}) written to {}",
+                    picture.width,
+                    picture.height,
+                    out.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

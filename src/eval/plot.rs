@@ -1,19 +1,13 @@
-//! The report's PNG plots, drawn with plotters into an RGB buffer and written with the `png`
-//! crate bedside already has (plotters' own encoder would pull in the `image` crate).
-//! Text uses an ASCII subset of the Go font (BSD licence, `go-font-LICENSE`), 8 KB in the
-//! binary: a board has no font directory to rely on.
+//! The report's PNG plots, drawn with plotters into an RGB buffer (`crate::draw`: the
+//! embedded font, the PNG writer).
 
 use std::path::Path;
-use std::sync::Once;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::metrics::Roc;
 use super::{Detail, Run};
-
-static FONT: &[u8] = include_bytes!("go-regular-ascii.ttf");
-static REGISTER: Once = Once::new();
 
 /// The colour of the n-th run (the model, then what it is compared with).
 fn colour(n: usize) -> RGBColor {
@@ -31,9 +25,7 @@ fn render(
     (w, h): (u32, u32),
     draw: impl FnOnce(&Area) -> Result<(), String>,
 ) -> Result<(), String> {
-    REGISTER.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
+    crate::draw::register_font();
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
         let area = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -41,12 +33,12 @@ fn render(
         draw(&area)?;
         area.present().map_err(|e| e.to_string())?;
     }
-    let file = std::fs::File::create(path).map_err(|e| e.to_string())?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), w, h);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
-    writer.write_image_data(&buf).map_err(|e| e.to_string())
+    let image = crate::draw::Rgb {
+        width: w,
+        height: h,
+        pixels: buf,
+    };
+    image.write_png(path).map_err(|e| e.to_string())
 }
 
 fn e<E: std::fmt::Display>(err: E) -> String {
