@@ -64,7 +64,9 @@ def render(c):
              f"| Output | `{m['output_name']}`, float32 `{c['output_shape']}`; bedside applies {m['activation']} |",
              f"| Source | {c['source_kind']}: `{c['source_origin']}` (sha256 `{c['source_sha256']}`) |",
              f"| Files | `model.onnx` int8 {_bytes(c['size_int8'])}, sha256 `{m['sha256']}` · `model.fp32.onnx` fp32 "
-             f"parent {_bytes(c['size_fp32'])}, sha256 `{m['parent']['sha256']}` |",
+             f"parent {_bytes(c['size_fp32'])}, sha256 `{m['parent']['sha256']}`"
+             + (f" · `model.pruned.onnx` pruned fp32 {_bytes(c['size_pruned'])}, sha256 `{m['pruned']['sha256']}`"
+                if m.get("pruned") else "") + " |",
              f"| Built with | bedside-model {c['tool_version']}, onnx {c['onnx_version']}, onnxruntime "
              f"{c['ort_version']}, bedside `{c['bedside']}` |", ""]
     if c.get("source_metadata"):
@@ -82,6 +84,7 @@ def render(c):
               f"`{c['window_text']}`, resize to {m['input_shape'][3]}x{m['input_shape'][2]} with antialiased bilinear, "
               f"then `(x - {m['mean']}) / {m['std']}`. The training pipeline must have done the same; "
               f"{FILL} confirm it.", "",
+              *prune_lines(c.get("prune")),
               "## Quantization", "",
               f"{m['quantization']}. Recipe: onnxruntime {c['ort_version']} `quantize_static`, QOperator, Conv+Relu "
               "only, u8 activations, s8 weights per-tensor, MinMax (the model factory's, `bedside_model/quantize.py`). "
@@ -128,6 +131,23 @@ def render(c):
               + ". bedside measures its own plan again at every start.", ""]
     lines += ["## Reproduce", "", "```", c["command"], "```", ""]
     return "\n".join(lines)
+
+
+def prune_lines(p):
+    """The card's pruning section (none without --prune)."""
+    if not p:
+        return []
+    tuned = (f"fine-tuned afterwards with `{p['finetune']}`" if p.get("finetuned") else
+             "**not fine-tuned** afterwards (no `--finetune` hook): the evaluation below says what that cost")
+    return ["## Pruning", "",
+            f"Structured: {p['ratio']:.0%} of the channels of every prunable layer removed by torch-pruning "
+            f"(L1 magnitude over each dependency group, widths rounded to multiples of {p['round_to']}, the output "
+            f"layer kept), {tuned}. The int8 model is quantized from the pruned one; `model.fp32.onnx` is the dense "
+            "parent.", "",
+            "| | dense parent | pruned |", "|---|---|---|",
+            f"| MACs | {p['macs_before'] / 1e6:.2f} M | {p['macs_after'] / 1e6:.2f} M |",
+            f"| parameters | {p['params_before']:,} | {p['params_after']:,} |",
+            f"| conv widths | {p['widths_before']} | {p['widths_after']} |", ""]
 
 
 def write(path, c):

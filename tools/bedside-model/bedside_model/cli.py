@@ -60,6 +60,11 @@ def parser():
     src.add_argument("--torch", metavar="MODULE:FACTORY",
                      help="PyTorch module factory, exported at opset 17 (needs the torch extra)")
     b.add_argument("--example-shape", type=ints, metavar="N,C,H,W", help="input shape for --torch export")
+    b.add_argument("--prune", type=float, metavar="RATIO",
+                   help="--torch: remove this fraction of every layer's channels (torch-pruning, L1), then quantize")
+    b.add_argument("--prune-round-to", type=int, default=8, metavar="N", help="pruned widths a multiple of N (8)")
+    b.add_argument("--finetune", metavar="MODULE:FUNC",
+                   help="--prune: FUNC(model) fine-tunes the pruned model on your data (returns it, or None)")
     b.add_argument("--input-shape", type=ints, metavar="1,1,H,W", help="fix a dynamic input shape")
     b.add_argument("--task", required=True, choices=["classification", "segmentation", "detection"])
     b.add_argument("--labels", help="label names in output order, comma-separated (default: the bundle's)")
@@ -178,6 +183,11 @@ def build(a):
         raise UsageError(f"--eval-data {a.eval_data}: not a folder")
     if not 4 <= a.fixtures <= 64:
         raise UsageError("--fixtures: between 4 and 64 cases")
+    if a.prune is not None and not a.torch:
+        raise UsageError("--prune works on a PyTorch module (--torch MODULE:FACTORY): an ONNX file has no weights "
+                         "to fine-tune after pruning")
+    if a.finetune and a.prune is None:
+        raise UsageError("--finetune is the hook run after --prune")
     binary = bs.find(a.bedside)
     bed = bs.Bedside(binary, verbose=a.verbose)
     os.makedirs(out, exist_ok=True)
@@ -202,7 +212,7 @@ def _build(a, out, work, bed):
     elif a.monai_bundle:
         src = source.from_monai_bundle(a.monai_bundle)
     else:
-        src = source.from_torch(a.torch, a.example_shape, work)
+        src = source.from_torch(a.torch, a.example_shape, work, a.prune, a.prune_round_to, a.finetune, say)
     spec = spec_from_args(a, src)
     fp32 = os.path.join(out, "model.fp32.onnx")
     override = a.input_shape or src.input_shape
@@ -220,6 +230,17 @@ def _build(a, out, work, bed):
     m = {**spec, "file": "model.fp32.onnx", "sha256": fp32_sha, "input_name": in_name, "input_shape": in_shape,
          "output_name": out_name}
     say(f"fp32 model {fp32}: input `{in_name}` {in_shape}, output `{out_name}` {out_shape}")
+    # The model that gets quantized: the pruned one when there is one, else the fp32 parent.
+    base, pruned = fp32, None
+    if src.pruned_path:
+        pruned = os.path.join(out, "model.pruned.onnx")
+        source.fix_input(src.pruned_path, pruned, override)
+        p_shape = source.output_info(fixtures.session(pruned))[1]
+        if p_shape != out_shape:
+            raise Refused(f"the pruned model's output {p_shape} is not the parent's {out_shape}", status=2)
+        m["pruned"] = {"file": "model.pruned.onnx", "sha256": manifest.sha256(pruned)}
+        base = pruned
+        say(f"pruned fp32 model {pruned}: {os.path.getsize(pruned):,} B (parent {os.path.getsize(fp32):,} B)")
 
     # 2. calibration tensors, made by bedside's own preparation (a draft manifest naming the fp32 file).
     manifest.write(os.path.join(out, "model.toml"), m)
@@ -243,7 +264,7 @@ def _build(a, out, work, bed):
 
     # 3. int8, the factory's recipe.
     int8 = os.path.join(out, "model.onnx")
-    ops = quantize.quantize_int8(fp32, int8, in_name, x, work, exclude_head=a.exclude_head,
+    ops = quantize.quantize_int8(base, int8, in_name, x, work, exclude_head=a.exclude_head,
                                  producer_version=__version__, doc=f"{a.model_id} {a.model_version} int8")
     qconvs = sum(o == "ai.onnx:QLinearConv" for o in ops)
     say(f"int8 model {int8}: {qconvs} QLinearConv, {os.path.getsize(int8):,} B")
@@ -259,18 +280,20 @@ def _build(a, out, work, bed):
     exact = quantize.u8_weights(int8, os.path.join(work, "model.u8w.onnx"))
     pick = fixtures.pick(len(x), a.fixtures if len(x) >= 4 else len(x))
     fixtures.write(os.path.join(out, "fixtures"), a.model_id, x[pick], [names[i] for i in pick], exact, fp32,
-                   [l["name"] for l in m["labels"]])
+                   [l["name"] for l in m["labels"]], pruned=pruned)
     manifest.write(os.path.join(out, "model.toml"), m)
     r = bed.parity(out, os.path.join(out, "fixtures"))
     measured = bs.parse_parity(r.stdout)
-    if r.returncode != 0 or set(measured) != {"int8", "fp32"} or not all(v["ok"] for v in measured.values()):
+    forms = {"int8", "fp32"} | ({"pruned"} if pruned else set())
+    if r.returncode != 0 or set(measured) != forms or not all(v["ok"] for v in measured.values()):
         raise Refused("bedside refused the model or its parity with onnxruntime "
                       f"(`bedside parity`, exit {r.returncode}; ceilings int8 {a.parity_ceiling}, "
                       f"fp32 {a.fp32_parity_ceiling}):\n{r.tail()}")
-    tol8, tol32 = manifest.tolerance(measured["int8"]["max_abs"]), manifest.tolerance(measured["fp32"]["max_abs"])
+    worst32 = max(measured[f]["max_abs"] for f in forms - {"int8"})
+    tol8, tol32 = manifest.tolerance(measured["int8"]["max_abs"]), manifest.tolerance(worst32)
     m["parity"].update(max_abs=tol8, fp32_max_abs=tol32, note=(
         f"max |tract - onnxruntime| on fixtures/ ({len(pick)} calibration tensors), ~3x the measured (floor 1e-5):\n"
-        f"int8 {measured['int8']['max_abs']:.2g}, fp32 {measured['fp32']['max_abs']:.2g} (bedside-model; MODEL_CARD.md)"))
+        + ", ".join(f"{f} {measured[f]['max_abs']:.2g}" for f in sorted(forms)) + " (bedside-model; MODEL_CARD.md)"))
     manifest.write(os.path.join(out, "model.toml"), m)
     r = bed.parity(out, os.path.join(out, "fixtures"))
     final = bs.parse_parity(r.stdout)
@@ -314,13 +337,15 @@ def _build(a, out, work, bed):
     c = {"manifest": m, "output_shape": out_shape, "source_kind": src.kind, "source_origin": src.origin,
          "source_sha256": manifest.sha256(src.onnx_path), "source_metadata": src.metadata,
          "size_int8": os.path.getsize(int8), "size_fp32": os.path.getsize(fp32), "tool_version": __version__,
+         "prune": src.prune_info, "size_pruned": os.path.getsize(pruned) if pruned else None,
          "onnx_version": onnx.__version__, "ort_version": ort.__version__, "bedside": bed.path,
          "window_text": "dicom" if m["window"] == "dicom" else f"center {m['window'][0]}, width {m['window'][1]}",
          "calib_count": len(good), "calib_skipped": len(bad), "calib_dir": a.calib, "qconv_count": qconvs,
          "ops": ops, "parity": final, "parity_cases": len(pick), "eval": ev, "bench": bench, "cpu": cpu_name(),
          "memory": mem, "command": "bedside-model " + " ".join(shlex.quote(v) for v in sys.argv[1:])}
     card.write(os.path.join(out, "MODEL_CARD.md"), c)
-    say(f"built {out}: model.onnx, model.fp32.onnx, model.toml, fixtures/, MODEL_CARD.md"
+    say(f"built {out}: model.onnx, model.fp32.onnx, " + ("model.pruned.onnx, " if pruned else "")
+        + "model.toml, fixtures/, MODEL_CARD.md"
         + (", eval/" if ev else "") + " — fill in the card's marked sections before shipping")
     return 0
 

@@ -46,18 +46,21 @@ def save(out_dir, doc):
         fh.write("\n")
 
 
-def write(out_dir, model_id, x, names, int8_exact, fp32, labels):
+def write(out_dir, model_id, x, names, int8_exact, fp32, labels, pruned=None):
     """Writes caseN.f32 and parity.json for the inputs x[i] (named names[i]) with onnxruntime's first output of the
-    int8 model through its exact form `int8_exact` (u8 weights) under "int8" and the fp32 parent under "fp32".
-    Returns (int8 outputs, fp32 outputs)."""
+    int8 model through its exact form `int8_exact` (u8 weights) under "int8", the fp32 parent under "fp32" and,
+    when given, the pruned fp32 model under "pruned". Returns (int8 outputs, fp32 outputs)."""
     os.makedirs(out_dir, exist_ok=True)
     s8, s32 = session(int8_exact), session(fp32)
     y8, y32 = first_output(s8, x), first_output(s32, x)
+    yp = first_output(session(pruned), x) if pruned else None
     cases = []
     for i in range(len(x)):
         fname = f"case{i}.f32"
         x[i:i + 1].astype("<f4").tofile(os.path.join(out_dir, fname))
         cases.append({"input": fname, "image": names[i], "int8": exact_f32(y8[i]), "fp32": exact_f32(y32[i])})
+        if yp is not None:
+            cases[-1]["pruned"] = exact_f32(yp[i])
     doc = {"model": model_id, "input_shape": [1, *x.shape[1:]],
            "output_shape": list(y8.shape[1:]),
            "labels": list(labels),
@@ -65,7 +68,8 @@ def write(out_dir, model_id, x, names, int8_exact, fp32, labels):
                     f"NCHW); outputs: the first output from onnxruntime {ort.__version__} CPUExecutionProvider, "
                     "1 thread, as exact float32; int8 = model.onnx run with its s8 weights re-encoded as u8 "
                     "(exact integer arithmetic, as bedside computes; onnxruntime's own u8 x s8 kernel saturates on "
-                    "x86 without VNNI), fp32 = model.fp32.onnx. Written by bedside-model."),
+                    "x86 without VNNI), fp32 = model.fp32.onnx, pruned (when present) = model.pruned.onnx. "
+                    "Written by bedside-model."),
            "cases": cases}
     save(out_dir, doc)
     return y8, y32

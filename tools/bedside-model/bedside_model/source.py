@@ -22,6 +22,8 @@ class Source:
     labels: list = field(default_factory=list)  # from a bundle's metadata, when any
     input_shape: list | None = None  # from a bundle's metadata, when fixed there
     metadata: dict = field(default_factory=dict)  # name, version, description ... of a bundle
+    pruned_path: str | None = None  # --prune: the pruned (and fine-tuned) fp32 export
+    prune_info: dict | None = None  # --prune: MACs, parameters, widths before and after
 
 
 def from_onnx(path):
@@ -78,9 +80,24 @@ def from_monai_bundle(dirpath):
     return src
 
 
-def from_torch(spec, example_shape, work):
+def export(model, example_shape, out):
+    """torch.onnx.export at opset 17 on a zero tensor of `example_shape`, input "input", output "output"."""
+    import torch
+    x = torch.zeros(*example_shape, dtype=torch.float32)
+    kwargs = dict(opset_version=17, input_names=["input"], output_names=["output"], do_constant_folding=True)
+    with torch.no_grad():
+        try:
+            # The TorchScript exporter where the installed torch has both (fixed shapes, plain opset-17 ops).
+            torch.onnx.export(model, (x,), out, dynamo=False, **kwargs)
+        except TypeError:
+            torch.onnx.export(model, (x,), out, **kwargs)
+
+
+def from_torch(spec, example_shape, work, prune_ratio=None, round_to=8, finetune=None, say=print):
     """`MODULE:FACTORY`: FACTORY() returns a torch.nn.Module; exported with torch.onnx.export at opset 17 on a zero
-    tensor of `example_shape`, input named "input", output "output". Needs the `torch` extra."""
+    tensor of `example_shape`, input named "input", output "output". Needs the `torch` extra. With `prune_ratio`
+    the model is then pruned (bedside_model.prune, `finetune` the hook spec) and exported again: the dense export
+    is the fp32 parent, the pruned one what gets quantized."""
     try:
         import torch
     except ImportError:
@@ -101,15 +118,19 @@ def from_torch(spec, example_shape, work):
     model = factory()
     model.eval()
     out = os.path.join(work, "exported.fp32.onnx")
-    x = torch.zeros(*example_shape, dtype=torch.float32)
-    kwargs = dict(opset_version=17, input_names=["input"], output_names=["output"], do_constant_folding=True)
-    with torch.no_grad():
+    export(model, example_shape, out)
+    src = Source(out, "torch", spec, input_shape=list(example_shape))
+    if prune_ratio:
+        from . import prune
         try:
-            # The TorchScript exporter where the installed torch has both (fixed shapes, plain opset-17 ops).
-            torch.onnx.export(model, (x,), out, dynamo=False, **kwargs)
-        except TypeError:
-            torch.onnx.export(model, (x,), out, **kwargs)
-    return Source(out, "torch", spec, input_shape=list(example_shape))
+            hook = prune.load_hook(finetune) if finetune else None
+            model, src.prune_info = prune.prune(model, example_shape, prune_ratio, round_to, hook, say)
+        except prune.PruneError as e:
+            raise UsageError(str(e))
+        src.prune_info["finetune"] = finetune
+        src.pruned_path = os.path.join(work, "exported.pruned.onnx")
+        export(model, example_shape, src.pruned_path)
+    return src
 
 
 # ------------------------------------------------------------------------------------------------ checks
