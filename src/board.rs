@@ -47,6 +47,9 @@ pub struct BoardProfile {
     /// Who may update the models of a running device (`bedside models install`).
     #[serde(default)]
     pub updates: Updates,
+    /// Pictures of the last findings per source, for the findings page.
+    #[serde(default)]
+    pub overlays: Overlays,
     /// The file this profile was read from.
     #[serde(skip)]
     pub origin: PathBuf,
@@ -230,6 +233,37 @@ fn default_outbox_records() -> usize {
 }
 fn default_segment_kib() -> u64 {
     1024
+}
+
+/// `[overlays]`: the daemon keeps, per source (watch folder, C-STORE), a picture of the last
+/// image with what the models found on it (`crate::overlay`), in `paths.state`/overlays. They
+/// stay on the device: never published. They show the image's pixels, which may carry text a
+/// modality burned in.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Overlays {
+    /// Keep the last overlay per source.
+    pub keep_last: bool,
+    /// Longer side of the picture in pixels; larger images are shrunk to it (64..=4096).
+    pub max_side: u32,
+}
+
+impl Default for Overlays {
+    fn default() -> Self {
+        Self {
+            keep_last: false,
+            max_side: 1024,
+        }
+    }
+}
+
+impl Overlays {
+    /// Bytes the daemon may hold for one overlay: the RGB picture and its PNG encoding
+    /// (at worst about as large), plus the drawing's own small buffers.
+    pub fn working_bytes(&self) -> u64 {
+        let side = self.max_side as u64;
+        2 * side * side * 3 + (256 << 10)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -573,6 +607,12 @@ impl BoardProfile {
             if value.is_empty() || value.contains(['/', '+', '#', '\0']) || value.trim() != value {
                 return Err(self.field(field, format!("{value:?} must be a non-empty MQTT topic level without '/', '+', '#' or outer spaces")));
             }
+        }
+        if !(64..=4096).contains(&self.overlays.max_side) {
+            return Err(self.field(
+                "overlays.max_side",
+                format!("{} must be in 64..=4096", self.overlays.max_side),
+            ));
         }
         if let Some(key) = &self.updates.public_key
             && (key.len() != 64 || !key.chars().all(|c| c.is_ascii_hexdigit()))

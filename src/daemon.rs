@@ -91,6 +91,14 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     info!("memory plan\n{}", planned.plan.table());
     let processor = Processor::from_engines(Identity::for_board(&profile)?, planned.dicom)
         .with_limits(profile.memory.image_limits());
+    let processor = if profile.overlays.keep_last {
+        processor.with_overlays(
+            profile.paths.state.join("overlays"),
+            profile.overlays.max_side,
+        )
+    } else {
+        processor
+    };
     let video_engines = planned.video;
     let plan = planned.plan;
     let mut models: Vec<_> = processor.engines().map(|e| e.model_ref().clone()).collect();

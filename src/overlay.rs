@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use crate::draw::{self, Rgb};
 use crate::finding::Finding;
 use crate::model::manifest::{NamedWindow, Task, WindowChoice};
+use crate::prepare::DisplayMap;
 use crate::source::Image;
 
 /// Colours of labels 0, 1, …: saturated, so that no grey pixel of the image has one.
@@ -73,8 +74,15 @@ pub fn render(
     };
     let w = ((cols as f64 * scale).round() as u32).max(1);
     let h = ((rows as f64 * scale).round() as u32).max(1);
-    let gray = crate::prepare::display(image, &WindowChoice::Named(NamedWindow::Dicom));
-    let mut pixels = shrink(&gray, cols as usize, rows as usize, w as usize, h as usize);
+    let map = DisplayMap::new(image, &WindowChoice::Named(NamedWindow::Dicom));
+    let mut pixels = shrink(
+        &image.pixels,
+        &map,
+        cols as usize,
+        rows as usize,
+        w as usize,
+        h as usize,
+    );
     draw::register_font();
     {
         let area = BitMapBackend::with_buffer(&mut pixels, (w, h)).into_drawing_area();
@@ -88,9 +96,17 @@ pub fn render(
     })
 }
 
-/// The display values in [0, 1] of a `cols` × `rows` image as 8-bit grey RGB of `w` × `h`
-/// (each output pixel the mean of the input pixels it covers).
-fn shrink(gray: &[f32], cols: usize, rows: usize, w: usize, h: usize) -> Vec<u8> {
+/// A `cols` × `rows` image as 8-bit grey RGB of `w` × `h`, displayed by `map` (each output
+/// pixel the mean of the display values of the input pixels it covers). No full-size copy:
+/// the overlay of a large radiograph costs only its own, bounded, picture.
+fn shrink(
+    pixels: &[f32],
+    map: &DisplayMap,
+    cols: usize,
+    rows: usize,
+    w: usize,
+    h: usize,
+) -> Vec<u8> {
     let mut out = vec![0u8; w * h * 3];
     for y in 0..h {
         let (y0, y1) = (y * rows / h, ((y + 1) * rows / h).max(y * rows / h + 1));
@@ -98,8 +114,9 @@ fn shrink(gray: &[f32], cols: usize, rows: usize, w: usize, h: usize) -> Vec<u8>
             let (x0, x1) = (x * cols / w, ((x + 1) * cols / w).max(x * cols / w + 1));
             let mut sum = 0.0f32;
             for yy in y0..y1.min(rows) {
-                sum += gray[yy * cols + x0..yy * cols + x1.min(cols)]
+                sum += pixels[yy * cols + x0..yy * cols + x1.min(cols)]
                     .iter()
+                    .map(|&v| map.apply(v))
                     .sum::<f32>();
             }
             let n = ((y1.min(rows) - y0) * (x1.min(cols) - x0)).max(1) as f32;

@@ -2,7 +2,7 @@
 //! The CLI and the daemon share this, so `bedside infer` shows exactly what the daemon would
 //! publish.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::board::{BoardError, BoardProfile};
@@ -64,6 +64,8 @@ pub struct Processor {
     identity: Identity,
     slots: Vec<Slot>,
     limits: ImageLimits,
+    /// Where the last overlay per source goes, and its largest side (`[overlays]`).
+    overlays: Option<(PathBuf, u32)>,
 }
 
 impl Processor {
@@ -90,6 +92,7 @@ impl Processor {
             identity,
             slots,
             limits: ImageLimits::default(),
+            overlays: None,
         }
     }
 
@@ -108,6 +111,15 @@ impl Processor {
         slot.preparer = Preparer::new(engine.manifest().preprocess.clone(), h, w);
         let old = std::mem::replace(&mut slot.engine, engine);
         Ok(old.model_ref().clone())
+    }
+
+    /// Keeps, per source, a picture of the last image with its findings in `dir`
+    /// (`<source>.png`, then `<source>.json` naming the findings it shows), at most
+    /// `max_side` pixels on its longer side. A picture that cannot be made or written is
+    /// logged and skipped: it never costs a finding.
+    pub fn with_overlays(mut self, dir: PathBuf, max_side: u32) -> Self {
+        self.overlays = Some((dir, max_side));
+        self
     }
 
     /// Inputs beyond these limits are refused before they are decoded.
@@ -142,12 +154,39 @@ impl Processor {
         wanted.sort_unstable();
         wanted.dedup();
         let mut findings = Vec::new();
+        // The overlay: of the first frame with a label over threshold, else of the first
+        // frame. Drawn when its frame is decoded (bounded by `max_side`), written at the end.
+        let mut picture: Option<(bool, crate::draw::Rgb, Vec<String>, u32)> = None;
         for frame in wanted {
             let t = Instant::now();
             let image = dicom::decode::decode_frame(&obj, frame)
                 .map_err(|e| ProcessError::from(e.with_path(path)))?;
             let decode_ms = ms(t.elapsed()) + if frame == 0 { read_ms } else { 0.0 };
-            findings.extend(self.run_models(&image, decode_ms, source, Some(count))?);
+            let made = self.run_models(&image, decode_ms, source, Some(count))?;
+            if let Some((_, max_side)) = &self.overlays {
+                let over = made.iter().any(|f| !f.over_threshold.is_empty());
+                if !made.is_empty()
+                    && (picture.is_none() || (over && !picture.as_ref().is_some_and(|p| p.0)))
+                {
+                    match crate::overlay::render(&image, &made, Some(*max_side)) {
+                        Ok(rgb) => {
+                            picture = Some((
+                                over,
+                                rgb,
+                                made.iter().map(|f| f.id.clone()).collect(),
+                                frame,
+                            ))
+                        }
+                        Err(e) => tracing::warn!(error = %e, "no overlay for this image"),
+                    }
+                }
+            }
+            findings.extend(made);
+        }
+        if let (Some((dir, _)), Some((_, rgb, ids, frame))) = (&self.overlays, picture)
+            && let Err(e) = keep_overlay(dir, source, &rgb, &ids, frame)
+        {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot keep the overlay");
         }
         Ok(findings)
     }
@@ -250,6 +289,31 @@ impl Processor {
         }
         Ok(findings)
     }
+}
+
+/// Writes `<dir>/<source>.png` (atomically) and then `<source>.json`, which names the
+/// findings the picture shows (ids only: nothing that identifies the patient).
+fn keep_overlay(
+    dir: &Path,
+    source: SourceKind,
+    rgb: &crate::draw::Rgb,
+    ids: &[String],
+    frame: u32,
+) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    rgb.write_png(&dir.join(format!("{}.png", source.name())))?;
+    let meta = serde_json::json!({
+        "source": source,
+        "frame": frame,
+        "findings": ids,
+        "width": rgb.width,
+        "height": rgb.height,
+        "written_at": finding::now_rfc3339(),
+    });
+    let path = dir.join(format!("{}.json", source.name()));
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&meta)?)?;
+    std::fs::rename(&tmp, &path)
 }
 
 fn pixel_hash(image: &Image) -> String {

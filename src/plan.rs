@@ -289,6 +289,18 @@ impl MemoryPlan {
                 true,
             );
         }
+        if profile.overlays.keep_last {
+            let o = profile.overlays;
+            add(
+                format!(
+                    "overlays: one picture of at most {0} x {0} px, RGB and its PNG",
+                    o.max_side
+                ),
+                o.working_bytes(),
+                Basis::Computed,
+                true,
+            );
+        }
         let threads = 4 // main, image worker, 2 tokio workers
             + profile.video.as_ref().map_or(0, |v| v.threads + 2) as u64
             + profile.dicom.as_ref().map_or(0, |_| 1);

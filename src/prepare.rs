@@ -126,27 +126,46 @@ pub fn display(image: &Image, choice: &WindowChoice) -> Vec<f32> {
 }
 
 fn display_into(image: &Image, choice: &WindowChoice, out: &mut Vec<F32>) {
-    let voi = match choice {
-        WindowChoice::Named(NamedWindow::Dicom) => image
-            .voi
-            .clone()
-            .unwrap_or_else(|| Voi::Window(full_range(&image.pixels))),
-        WindowChoice::Fixed { center, width } => Voi::Window(Window {
-            center: *center,
-            width: *width,
-            function: VoiFunction::Linear,
-        }),
-    };
-    let invert = image.photometric == Photometric::Monochrome1;
+    let map = DisplayMap::new(image, choice);
     out.clear();
-    out.extend(image.pixels.iter().map(|&v| {
-        F32::new(if v.is_nan() {
+    out.extend(image.pixels.iter().map(|&v| F32::new(map.apply(v))));
+}
+
+/// One stored pixel value to its display value in [0, 1], as [`display`] maps them: for
+/// drawing a picture without a full-size display copy of the image (overlays).
+#[derive(Debug, Clone)]
+pub struct DisplayMap {
+    voi: Voi,
+    invert: bool,
+}
+
+impl DisplayMap {
+    pub fn new(image: &Image, choice: &WindowChoice) -> Self {
+        let voi = match choice {
+            WindowChoice::Named(NamedWindow::Dicom) => image
+                .voi
+                .clone()
+                .unwrap_or_else(|| Voi::Window(full_range(&image.pixels))),
+            WindowChoice::Fixed { center, width } => Voi::Window(Window {
+                center: *center,
+                width: *width,
+                function: VoiFunction::Linear,
+            }),
+        };
+        Self {
+            voi,
+            invert: image.photometric == Photometric::Monochrome1,
+        }
+    }
+
+    pub fn apply(&self, v: f32) -> f32 {
+        if v.is_nan() {
             0.0 // padding: no image here, shown black
         } else {
-            let y = apply_voi(&voi, v as f64) as f32;
-            if invert { 1.0 - y } else { y }
-        })
-    }));
+            let y = apply_voi(&self.voi, v as f64) as f32;
+            if self.invert { 1.0 - y } else { y }
+        }
+    }
 }
 
 /// A window spanning the image's whole range (padding aside), used when the object

@@ -7,7 +7,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{bedside, repo, sample};
+use std::time::{Duration, Instant};
+
+use common::{
+    Daemon, Mosquitto, Subscriber, assert_no_identifiers, bedside, free_port, repo, sample,
+    write_board_with,
+};
 
 /// An 8-bit image as RGB triples.
 struct Picture {
@@ -265,4 +270,115 @@ fn the_image_is_shown_as_dcmtk_renders_it() {
             "{name}: foot bar: {dark} dark, {text} text of {n}"
         );
     }
+}
+
+fn drop_into(inbox: &Path, src: &Path, name: &str) {
+    std::fs::create_dir_all(inbox).unwrap();
+    let tmp = inbox.join(format!("{name}.part"));
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, inbox.join(name)).unwrap();
+}
+
+/// Waits until `<source>.json` names exactly the findings `ids` (the picture is written
+/// before it), and returns the metadata.
+fn wait_overlay(meta: &Path, ids: &[String], daemon: &Daemon) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(meta) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mut got: Vec<String> = v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_str().unwrap().to_owned())
+                .collect();
+            got.sort();
+            if got == ids {
+                return v;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no overlay for {ids:?}:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `[overlays] keep_last`: the daemon keeps the last picture per source, shrunk to
+/// `max_side`, beside a note of the findings it shows; the memory plan counts it; nothing
+/// of it leaves the device.
+#[test]
+fn the_daemon_keeps_the_last_overlay_per_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let board = write_board_with(
+        tmp.path(),
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        &format!(
+            "[[models]]\npath = \"{}\"\n\n[overlays]\nkeep_last = true\nmax_side = 256\n",
+            repo().join("models/cxr-tiny-det").display()
+        ),
+    );
+    let check = bedside()
+        .arg("check")
+        .arg("--board")
+        .arg(&board)
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && plan.contains("overlays: one picture of at most 256 x 256 px"),
+        "{plan}"
+    );
+    let daemon = Daemon::start(&board, tmp.path());
+    let mut findings = Subscriber::connect(broker.port, "bedside/test-site/cart-7/findings", None);
+    let overlays = tmp.path().join("state/overlays");
+    for (n, name) in ["cxr-det-nodule.dcm", "cxr-normal-mono2.dcm"]
+        .iter()
+        .enumerate()
+    {
+        drop_into(
+            &tmp.path().join("inbox"),
+            &sample(name),
+            &format!("image-{n}.dcm"),
+        );
+        let mut ids: Vec<String> = (0..2)
+            .map(|_| {
+                let (_, f) = findings
+                    .next_json(Duration::from_secs(60))
+                    .unwrap_or_else(|| panic!("no finding for {name}:\n{}", daemon.log()));
+                f["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        ids.sort();
+        let meta = wait_overlay(&overlays.join("watch-folder.json"), &ids, &daemon);
+        assert_eq!(
+            (meta["width"].as_u64(), meta["height"].as_u64()),
+            (Some(256), Some(256))
+        );
+        assert_eq!(meta["source"], "watch-folder");
+        let pic = read_png(&overlays.join("watch-folder.png"));
+        assert_eq!((pic.w, pic.h), (256, 256));
+        let coloured = pic.rgb.iter().filter(|p| is_label0(**p)).count();
+        if n == 0 {
+            assert!(coloured > 20, "the nodule's box is drawn ({coloured} px)");
+        }
+        assert_no_identifiers(
+            &std::fs::read_to_string(overlays.join("watch-folder.json")).unwrap(),
+            "the overlay note",
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(&overlays)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "one picture and one note per source, nothing left behind: {names:?}"
+    );
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
 }

@@ -28,6 +28,19 @@ pub enum SourceKind {
     Replay,
 }
 
+impl SourceKind {
+    /// The name a finding gives the source (its JSON form), for file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::File => "file",
+            SourceKind::WatchFolder => "watch-folder",
+            SourceKind::DicomScp => "dicom-scp",
+            SourceKind::V4l2 => "v4l2",
+            SourceKind::Replay => "replay",
+        }
+    }
+}
+
 /// Whether the smallest value is shown black (MONOCHROME2) or white (MONOCHROME1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Photometric {
