@@ -14,12 +14,6 @@ const TOPIC_FINDINGS: &str = "bedside/test-site/cart-7/findings";
 const TOPIC_STATUS: &str = "bedside/test-site/cart-7/status";
 
 /// Drops a file into the inbox the way an exporter should: write elsewhere, rename in.
-fn drop_into(inbox: &Path, src: &Path, name: &str) {
-    let tmp = inbox.join(format!("{name}.part"));
-    std::fs::copy(src, &tmp).unwrap();
-    std::fs::rename(&tmp, inbox.join(name)).unwrap();
-}
-
 fn assert_finding(f: &serde_json::Value) {
     assert_valid_finding(f);
     assert_eq!(f["device"], "cart-7");

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon, Mosquitto, Subscriber, assert_no_identifiers, bedside, free_port, repo, sample,
-    write_board_with,
+    Daemon, Mosquitto, Subscriber, assert_no_identifiers, bedside, drop_into, free_port, repo,
+    sample, write_board_with,
 };
 
 /// An 8-bit image as RGB triples.
@@ -270,13 +270,6 @@ fn the_image_is_shown_as_dcmtk_renders_it() {
             "{name}: foot bar: {dark} dark, {text} text of {n}"
         );
     }
-}
-
-fn drop_into(inbox: &Path, src: &Path, name: &str) {
-    std::fs::create_dir_all(inbox).unwrap();
-    let tmp = inbox.join(format!("{name}.part"));
-    std::fs::copy(src, &tmp).unwrap();
-    std::fs::rename(&tmp, inbox.join(name)).unwrap();
 }
 
 /// Waits until `<source>.json` names exactly the findings `ids` (the picture is written

@@ -36,6 +36,15 @@ pub fn board_profiles() -> Vec<PathBuf> {
     boards
 }
 
+/// Puts a copy of `src` into the watched `inbox` as `name` the way a modality's export does:
+/// written under another name, then renamed in whole.
+pub fn drop_into(inbox: &Path, src: &Path, name: &str) {
+    std::fs::create_dir_all(inbox).unwrap();
+    let tmp = inbox.join(format!("{name}.part"));
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, inbox.join(name)).unwrap();
+}
+
 pub fn sample(name: &str) -> PathBuf {
     repo().join("tests/data").join(name)
 }
