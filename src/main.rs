@@ -53,8 +53,12 @@ enum Command {
         overlay: Option<PathBuf>,
         /// Which frame of a multi-frame object to draw (0-based); default: the first with a
         /// label over threshold, else the first.
-        #[arg(long, requires = "overlay")]
+        #[arg(long)]
         overlay_frame: Option<u32>,
+        /// Also write the overlay as a DICOM Secondary Capture (burned-in annotation) in the
+        /// source's study: for PACS. It carries the source's patient and study modules.
+        #[arg(long)]
+        secondary_capture: Option<PathBuf>,
     },
     /// Run the daemon: watch the inbox, publish findings over MQTT.
     Run {
@@ -276,12 +280,17 @@ fn main() -> ExitCode {
             pretty,
             overlay,
             overlay_frame,
+            secondary_capture,
         } => infer(
             &file,
             model,
             board.as_deref(),
             pretty,
-            overlay.as_deref().map(|p| (p, overlay_frame)),
+            Pictures {
+                png: overlay,
+                dicom: secondary_capture,
+                frame: overlay_frame,
+            },
         ),
         Command::Run { board } => run(&board),
         Command::Check { board } => check(&board),
@@ -369,12 +378,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `bedside infer` draws besides the findings.
+struct Pictures {
+    png: Option<PathBuf>,
+    dicom: Option<PathBuf>,
+    frame: Option<u32>,
+}
+
 fn infer(
     file: &Path,
     models: Vec<PathBuf>,
     board: Option<&Path>,
     pretty: bool,
-    overlay: Option<(&Path, Option<u32>)>,
+    pictures: Pictures,
 ) -> anyhow::Result<ExitCode> {
     let (identity, board_models) = match board {
         Some(b) => {
@@ -408,17 +424,49 @@ fn infer(
                 };
                 println!("{json}");
             }
-            if let Some((out, frame)) = overlay {
-                let (picture, frame) = bedside::overlay::for_file(file, &findings, frame, None)?;
-                picture
-                    .write_png(out)
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-                eprintln!(
-                    "overlay of frame {frame} ({} x {}) written to {}",
-                    picture.width,
-                    picture.height,
-                    out.display()
-                );
+            if pictures.png.is_some() || pictures.dicom.is_some() {
+                let (picture, frame) =
+                    bedside::overlay::for_file(file, &findings, pictures.frame, None)?;
+                if let Some(out) = &pictures.png {
+                    picture
+                        .write_png(out)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                    eprintln!(
+                        "overlay of frame {frame} ({} x {}) written to {}",
+                        picture.width,
+                        picture.height,
+                        out.display()
+                    );
+                }
+                if let Some(out) = &pictures.dicom {
+                    use bedside::dicom::derived;
+                    let obj = bedside::dicom::decode::open_file(file)?;
+                    let source = derived::Source::from_object(&obj)?;
+                    let mut models: Vec<_> = findings
+                        .iter()
+                        .filter(|f| f.image.frame == frame)
+                        .map(|f| f.model.clone())
+                        .collect();
+                    models.dedup();
+                    let who = derived::Producer {
+                        device: processor.identity().device.clone(),
+                        site: processor.identity().site.clone(),
+                        models,
+                    };
+                    let sc = derived::secondary_capture(
+                        &source,
+                        &who,
+                        &picture,
+                        frame,
+                        time::OffsetDateTime::now_utc(),
+                    )?;
+                    sc.write_to_file(out)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                    eprintln!(
+                        "secondary capture of frame {frame} written to {}",
+                        out.display()
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

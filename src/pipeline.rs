@@ -128,6 +128,11 @@ impl Processor {
         self
     }
 
+    /// Who this processor's findings say made them.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     pub fn engines(&self) -> impl Iterator<Item = &Engine> {
         self.slots.iter().map(|s| &s.engine)
     }

@@ -1,10 +1,12 @@
 //! DICOM in: reading Part-10 objects and turning their pixel data into an [`Image`] in
 //! modality units, the way a radiologist's viewer starts from them; and the DIMSE messages
-//! the C-STORE SCP ([`crate::source::scp`]) speaks.
+//! the C-STORE SCP ([`crate::source::scp`]) speaks. DICOM out: the objects bedside makes for
+//! the patient's study ([`derived`]).
 //!
 //! [`Image`]: crate::source::Image
 
 pub mod decode;
+pub mod derived;
 pub mod dimse;
 pub(crate) mod turbo;
 
