@@ -59,6 +59,10 @@ enum Command {
         /// source's study: for PACS. It carries the source's patient and study modules.
         #[arg(long)]
         secondary_capture: Option<PathBuf>,
+        /// Also write the findings as a DICOM Comprehensive 3D SR (TID 1500 Measurement
+        /// Report) in the source's study; it carries the source's patient and study modules.
+        #[arg(long)]
+        structured_report: Option<PathBuf>,
     },
     /// Run the daemon: watch the inbox, publish findings over MQTT.
     Run {
@@ -281,6 +285,7 @@ fn main() -> ExitCode {
             overlay,
             overlay_frame,
             secondary_capture,
+            structured_report,
         } => infer(
             &file,
             model,
@@ -289,6 +294,7 @@ fn main() -> ExitCode {
             Pictures {
                 png: overlay,
                 dicom: secondary_capture,
+                report: structured_report,
                 frame: overlay_frame,
             },
         ),
@@ -382,6 +388,7 @@ fn main() -> ExitCode {
 struct Pictures {
     png: Option<PathBuf>,
     dicom: Option<PathBuf>,
+    report: Option<PathBuf>,
     frame: Option<u32>,
 }
 
@@ -467,6 +474,41 @@ fn infer(
                         out.display()
                     );
                 }
+            }
+            if let Some(out) = &pictures.report {
+                use bedside::dicom::{derived, sr};
+                let frame = bedside::overlay::pick_frame(&findings, pictures.frame);
+                let obj = bedside::dicom::decode::open_file(file)?;
+                let source = derived::Source::from_object(&obj)?;
+                let found: Vec<_> = findings
+                    .iter()
+                    .filter(|f| f.image.frame == frame)
+                    .filter_map(|f| {
+                        processor
+                            .engines()
+                            .find(|e| e.model_ref() == &f.model)
+                            .map(|e| (f, e.manifest()))
+                    })
+                    .collect();
+                let who = derived::Producer {
+                    device: processor.identity().device.clone(),
+                    site: processor.identity().site.clone(),
+                    models: found.iter().map(|(f, _)| f.model.clone()).collect(),
+                };
+                let report = sr::measurement_report(
+                    &source,
+                    &who,
+                    &found,
+                    frame,
+                    time::OffsetDateTime::now_utc(),
+                )?;
+                report
+                    .write_to_file(out)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                eprintln!(
+                    "structured report of frame {frame} written to {}",
+                    out.display()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -39,15 +39,7 @@ pub fn for_file(
     frame: Option<u32>,
     max_side: Option<u32>,
 ) -> Result<(Rgb, u32), OverlayError> {
-    let frame = frame
-        .or_else(|| {
-            findings
-                .iter()
-                .find(|f| !f.over_threshold.is_empty())
-                .map(|f| f.image.frame)
-        })
-        .or_else(|| findings.first().map(|f| f.image.frame))
-        .unwrap_or(0);
+    let frame = pick_frame(findings, frame);
     let obj = crate::dicom::decode::open_file(path).map_err(|e| OverlayError(e.to_string()))?;
     let image =
         crate::dicom::decode::decode_frame(&obj, frame).map_err(|e| OverlayError(e.to_string()))?;
@@ -57,6 +49,20 @@ pub fn for_file(
         .cloned()
         .collect();
     Ok((render(&image, &these, max_side)?, frame))
+}
+
+/// The frame worth drawing or reporting: `frame` when given, else the first with a label over
+/// threshold, else the first with a finding.
+pub fn pick_frame(findings: &[Finding], frame: Option<u32>) -> u32 {
+    frame
+        .or_else(|| {
+            findings
+                .iter()
+                .find(|f| !f.over_threshold.is_empty())
+                .map(|f| f.image.frame)
+        })
+        .or_else(|| findings.first().map(|f| f.image.frame))
+        .unwrap_or(0)
 }
 
 /// Draws `findings` (all about `image`) over the image. `max_side`: when the image is larger

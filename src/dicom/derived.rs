@@ -129,11 +129,11 @@ pub fn uid(parts: &[&str]) -> String {
     format!("2.25.{}", u128::from_be_bytes(bytes))
 }
 
-fn el(tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
+pub(crate) fn el(tag: Tag, vr: VR, v: impl Into<PrimitiveValue>) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, vr, v.into())
 }
 
-fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+pub(crate) fn seq(tag: Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemDicomObject> {
     DataElement::new(tag, VR::SQ, DataSetSequence::from(items))
 }
 
@@ -147,7 +147,7 @@ pub fn code(value: &str, scheme: &str, meaning: &str) -> InMemDicomObject {
 }
 
 /// DICOM date and time of `when` (UTC).
-fn date_time(when: time::OffsetDateTime) -> (String, String) {
+pub(crate) fn date_time(when: time::OffsetDateTime) -> (String, String) {
     let w = when.to_offset(time::UtcOffset::UTC);
     (
         format!("{:04}{:02}{:02}", w.year(), w.month() as u8, w.day()),
@@ -157,11 +157,12 @@ fn date_time(when: time::OffsetDateTime) -> (String, String) {
 
 /// The attributes every derived object has: SOP Common (with the Contributing Equipment
 /// Sequence), Patient and General Study (copied), General Series (new), General Equipment.
-fn common(
+pub(crate) fn common(
     src: &Source,
     who: &Producer,
     kind: &str,
     sop_class: &str,
+    modality: &str,
     series_number: i32,
     when: time::OffsetDateTime,
 ) -> (InMemDicomObject, String) {
@@ -230,7 +231,7 @@ fn common(
         el(tags::INSTANCE_CREATION_DATE, VR::DA, date.as_str()),
         el(tags::INSTANCE_CREATION_TIME, VR::TM, time_of_day.as_str()),
         seq(tags::CONTRIBUTING_EQUIPMENT_SEQUENCE, contributing),
-        el(tags::MODALITY, VR::CS, src.modality.as_str()),
+        el(tags::MODALITY, VR::CS, modality),
         el(tags::SERIES_INSTANCE_UID, VR::UI, series_uid.as_str()),
         el(
             tags::SERIES_NUMBER,
@@ -246,15 +247,18 @@ fn common(
             VR::LO,
             format!("bedside {version}").as_str(),
         ),
-        // Type 2C: the source's when it has one, else present and empty (unknown).
-        src.laterality.clone(),
     ] {
         obj.put(e);
+    }
+    if modality != "SR" {
+        // General Series, Type 2C: the source's when it has one, else present and empty
+        // (unknown). The SR Document Series module has no Laterality.
+        obj.put(src.laterality.clone());
     }
     (obj, sop_uid)
 }
 
-fn truncate(s: &str, n: usize) -> String {
+pub(crate) fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
@@ -273,6 +277,7 @@ pub fn secondary_capture(
         who,
         "secondary-capture",
         uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+        &src.modality,
         9901,
         when,
     );
@@ -378,9 +383,18 @@ pub fn secondary_capture(
             picture.width, picture.height
         )));
     }
+    file(obj, uids::SECONDARY_CAPTURE_IMAGE_STORAGE, &sop_uid)
+}
+
+/// The object as a Part-10 file: explicit VR little endian, bedside's implementation UID.
+pub(crate) fn file(
+    obj: InMemDicomObject,
+    sop_class: &str,
+    sop_uid: &str,
+) -> Result<FileDicomObject<InMemDicomObject>, DerivedError> {
     let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
-        .media_storage_sop_instance_uid(sop_uid.as_str())
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_uid)
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
         .implementation_class_uid(super::IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(super::IMPLEMENTATION_VERSION_NAME)

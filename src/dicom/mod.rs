@@ -8,6 +8,7 @@
 pub mod decode;
 pub mod derived;
 pub mod dimse;
+pub mod sr;
 pub(crate) mod turbo;
 
 pub use decode::{DecodeError, decode_object, install_panic_hook, read_file};

@@ -216,6 +216,19 @@ pub struct Label {
     /// Segmentation: the fraction of the image the region must cover to count as present.
     #[serde(default)]
     pub min_fraction: Option<f32>,
+    /// The coded concept of the label, for DICOM Structured Reports (SNOMED CT, DCM, …);
+    /// without it the report codes the label in bedside's private scheme `99BEDSIDE`.
+    #[serde(default)]
+    pub code: Option<LabelCode>,
+}
+
+/// `code = { value = "36118008", scheme = "SCT", meaning = "Pneumothorax" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelCode {
+    pub value: String,
+    pub scheme: String,
+    pub meaning: String,
 }
 
 impl Label {
@@ -387,6 +400,19 @@ impl Manifest {
                 return Err(format!(
                     "label {:?}: threshold {} is not in [0, 1]",
                     l.name, l.threshold
+                ));
+            }
+            if let Some(c) = &l.code
+                && (c.value.trim().is_empty()
+                    || c.meaning.trim().is_empty()
+                    || c.scheme.is_empty()
+                    || c.scheme.len() > 16
+                    || c.scheme.contains(char::is_whitespace)
+                    || c.value.len() > 64)
+            {
+                return Err(format!(
+                    "label {:?}: code needs a value (at most 64 characters), a scheme (at most 16, no spaces) and a meaning",
+                    l.name
                 ));
             }
             match (m.task, l.min_fraction) {
@@ -575,6 +601,17 @@ threshold = 0.5
         let bad = GOOD.replace("sha256 = \"0000", "sha256 = \"XX00");
         let m: Manifest = toml::from_str(&bad).unwrap();
         assert!(m.validate().unwrap_err().contains("model.sha256"));
+        let coded = |code: &str| {
+            let text = GOOD.replace(
+                "threshold = 0.5",
+                &format!("threshold = 0.5\ncode = {code}"),
+            );
+            toml::from_str::<Manifest>(&text).unwrap().validate()
+        };
+        coded(r#"{ value = "36118008", scheme = "SCT", meaning = "Pneumothorax" }"#).unwrap();
+        let e = coded(r#"{ value = "1", scheme = "S C T", meaning = "x" }"#).unwrap_err();
+        assert!(e.contains("code needs"), "{e}");
+        assert!(coded(r#"{ value = "", scheme = "SCT", meaning = "x" }"#).is_err());
     }
 
     #[test]

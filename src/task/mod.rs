@@ -293,11 +293,13 @@ mod tests {
                 name: "normal".into(),
                 threshold: 0.5,
                 min_fraction: None,
+                code: None,
             },
             Label {
                 name: "ptx".into(),
                 threshold: 0.2,
                 min_fraction: None,
+                code: None,
             },
         ];
         let classify = |o: &[f32]| {
@@ -320,6 +322,7 @@ mod tests {
             name: "fluid".into(),
             threshold: 0.5,
             min_fraction: Some(0.2),
+            code: None,
         }];
         // 10 pixels: 3 with logit > 0 (p > 0.5), one exactly 0 (p = 0.5 counts), 6 below.
         let out = [2.0, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0];

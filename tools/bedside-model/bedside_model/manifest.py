@@ -62,7 +62,7 @@ def render(m):
     parent / pruned ({file, sha256}), input_name, input_shape, frames, window ("dicom" or (center, width)), mean,
     std, output_name, activation, detection ({stride, iou_threshold, max_detections}), parity ({note, max_abs,
     fp32_max_abs, min_mask_agreement, min_box_iou}), tract_working_bytes, memory_note, labels ([{name, threshold,
-    min_fraction}]). Written by cli.build and by the factory's three builds (models/factory)."""
+    min_fraction, code: {value, scheme, meaning}}]). Written by cli.build and by the factory's three builds (models/factory)."""
     out = ["[model]",
            f"id = {q(m['id'])}",
            f"version = {q(m['version'])}",
@@ -105,6 +105,9 @@ def render(m):
         labels += ["[[labels]]", f"name = {q(lab['name'])}", f"threshold = {f(lab['threshold'])}"]
         if lab.get("min_fraction") is not None:
             labels.append(f"min_fraction = {f(lab['min_fraction'])}")
+        if lab.get("code"):
+            c = lab["code"]
+            labels.append(f"code = {{ value = {q(c['value'])}, scheme = {q(c['scheme'])}, meaning = {q(c['meaning'])} }}")
     return text + "\n".join(labels) + "\n"
 
 

@@ -44,6 +44,14 @@ def test_a_shipped_manifest_survives_the_writer(path):
         assert got[table] == want[table], table
 
 
+def test_a_label_code_survives_the_writer():
+    with open(SHIPPED[0], "rb") as fh:
+        want = tomllib.load(fh)
+    want["labels"][0]["code"] = {"value": "36118008", "scheme": "SCT", "meaning": "Pneumothorax \"left\""}
+    got = tomllib.loads(manifest.render(spec_of(want)))
+    assert got["labels"] == want["labels"]
+
+
 def test_kept_working_bytes_reads_the_measured_figure(tmp_path):
     p = tmp_path / "model.toml"
     assert manifest.kept_working_bytes(str(p)) is None

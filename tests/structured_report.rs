@@ -1,0 +1,272 @@
+//! `bedside infer --structured-report`: the findings as a Comprehensive 3D SR, TID 1500
+//! Measurement Report, in the source's study. dicom3tools' `dciodvfy` finds no error, DCMTK's
+//! `dsrdump` reads the whole tree, and its content is the findings': each box and each region
+//! outline as a SCOORD on the source image with the finding's coordinates and area, each
+//! classification label over threshold as a coded finding (the manifest's code when it has
+//! one).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{bedside, repo, sample};
+use dicom_dictionary_std::tags;
+use dicom_object::{InMemDicomObject, open_file};
+
+fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
+    obj.element(tag)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_end_matches(['\0', ' '])
+        .to_owned()
+}
+
+fn report(file: &Path, models: &[&Path], out: &Path) -> Vec<serde_json::Value> {
+    let mut cmd = bedside();
+    cmd.arg("infer").arg(file);
+    for m in models {
+        cmd.arg("--model").arg(m);
+    }
+    let run = cmd.arg("--structured-report").arg(out).output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// dciodvfy without errors, dsrdump without complaint; the dump.
+fn validate(sr: &Path) -> String {
+    let v = Command::new("dciodvfy")
+        .arg(sr)
+        .output()
+        .expect("dicom3tools' dciodvfy");
+    let out = String::from_utf8_lossy(&v.stderr).into_owned() + &String::from_utf8_lossy(&v.stdout);
+    assert!(
+        out.contains("Comprehensive3DSR"),
+        "dciodvfy did not recognise the IOD:\n{out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("Error")),
+        "dciodvfy:\n{out}"
+    );
+    let d = Command::new("dsrdump")
+        .arg(sr)
+        .output()
+        .expect("DCMTK's dsrdump");
+    assert!(
+        d.status.success() && d.stderr.is_empty(),
+        "dsrdump: {}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+    String::from_utf8(d.stdout).unwrap()
+}
+
+/// Every SCOORD of the report with its measurement group's finding code and area.
+fn regions(obj: &InMemDicomObject) -> Vec<(String, Vec<f32>, Option<f64>)> {
+    let mut out = Vec::new();
+    fn walk(items: &[InMemDicomObject], out: &mut Vec<(String, Vec<f32>, Option<f64>)>) {
+        for it in items {
+            let Ok(children) = it
+                .element(tags::CONTENT_SEQUENCE)
+                .map(|e| e.items().unwrap().to_vec())
+            else {
+                continue;
+            };
+            let concept = |c: &InMemDicomObject| {
+                c.element(tags::CONCEPT_NAME_CODE_SEQUENCE)
+                    .ok()
+                    .map(|s| text(&s.items().unwrap()[0], tags::CODE_MEANING))
+            };
+            if concept(it).as_deref() == Some("Measurement Group") {
+                let mut label = String::new();
+                let (mut points, mut area) = (Vec::new(), None);
+                for c in &children {
+                    match concept(c).as_deref() {
+                        Some("Finding") => {
+                            label = text(
+                                &c.element(tags::CONCEPT_CODE_SEQUENCE)
+                                    .unwrap()
+                                    .items()
+                                    .unwrap()[0],
+                                tags::CODE_VALUE,
+                            )
+                        }
+                        Some("Image Region") => {
+                            points = c
+                                .element(tags::GRAPHIC_DATA)
+                                .unwrap()
+                                .to_multi_float32()
+                                .unwrap()
+                        }
+                        Some("Area") => {
+                            let mv = &c
+                                .element(tags::MEASURED_VALUE_SEQUENCE)
+                                .unwrap()
+                                .items()
+                                .unwrap()[0];
+                            area = Some(text(mv, tags::NUMERIC_VALUE).parse().unwrap());
+                        }
+                        _ => {}
+                    }
+                }
+                out.push((label, points, area));
+            }
+            walk(&children, out);
+        }
+    }
+    walk(
+        obj.element(tags::CONTENT_SEQUENCE)
+            .unwrap()
+            .items()
+            .unwrap(),
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn boxes_and_labels_become_a_valid_measurement_report_in_the_source_study() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sr = tmp.path().join("sr.dcm");
+    let det = repo().join("models/cxr-tiny-det");
+    let findings = report(
+        &sample("cxr-det-nodule.dcm"),
+        &[&det, &repo().join("models/cxr-tiny-cls")],
+        &sr,
+    );
+    let dump = validate(&sr);
+    assert!(
+        dump.contains("\"Imaging Measurement Report\"") && dump.contains("(121007,DCM,\"Device\")"),
+        "{dump}"
+    );
+    let obj = open_file(&sr).unwrap();
+    let src = open_file(sample("cxr-det-nodule.dcm")).unwrap();
+    assert_eq!(
+        text(&obj, tags::STUDY_INSTANCE_UID),
+        text(&src, tags::STUDY_INSTANCE_UID)
+    );
+    assert_eq!(text(&obj, tags::MODALITY), "SR");
+    let template = &obj
+        .element(tags::CONTENT_TEMPLATE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(text(template, tags::TEMPLATE_IDENTIFIER), "1500");
+    let evidence = &obj
+        .element(tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    let series = &evidence
+        .element(tags::REFERENCED_SERIES_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    let sop = &series
+        .element(tags::REFERENCED_SOP_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(
+        text(sop, tags::REFERENCED_SOP_INSTANCE_UID),
+        text(&src, tags::SOP_INSTANCE_UID)
+    );
+
+    let got = regions(&obj);
+    let boxes = findings[0]["detections"].as_array().unwrap();
+    let over = findings[1]["over_threshold"].as_array().unwrap();
+    assert_eq!(got.len(), boxes.len() + over.len(), "{got:?}");
+    for (d, (label, points, area)) in boxes.iter().zip(&got) {
+        assert_eq!(label, d["label"].as_str().unwrap());
+        let b: Vec<f32> = d["box"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(
+            points,
+            &vec![b[0], b[1], b[2], b[1], b[2], b[3], b[0], b[3], b[0], b[1]]
+        );
+        let s = &d["size_mm"];
+        let want = s[0].as_f64().unwrap() * s[1].as_f64().unwrap();
+        assert!((area.unwrap() - want).abs() < 1e-3, "{area:?} vs {want}");
+    }
+    for (l, (label, points, _)) in over.iter().zip(&got[boxes.len()..]) {
+        assert_eq!(label, l.as_str().unwrap());
+        assert!(points.is_empty(), "a classification finding has no region");
+    }
+}
+
+#[test]
+fn region_outlines_are_the_findings_and_labels_use_the_manifest_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Segmentation: frame 130 of the FAST clip, where there is fluid.
+    let sr = tmp.path().join("us.dcm");
+    let run = bedside()
+        .arg("infer")
+        .arg(repo().join("tests/data/us/fast-clip.dcm"))
+        .args([
+            "--model",
+            repo().join("models/us-fast-fluid").to_str().unwrap(),
+            "--overlay-frame",
+            "130",
+        ])
+        .arg("--structured-report")
+        .arg(&sr)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    validate(&sr);
+    let finding: serde_json::Value = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|f| f["image"]["frame"] == 130)
+        .unwrap();
+    let comps = finding["regions"][0]["components"].as_array().unwrap();
+    let got = regions(&open_file(&sr).unwrap());
+    assert_eq!(got.len(), comps.len());
+    for (c, (label, points, area)) in comps.iter().zip(&got) {
+        assert_eq!(label, "free_fluid");
+        let want: Vec<f32> = c["outline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| [p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32])
+            .collect();
+        assert_eq!(points, &want);
+        assert!((area.unwrap() - c["area_mm2"].as_f64().unwrap()).abs() < 1e-3);
+    }
+
+    // A manifest code replaces bedside's private one.
+    let model = tmp.path().join("cls");
+    std::fs::create_dir(&model).unwrap();
+    for e in std::fs::read_dir(repo().join("models/cxr-tiny-cls")).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+    }
+    let toml = std::fs::read_to_string(model.join("model.toml")).unwrap().replace(
+        "name = \"pneumothorax\"",
+        "name = \"pneumothorax\"\ncode = { value = \"36118008\", scheme = \"SCT\", meaning = \"Pneumothorax\" }",
+    );
+    std::fs::write(model.join("model.toml"), toml).unwrap();
+    let sr = tmp.path().join("ptx.dcm");
+    report(&sample("cxr-ptx-mono2.dcm"), &[&model], &sr);
+    let dump = validate(&sr);
+    assert!(dump.contains("(36118008,SCT,\"Pneumothorax\")"), "{dump}");
+}
