@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use bedside::task::regions::{self, RegionSpec};
-use common::{assert_valid_finding, bedside, repo};
+use common::{assert_valid_finding, bedside, copy_model, repo};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -234,12 +234,7 @@ fn a_segmentation_finding_says_where_each_region_is() {
 fn the_manifest_opening_and_outline_cap_apply() {
     let tmp = tempfile::tempdir().unwrap();
     let src = repo().join("models/us-fast-fluid");
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
-        }
-    }
+    copy_model(&src, tmp.path());
     let count =
         |fs: &[serde_json::Value], frame: usize| fs[frame]["regions"][0]["count"].as_u64().unwrap();
     let outside = |fs: &[serde_json::Value]| {

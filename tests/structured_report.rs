@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{bedside, repo, sample};
+use common::{bedside, copy_model, repo, sample};
 use dicom_dictionary_std::tags;
 use dicom_object::{InMemDicomObject, open_file};
 
@@ -253,13 +253,7 @@ fn region_outlines_are_the_findings_and_labels_use_the_manifest_code() {
 
     // A manifest code replaces bedside's private one.
     let model = tmp.path().join("cls");
-    std::fs::create_dir(&model).unwrap();
-    for e in std::fs::read_dir(repo().join("models/cxr-tiny-cls")).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-        }
-    }
+    copy_model(&repo().join("models/cxr-tiny-cls"), &model);
     let toml = std::fs::read_to_string(model.join("model.toml")).unwrap().replace(
         "name = \"pneumothorax\"",
         "name = \"pneumothorax\"\ncode = { value = \"36118008\", scheme = \"SCT\", meaning = \"Pneumothorax\" }",

@@ -100,6 +100,33 @@ impl Source {
     }
 }
 
+impl Source {
+    /// A reference to the source image (SOP class and instance, and the frame, counted from
+    /// 0 here and from 1 in DICOM, when it is one frame of several).
+    pub fn reference(&self, frame: Option<u32>) -> InMemDicomObject {
+        let mut r = InMemDicomObject::from_element_iter([
+            el(
+                tags::REFERENCED_SOP_CLASS_UID,
+                VR::UI,
+                self.sop_class_uid.as_str(),
+            ),
+            el(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                self.sop_instance_uid.as_str(),
+            ),
+        ]);
+        if let Some(f) = frame {
+            r.put(el(
+                tags::REFERENCED_FRAME_NUMBER,
+                VR::IS,
+                (f + 1).to_string().as_str(),
+            ));
+        }
+        r
+    }
+}
+
 /// Who made a derived object: this device and the models whose findings it shows.
 #[derive(Debug, Clone)]
 pub struct Producer {
@@ -282,25 +309,7 @@ pub fn secondary_capture(
         when,
     );
     let (date, time_of_day) = date_time(when);
-    let mut source_ref = vec![
-        el(
-            tags::REFERENCED_SOP_CLASS_UID,
-            VR::UI,
-            src.sop_class_uid.as_str(),
-        ),
-        el(
-            tags::REFERENCED_SOP_INSTANCE_UID,
-            VR::UI,
-            src.sop_instance_uid.as_str(),
-        ),
-    ];
-    if frame > 0 {
-        source_ref.push(el(
-            tags::REFERENCED_FRAME_NUMBER,
-            VR::IS,
-            (frame + 1).to_string().as_str(),
-        ));
-    }
+    let source_ref = src.reference((frame > 0).then_some(frame));
     let models: Vec<String> = who
         .models
         .iter()
@@ -340,10 +349,7 @@ pub fn secondary_capture(
             )
             .as_str(),
         ),
-        seq(
-            tags::SOURCE_IMAGE_SEQUENCE,
-            vec![InMemDicomObject::from_element_iter(source_ref)],
-        ),
+        seq(tags::SOURCE_IMAGE_SEQUENCE, vec![source_ref]),
         el(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(3u16)),
         el(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB"),
         el(

@@ -74,11 +74,8 @@ pub enum Value {
         value: f64,
         unit: Coded,
     },
-    Image {
-        class: String,
-        instance: String,
-        frame: Option<u32>,
-    },
+    /// A reference to an image (`Source::reference`).
+    Image(InMemDicomObject),
     /// `POLYLINE` or `POINT`, (column, row) pairs in image pixels.
     Scoord {
         graphic: &'static str,
@@ -143,24 +140,9 @@ impl Item {
                 ]);
                 d.put(seq(tags::MEASURED_VALUE_SEQUENCE, vec![mv]));
             }
-            Value::Image {
-                class,
-                instance,
-                frame,
-            } => {
+            Value::Image(reference) => {
                 d.put(el(tags::VALUE_TYPE, VR::CS, "IMAGE"));
-                let mut r = InMemDicomObject::from_element_iter([
-                    el(tags::REFERENCED_SOP_CLASS_UID, VR::UI, class.as_str()),
-                    el(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, instance.as_str()),
-                ]);
-                if let Some(f) = frame {
-                    r.put(el(
-                        tags::REFERENCED_FRAME_NUMBER,
-                        VR::IS,
-                        (f + 1).to_string().as_str(),
-                    ));
-                }
-                d.put(seq(tags::REFERENCED_SOP_SEQUENCE, vec![r]));
+                d.put(seq(tags::REFERENCED_SOP_SEQUENCE, vec![reference.clone()]));
             }
             Value::Scoord { graphic, points } => {
                 d.put(el(tags::VALUE_TYPE, VR::CS, "SCOORD"));
@@ -200,11 +182,7 @@ fn groups(f: &Finding, manifest: &Manifest, src: &Source, frame: Option<u32>) ->
             .and_then(|l| l.code.as_ref());
         Coded::label(name, code)
     };
-    let image = || Value::Image {
-        class: src.sop_class_uid.clone(),
-        instance: src.sop_instance_uid.clone(),
-        frame,
-    };
+    let image = || Value::Image(src.reference(frame));
     let tracking = |n: usize, what: &str| {
         vec![
             item(
@@ -400,11 +378,7 @@ pub fn measurement_report(
             vec![Item {
                 relationship: "CONTAINS",
                 concept: None,
-                value: Value::Image {
-                    class: src.sop_class_uid.clone(),
-                    instance: src.sop_instance_uid.clone(),
-                    frame: frame_ref,
-                },
+                value: Value::Image(src.reference(frame_ref)),
                 children: Vec::new(),
             }],
         )],
@@ -435,21 +409,7 @@ pub fn measurement_report(
             tags::REFERENCED_SERIES_SEQUENCE,
             vec![InMemDicomObject::from_element_iter([
                 el(tags::SERIES_INSTANCE_UID, VR::UI, src.series_uid.as_str()),
-                seq(
-                    tags::REFERENCED_SOP_SEQUENCE,
-                    vec![InMemDicomObject::from_element_iter([
-                        el(
-                            tags::REFERENCED_SOP_CLASS_UID,
-                            VR::UI,
-                            src.sop_class_uid.as_str(),
-                        ),
-                        el(
-                            tags::REFERENCED_SOP_INSTANCE_UID,
-                            VR::UI,
-                            src.sop_instance_uid.as_str(),
-                        ),
-                    ])],
-                ),
+                seq(tags::REFERENCED_SOP_SEQUENCE, vec![src.reference(None)]),
             ])],
         ),
     ]);

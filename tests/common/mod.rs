@@ -45,6 +45,18 @@ pub fn drop_into(inbox: &Path, src: &Path, name: &str) {
     std::fs::rename(&tmp, inbox.join(name)).unwrap();
 }
 
+/// Copies the files of the model folder `src` into `dst` (made if missing), so that a test can
+/// edit the copy's manifest.
+pub fn copy_model(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 pub fn sample(name: &str) -> PathBuf {
     repo().join("tests/data").join(name)
 }
