@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# bedside on aarch64, without the boards: cross-build the release binary with Debian's
-# rustc-web (rustup cannot add targets here) and run it under qemu-user.
+# bedside on aarch64, without the boards: cross-build the binary with Debian's rustc-web
+# (rustup cannot add targets here) and run it under qemu-user. The build uses the
+# `cross-check` profile (release without fat LTO, see Cargo.toml) unless
+# BEDSIDE_CROSS_PROFILE names another (`release` for the shipped one).
 #
 #  1. `bedside infer` on every sample DICOM and on compressed copies (JPEG-LS through CharLS,
 #     12-bit JPEG Extended through libjpeg-turbo, JPEG lossless, RLE, JPEG 2000), on a CPU
@@ -30,10 +32,11 @@ export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 export CARGO_TARGET_DIR=target/cross
 
 echo "== cross-building bedside for $TARGET with $($RUSTC --version)"
-cargo build --locked --release --target "$TARGET" --bin bedside
-ARM_BIN="$CARGO_TARGET_DIR/$TARGET/release/bedside"
+PROFILE="${BEDSIDE_CROSS_PROFILE:-cross-check}"
+cargo build --locked --profile "$PROFILE" --target "$TARGET" --bin bedside
+ARM_BIN="$CARGO_TARGET_DIR/$TARGET/$PROFILE/bedside"
 file "$ARM_BIN" | grep -q "ARM aarch64" || { echo "not an aarch64 binary: $ARM_BIN" >&2; exit 1; }
-echo "aarch64 binary: $(stat -c %s "$ARM_BIN") bytes"
+echo "aarch64 binary ($PROFILE profile): $(stat -c %s "$ARM_BIN") bytes"
 
 unset RUSTC CARGO_TARGET_DIR
 # The x86 reference is the binary `cargo test` builds (same features as the tests: a plain

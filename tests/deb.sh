@@ -35,9 +35,14 @@ mkdir -p target/debian
 cargo deb --locked ${DEB_NO_BUILD:+--no-build} --output target/debian/bedside_amd64.deb
 DEBS=(target/debian/bedside_amd64.deb)
 ARM_DIR=target/cross
-if [ -x "$ARM_DIR/aarch64-unknown-linux-gnu/release/bedside" ]; then
-  echo "== cargo deb (arm64, from tests/aarch64.sh's cross build)"
-  CARGO_TARGET_DIR=$ARM_DIR RUSTC=/usr/bin/rustc cargo deb --no-build \
+# The shipped profile's binary when there is one, else the `cross-check` profile's (what
+# tests/aarch64.sh builds by default: the same program without fat LTO, so a little larger).
+for ARM_PROFILE in release cross-check ""; do
+  [ -n "$ARM_PROFILE" ] && [ -x "$ARM_DIR/aarch64-unknown-linux-gnu/$ARM_PROFILE/bedside" ] && break
+done
+if [ -n "$ARM_PROFILE" ]; then
+  echo "== cargo deb (arm64, from tests/aarch64.sh's cross build, $ARM_PROFILE profile)"
+  CARGO_TARGET_DIR=$ARM_DIR RUSTC=/usr/bin/rustc cargo deb --no-build --profile "$ARM_PROFILE" \
     --target aarch64-unknown-linux-gnu --output target/debian/bedside_arm64.deb
   DEBS+=(target/debian/bedside_arm64.deb)
 fi
@@ -79,7 +84,9 @@ for deb in "${DEBS[@]}"; do
   case "$bin_desc" in *"not stripped"*) fail "$deb: the binary is not stripped" ;; esac
   size=$(stat -c %s "$WORK/x.$arch/usr/bin/bedside")
   glibc=$(objdump -T "$WORK/x.$arch/usr/bin/bedside" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
-  if [ "$size" -lt "$GOAL_BYTES" ]; then verdict="goal < 15 MB met"; else verdict="goal < 15 MB MISSED"; fi
+  if [ "$arch" = arm64 ] && [ "$ARM_PROFILE" != release ]; then
+    verdict="$ARM_PROFILE profile: the < 15 MB goal is judged on release builds"
+  elif [ "$size" -lt "$GOAL_BYTES" ]; then verdict="goal < 15 MB met"; else verdict="goal < 15 MB MISSED"; fi
   echo "$deb: Architecture $arch, $(stat -c %s "$deb") bytes packed; Depends: $depends"
   echo "  /usr/bin/bedside: $size bytes ($verdict), needs ${glibc:-glibc ?}; $bin_desc"
 done
