@@ -128,15 +128,7 @@ pub enum Protocol {
 
 /// TLS to the broker (rustls): the broker's certificate must verify against `ca_file` and
 /// name the host in `mqtt.url`; a client certificate and key make it mutual TLS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tls {
-    pub ca_file: PathBuf,
-    #[serde(default)]
-    pub client_cert_file: Option<PathBuf>,
-    #[serde(default)]
-    pub client_key_file: Option<PathBuf>,
-}
+pub use crate::tls::Tls;
 
 /// The DICOM C-STORE SCP (`source::scp`).
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +161,78 @@ pub struct Dicom {
     /// A peer silent this long is dropped.
     #[serde(default = "default_dicom_timeout")]
     pub timeout_s: u64,
+    /// Run the C-STORE SCP. `false`: a watch-folder device that only sends results.
+    #[serde(default = "default_true")]
+    pub listen: bool,
+    /// Where the results the models ask for (`dicom_results`) are sent by C-STORE.
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+    /// The DICOM outbox (under `paths.state`/dicom-out) holds at most this much, all
+    /// destinations together; when it is full, new images wait in the inbox or spool.
+    #[serde(default = "default_dicom_outbox_mib")]
+    pub outbox_max_mib: u64,
+    /// Longer side of the Secondary Capture picture (64..=4096): larger images are shrunk.
+    #[serde(default = "default_result_side")]
+    pub results_max_side: u32,
+}
+
+/// `[[dicom.destinations]]`: a PACS (or any storage SCP) that receives the results.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// A short name: the outbox folder and the status key (`[a-z0-9_-]`, 1 to 32).
+    pub name: String,
+    /// The destination's AE title (we call it).
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// DICOM over TLS (PS3.15 B.1): the destination's certificate must chain to `ca_file`
+    /// and name `server_name` (default: `host`).
+    #[serde(default)]
+    pub tls: Option<DestinationTls>,
+    /// Refusals of one object (a failure status, its SOP class not accepted) before it goes
+    /// to the dead-letter folder with the reason. A destination that cannot be reached is
+    /// not a refusal: its objects wait, however long.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Connect, read and write timeout.
+    #[serde(default = "default_destination_timeout")]
+    pub timeout_s: u64,
+    /// The longest pause between two tries to reach a destination that is down (the pause
+    /// starts at 1 s and doubles up to this).
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationTls {
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_dicom_outbox_mib() -> u64 {
+    1024
+}
+fn default_result_side() -> u32 {
+    1024
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_destination_timeout() -> u64 {
+    30
+}
+fn default_reconnect_max() -> u64 {
+    60
 }
 
 fn default_dicom_port() -> u16 {
@@ -284,6 +348,11 @@ pub struct ModelSlot {
     /// `"video"` (the live pipeline). Default: DICOM only.
     #[serde(default = "default_model_sources")]
     pub sources: Vec<ModelSource>,
+    /// DICOM objects made from this model's findings on DICOM sources and sent to every
+    /// `[[dicom.destinations]]`: `"sr"` (TID 1500 report), `"sc"` (the overlay as a
+    /// Secondary Capture), `"seg"` (segmentation models: the mask as a DICOM SEG).
+    #[serde(default)]
+    pub dicom_results: Vec<crate::dicom::results::ResultKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -488,6 +557,20 @@ impl BoardProfile {
         if let Some(r) = p.video.as_mut().and_then(|v| v.replay.as_mut()) {
             resolve(&mut r.path);
         }
+        for t in p
+            .dicom
+            .iter_mut()
+            .flat_map(|d| d.destinations.iter_mut())
+            .filter_map(|d| d.tls.as_mut())
+        {
+            resolve(&mut t.ca_file);
+            for f in [&mut t.client_cert_file, &mut t.client_key_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(f);
+            }
+        }
         p.validate()?;
         Ok(p)
     }
@@ -498,6 +581,82 @@ impl BoardProfile {
             field,
             reason: reason.into(),
         }
+    }
+
+    fn validate_destinations(&self, d: &Dicom) -> Result<(), BoardError> {
+        if !(64..=4096).contains(&d.results_max_side) {
+            return Err(self.field(
+                "dicom.results_max_side",
+                format!("{} must be in 64..=4096", d.results_max_side),
+            ));
+        }
+        if !d.destinations.is_empty() && d.outbox_max_mib == 0 {
+            return Err(self.field("dicom.outbox_max_mib", "must be more than 0"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for dest in &d.destinations {
+            let n = &dest.name;
+            if n.is_empty()
+                || n.len() > 32
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+            {
+                return Err(self.field(
+                    "dicom.destinations.name",
+                    format!("{n:?} must be 1 to 32 of a-z, 0-9, '_' and '-'"),
+                ));
+            }
+            if !names.insert(n) {
+                return Err(self.field(
+                    "dicom.destinations.name",
+                    format!("{n:?} names two destinations"),
+                ));
+            }
+            let ae = dest.ae_title.trim();
+            if ae.is_empty() || ae.len() > 16 || !ae.is_ascii() || ae.contains('\\') {
+                return Err(self.field(
+                    "dicom.destinations.ae_title",
+                    format!(
+                        "{n}: {:?} must be 1 to 16 ASCII characters without a backslash",
+                        dest.ae_title
+                    ),
+                ));
+            }
+            if dest.host.is_empty() || dest.port == 0 {
+                return Err(self.field(
+                    "dicom.destinations.host",
+                    format!("{n}: needs a host and a port other than 0"),
+                ));
+            }
+            if !(1..=100).contains(&dest.max_attempts) {
+                return Err(self.field(
+                    "dicom.destinations.max_attempts",
+                    format!("{n}: {} is not in 1..=100", dest.max_attempts),
+                ));
+            }
+            if !(1..=600).contains(&dest.timeout_s) {
+                return Err(self.field(
+                    "dicom.destinations.timeout_s",
+                    format!("{n}: {} is not in 1..=600", dest.timeout_s),
+                ));
+            }
+            if !(1..=3600).contains(&dest.reconnect_max_s) {
+                return Err(self.field(
+                    "dicom.destinations.reconnect_max_s",
+                    format!("{n}: {} is not in 1..=3600", dest.reconnect_max_s),
+                ));
+            }
+            if let Some(t) = &dest.tls
+                && t.client_cert_file.is_some() != t.client_key_file.is_some()
+            {
+                return Err(self.field(
+                    "dicom.destinations.tls.client_key_file",
+                    format!("{n}: client_cert_file and client_key_file go together (mutual TLS) or not at all"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_video(&self, v: &Video, models: usize) -> Result<(), BoardError> {
@@ -717,6 +876,21 @@ impl BoardProfile {
                     format!("{} is not in 5..=3600", d.timeout_s),
                 ));
             }
+            self.validate_destinations(d)?;
+        }
+        if self
+            .dicom
+            .as_ref()
+            .is_none_or(|d| d.destinations.is_empty())
+            && let Some(m) = self.models.iter().find(|m| !m.dicom_results.is_empty())
+        {
+            return Err(self.field(
+                "models.dicom_results",
+                format!(
+                    "{} asks for DICOM results but the profile has no [[dicom.destinations]] to send them to",
+                    m.path.display()
+                ),
+            ));
         }
         if o.max_records == 0 || o.max_records > 10_000_000 {
             return Err(self.field(
@@ -833,7 +1007,7 @@ impl BoardProfile {
 
     /// The SCP's settings, if the profile has a `[dicom]` table.
     pub fn scp_config(&self) -> Option<crate::source::scp::ScpConfig> {
-        let d = self.dicom.as_ref()?;
+        let d = self.dicom.as_ref().filter(|d| d.listen)?;
         Some(crate::source::scp::ScpConfig {
             ae_title: d.ae_title.trim().to_owned(),
             bind: std::net::SocketAddr::new(d.bind.parse().expect("validated"), d.port),
@@ -849,9 +1023,42 @@ impl BoardProfile {
         })
     }
 
+    /// Where results go: the DICOM outbox's folder and limit, and each destination's
+    /// settings; `None` when the profile names no destination.
+    pub fn results_config(&self) -> Option<crate::dicom::send::ResultsConfig> {
+        let d = self.dicom.as_ref().filter(|d| !d.destinations.is_empty())?;
+        Some(crate::dicom::send::ResultsConfig {
+            outbox_dir: self.paths.state.join("dicom-out"),
+            outbox_max_bytes: d.outbox_max_mib << 20,
+            max_side: d.results_max_side,
+            destinations: d
+                .destinations
+                .iter()
+                .map(|dest| crate::dicom::send::Destination {
+                    name: dest.name.clone(),
+                    calling_ae_title: d.ae_title.trim().to_owned(),
+                    called_ae_title: dest.ae_title.trim().to_owned(),
+                    host: dest.host.clone(),
+                    port: dest.port,
+                    tls: dest.tls.as_ref().map(|t| crate::dicom::send::TlsSettings {
+                        files: Tls {
+                            ca_file: t.ca_file.clone(),
+                            client_cert_file: t.client_cert_file.clone(),
+                            client_key_file: t.client_key_file.clone(),
+                        },
+                        server_name: t.server_name.clone().unwrap_or_else(|| dest.host.clone()),
+                    }),
+                    max_attempts: dest.max_attempts,
+                    timeout: std::time::Duration::from_secs(dest.timeout_s),
+                    reconnect_max: std::time::Duration::from_secs(dest.reconnect_max_s),
+                })
+                .collect(),
+        })
+    }
+
     /// The spool's folder and its limits in bytes (folder, one object).
     pub fn spool_config(&self) -> Option<(PathBuf, u64, u64)> {
-        let d = self.dicom.as_ref()?;
+        let d = self.dicom.as_ref().filter(|d| d.listen)?;
         Some((
             self.paths.state.join("spool"),
             d.spool_max_mib << 20,

@@ -9,18 +9,22 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use crate::board::ModelSource;
 use crate::board::{BoardError, BoardProfile, Video, VideoSource};
+use crate::dicom::outbox::{DicomOutbox, DicomOutboxError};
+use crate::dicom::results::ResultKind;
+use crate::dicom::send;
 use crate::live::{CameraState, FindingContext, Live, Opener};
 use crate::model::ModelError;
-use crate::pipeline::{Identity, Processor};
+use crate::pipeline::{Identity, Processor, ResultsSpec};
 use crate::publish::mqtt::{DeviceStatus, Topics};
-use crate::publish::tls::{self, TlsError};
 use crate::publish::{Class, Outbox, OutboxError, Publisher, PublisherConfig};
 use crate::service::{self, Heartbeat};
 use crate::source::SourceKind;
 use crate::source::scp::{BindError, Scp};
 use crate::source::spool::Spool;
 use crate::source::watch::Inbox;
+use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -37,6 +41,10 @@ pub enum DaemonError {
     Outbox(#[from] OutboxError),
     #[error("mqtt.tls: {0}")]
     Tls(#[from] TlsError),
+    #[error("dicom.destinations.tls: {0}")]
+    DestinationTls(TlsError),
+    #[error(transparent)]
+    DicomOutbox(#[from] DicomOutboxError),
     #[error("cannot read the MQTT password file {path}: {source}")]
     Password {
         path: PathBuf,
@@ -91,7 +99,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     info!("memory plan\n{}", planned.plan.table());
     let processor = Processor::from_engines(Identity::for_board(&profile)?, planned.dicom)
         .with_limits(profile.memory.image_limits());
-    let processor = if profile.overlays.keep_last {
+    let mut processor = if profile.overlays.keep_last {
         processor.with_overlays(
             profile.paths.state.join("overlays"),
             profile.overlays.max_side,
@@ -99,6 +107,42 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     } else {
         processor
     };
+    // DICOM results: what each model asks for (by the id of the model in its place), the
+    // outbox they wait in, and a sender per destination.
+    let results = profile.results_config();
+    let mut dicom_out = None;
+    let mut senders = None;
+    if let Some(r) = &results {
+        let wanted: Vec<(String, Vec<ResultKind>)> = profile
+            .models
+            .iter()
+            .filter(|m| m.sources.contains(&ModelSource::Dicom))
+            .zip(processor.engines())
+            .filter(|(m, _)| !m.dicom_results.is_empty())
+            .map(|(m, e)| (e.model_ref().id.clone(), m.dicom_results.clone()))
+            .collect();
+        if wanted.iter().any(|(_, k)| k.contains(&ResultKind::Seg)) {
+            warn!(
+                "a model asks for DICOM SEG, which this version does not make yet; its other results are made"
+            );
+        }
+        processor = processor.with_results(ResultsSpec {
+            wanted,
+            max_side: Some(r.max_side),
+            frame: None,
+        });
+        let names: Vec<String> = r.destinations.iter().map(|d| d.name.clone()).collect();
+        let (outbox, recovery) = DicomOutbox::open(&r.outbox_dir, &names, r.outbox_max_bytes)?;
+        send::log_recovery(&recovery);
+        let outbox = Arc::new(outbox);
+        senders = Some(
+            send::start(outbox.clone(), &r.destinations).map_err(DaemonError::DestinationTls)?,
+        );
+        for d in &r.destinations {
+            info!(destination = %d.name, ae_title = %d.called_ae_title, host = %d.host, port = d.port, tls = d.tls.is_some(), "DICOM results go here");
+        }
+        dicom_out = Some(outbox);
+    }
     let video_engines = planned.video;
     let plan = planned.plan;
     let mut models: Vec<_> = processor.engines().map(|e| e.model_ref().clone()).collect();
@@ -224,6 +268,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                 made: 0,
                 failed: 0,
                 deferred: None,
+                dicom_out: dicom_out.clone(),
                 reload,
                 updater,
                 video_models,
@@ -242,6 +287,25 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                     source,
                 })?
         };
+        // The DICOM outbox's depth per destination, in the retained status when it changed
+        // (looked at every 2 s, so that a burst of objects is one status, not hundreds).
+        let dicom_status = dicom_out.clone().map(|outbox| {
+            let publisher = publisher.clone();
+            tokio::spawn(async move {
+                let mut seen = u64::MAX;
+                loop {
+                    let v = outbox.version();
+                    if v != seen {
+                        seen = v;
+                        publisher.set_dicom_outbox(serde_json::json!({
+                            "bytes": outbox.disk_bytes(),
+                            "destinations": outbox.status(),
+                        }));
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            })
+        });
         let live = match &profile.video {
             Some(video) => Some(start_live(&profile, video, video_engines, &publisher)?),
             None => None,
@@ -287,6 +351,18 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         }
         stop.store(true, Ordering::SeqCst);
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        if let Some(t) = dicom_status {
+            t.abort();
+        }
+        if let Some(senders) = senders {
+            // The object being sent is finished; the rest wait for the next start.
+            let _ = tokio::task::spawn_blocking(move || senders.stop(Duration::from_secs(5))).await;
+            if let Some(o) = &dicom_out
+                && o.depth() > 0
+            {
+                info!("{} DICOM results wait in the outbox; they are sent after the next start", o.depth());
+            }
+        }
         let left = publisher.shutdown(connection, SHUTDOWN_GRACE).await;
         if left > 0 {
             info!("{left} findings wait in the outbox for the broker; they are sent after the next start");
@@ -473,8 +549,11 @@ struct Worker {
     heartbeat: Heartbeat,
     made: u64,
     failed: u64,
-    /// Set while the outbox is full: the first file left in the inbox because of it.
+    /// Set while the outbox (or the DICOM outbox) is full: the first file left in the inbox
+    /// because of it.
     deferred: Option<PathBuf>,
+    /// Where the DICOM results go, when the profile names destinations.
+    dicom_out: Option<Arc<DicomOutbox>>,
     /// Set by SIGHUP: take staged model updates before the next image.
     reload: Arc<AtomicBool>,
     updater: crate::update::Updater,
@@ -510,7 +589,8 @@ impl Worker {
                 // Files wait in the inbox while the outbox is full; events are dropped
                 // because the rescan below finds every file anyway.
                 while rx.try_recv().is_ok() {}
-                if self.publisher.is_full() {
+                if self.publisher.is_full() || self.dicom_out.as_ref().is_some_and(|o| o.is_full())
+                {
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }
@@ -601,8 +681,30 @@ impl Worker {
             return;
         };
         let metrics = self.publisher.metrics();
-        match self.processor.process_file(file, inbox.kind) {
-            Ok(findings) => {
+        match self.processor.process(file, inbox.kind) {
+            Ok(processed) => {
+                if let Some(e) = &processed.results_error {
+                    warn!(file = %name, "no DICOM results for this image: {e}");
+                }
+                // The results first: once they are on disk (and the findings recorded) the
+                // file may go. Made again after a crash, they are the same instances.
+                if let Some(out) = &self.dicom_out
+                    && !processed.results.is_empty()
+                {
+                    if let Err(e) = out.put(&processed.results) {
+                        if e.is_full() {
+                            warn!(file = %name, "{e}; the file stays in the inbox until the DICOM outbox has room");
+                        } else {
+                            error!(file = %name, "cannot keep the DICOM results ({e}); the file stays in the inbox");
+                        }
+                        metrics.inputs_deferred.fetch_add(1, Ordering::Relaxed);
+                        self.deferred = Some(file.to_owned());
+                        return;
+                    }
+                    let kinds: Vec<_> = processed.results.iter().map(|m| m.kind.name()).collect();
+                    info!(file = %name, results = ?kinds, "DICOM results queued for every destination");
+                }
+                let findings = processed.findings;
                 for f in &findings {
                     if let Err(e) = self.publisher.record(Class::Image, f) {
                         if e.is_full() {

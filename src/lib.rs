@@ -45,4 +45,5 @@ pub mod publish;
 pub mod service;
 pub mod source;
 pub mod task;
+pub mod tls;
 pub mod update;

@@ -10,7 +10,8 @@ mod cmd;
 use bedside::board::BoardProfile;
 use bedside::finding::UidHasher;
 
-use bedside::pipeline::{Identity, Processor};
+use bedside::dicom::results::ResultKind;
+use bedside::pipeline::{Identity, Processor, ResultsSpec};
 use bedside::source::SourceKind;
 
 /// Counts every allocation, so that the daemon can report its heap and tests can prove the
@@ -421,9 +422,28 @@ fn infer(
         models
     };
     let mut processor = Processor::new(identity, &models)?;
-    match processor.process_file(file, SourceKind::File) {
-        Ok(findings) => {
-            for f in &findings {
+    let mut kinds = Vec::new();
+    if pictures.report.is_some() {
+        kinds.push(ResultKind::Sr);
+    }
+    if pictures.dicom.is_some() {
+        kinds.push(ResultKind::Sc);
+    }
+    if !kinds.is_empty() {
+        let wanted = processor
+            .engines()
+            .map(|e| (e.model_ref().id.clone(), kinds.clone()))
+            .collect();
+        processor = processor.with_results(ResultsSpec {
+            wanted,
+            max_side: None,
+            frame: pictures.frame,
+        });
+    }
+    match processor.process(file, SourceKind::File) {
+        Ok(processed) => {
+            let findings = &processed.findings;
+            for f in findings {
                 let json = if pretty {
                     serde_json::to_string_pretty(f)?
                 } else {
@@ -431,84 +451,43 @@ fn infer(
                 };
                 println!("{json}");
             }
-            if pictures.png.is_some() || pictures.dicom.is_some() {
+            if let Some(out) = &pictures.png {
                 let (picture, frame) =
-                    bedside::overlay::for_file(file, &findings, pictures.frame, None)?;
-                if let Some(out) = &pictures.png {
-                    picture
-                        .write_png(out)
-                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-                    eprintln!(
-                        "overlay of frame {frame} ({} x {}) written to {}",
-                        picture.width,
-                        picture.height,
-                        out.display()
-                    );
-                }
-                if let Some(out) = &pictures.dicom {
-                    use bedside::dicom::derived;
-                    let obj = bedside::dicom::decode::open_file(file)?;
-                    let source = derived::Source::from_object(&obj)?;
-                    let mut models: Vec<_> = findings
-                        .iter()
-                        .filter(|f| f.image.frame == frame)
-                        .map(|f| f.model.clone())
-                        .collect();
-                    models.dedup();
-                    let who = derived::Producer {
-                        device: processor.identity().device.clone(),
-                        site: processor.identity().site.clone(),
-                        models,
-                    };
-                    let sc = derived::secondary_capture(
-                        &source,
-                        &who,
-                        &picture,
-                        frame,
-                        time::OffsetDateTime::now_utc(),
-                    )?;
-                    sc.write_to_file(out)
-                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
-                    eprintln!(
-                        "secondary capture of frame {frame} written to {}",
-                        out.display()
-                    );
-                }
-            }
-            if let Some(out) = &pictures.report {
-                use bedside::dicom::{derived, sr};
-                let frame = bedside::overlay::pick_frame(&findings, pictures.frame);
-                let obj = bedside::dicom::decode::open_file(file)?;
-                let source = derived::Source::from_object(&obj)?;
-                let found: Vec<_> = findings
-                    .iter()
-                    .filter(|f| f.image.frame == frame)
-                    .filter_map(|f| {
-                        processor
-                            .engines()
-                            .find(|e| e.model_ref() == &f.model)
-                            .map(|e| (f, e.manifest()))
-                    })
-                    .collect();
-                let who = derived::Producer {
-                    device: processor.identity().device.clone(),
-                    site: processor.identity().site.clone(),
-                    models: found.iter().map(|(f, _)| f.model.clone()).collect(),
-                };
-                let report = sr::measurement_report(
-                    &source,
-                    &who,
-                    &found,
-                    frame,
-                    time::OffsetDateTime::now_utc(),
-                )?;
-                report
-                    .write_to_file(out)
+                    bedside::overlay::for_file(file, findings, pictures.frame, None)?;
+                picture
+                    .write_png(out)
                     .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
                 eprintln!(
-                    "structured report of frame {frame} written to {}",
+                    "overlay of frame {frame} ({} x {}) written to {}",
+                    picture.width,
+                    picture.height,
                     out.display()
                 );
+            }
+            if let Some(e) = processed.results_error {
+                return Err(e.into());
+            }
+            let frame = processed.frame.unwrap_or_default();
+            for made in &processed.results {
+                let (out, what) = match made.kind {
+                    ResultKind::Sr => (&pictures.report, "structured report"),
+                    ResultKind::Sc => (&pictures.dicom, "secondary capture"),
+                    ResultKind::Seg => continue,
+                };
+                if let Some(out) = out {
+                    made.object
+                        .write_to_file(out)
+                        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                    eprintln!("{what} of frame {frame} written to {}", out.display());
+                }
+            }
+            for (asked, kind) in [
+                (&pictures.report, ResultKind::Sr),
+                (&pictures.dicom, ResultKind::Sc),
+            ] {
+                if asked.is_some() && !processed.results.iter().any(|m| m.kind == kind) {
+                    anyhow::bail!("no {} made: no finding is about frame {frame}", kind.name());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -577,6 +556,33 @@ fn check(board: &Path) -> anyhow::Result<ExitCode> {
         println!(
             "  video: {what}; crop {:?}; {} inference thread(s) on cores {:?}; vote over {} frames, publish every {} s",
             v.crop, v.threads, v.cores, v.window_frames, v.publish_interval_s
+        );
+    }
+    if let Some(r) = profile.results_config() {
+        for d in &r.destinations {
+            println!(
+                "  DICOM results to {}: {}@{}:{}{} as {}, dead letter after {} refusals",
+                d.name,
+                d.called_ae_title,
+                d.host,
+                d.port,
+                if d.tls.is_some() { " over TLS" } else { "" },
+                d.calling_ae_title,
+                d.max_attempts
+            );
+        }
+        for m in profile
+            .models
+            .iter()
+            .filter(|m| !m.dicom_results.is_empty())
+        {
+            let kinds: Vec<_> = m.dicom_results.iter().map(|k| k.name()).collect();
+            println!("    {}: {}", m.path.display(), kinds.join(", "));
+        }
+        println!(
+            "  DICOM outbox {}: at most {} MiB",
+            r.outbox_dir.display(),
+            r.outbox_max_bytes >> 20
         );
     }
     let planned = bedside::plan::plan_for(&profile)?;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::board::{BoardError, BoardProfile};
+use crate::dicom::derived::DerivedError;
+use crate::dicom::results::{self, ResultKind};
 use crate::dicom::{self, DecodeError};
 use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher, round3};
 use crate::infer::{Engine, InferError};
@@ -59,6 +61,30 @@ struct Slot {
     preparer: Preparer,
 }
 
+/// What one DICOM file gave.
+pub struct Processed {
+    pub findings: Vec<Finding>,
+    /// The frame pictured and reported on (`None` when no model ran).
+    pub frame: Option<u32>,
+    /// The DICOM results the models ask for, made from the findings about `frame`.
+    pub results: Vec<results::Made>,
+    /// Why no result could be made (the source lacks what its study needs, …): the findings
+    /// stand all the same.
+    pub results_error: Option<DerivedError>,
+}
+
+/// Which DICOM results to make ([`Processor::with_results`]).
+#[derive(Debug, Clone, Default)]
+pub struct ResultsSpec {
+    /// Model id → what it asks for.
+    pub wanted: Vec<(String, Vec<ResultKind>)>,
+    /// Longer side of the Secondary Capture picture; `None`: the image's own size.
+    pub max_side: Option<u32>,
+    /// The frame to picture and report; `None`: the first with a label over threshold, else
+    /// the first.
+    pub frame: Option<u32>,
+}
+
 /// The models of one device, with their preparation buffers.
 pub struct Processor {
     identity: Identity,
@@ -66,6 +92,7 @@ pub struct Processor {
     limits: ImageLimits,
     /// Where the last overlay per source goes, and its largest side (`[overlays]`).
     overlays: Option<(PathBuf, u32)>,
+    results: Option<ResultsSpec>,
 }
 
 impl Processor {
@@ -93,6 +120,7 @@ impl Processor {
             slots,
             limits: ImageLimits::default(),
             overlays: None,
+            results: None,
         }
     }
 
@@ -122,6 +150,13 @@ impl Processor {
         self
     }
 
+    /// Makes the DICOM results `spec` asks for with every DICOM file processed
+    /// ([`Self::process`]).
+    pub fn with_results(mut self, spec: ResultsSpec) -> Self {
+        self.results = Some(spec);
+        self
+    }
+
     /// Inputs beyond these limits are refused before they are decoded.
     pub fn with_limits(mut self, limits: ImageLimits) -> Self {
         self.limits = limits;
@@ -145,6 +180,11 @@ impl Processor {
         path: &Path,
         source: SourceKind,
     ) -> Result<Vec<Finding>, ProcessError> {
+        self.process(path, source).map(|p| p.findings)
+    }
+
+    /// [`Self::process_file`], and the DICOM results the models ask for ([`Self::with_results`]).
+    pub fn process(&mut self, path: &Path, source: SourceKind) -> Result<Processed, ProcessError> {
         let t0 = Instant::now();
         dicom::decode::check_file_size(path, self.limits.max_file_bytes)?;
         let obj = dicom::decode::open_file(path)?;
@@ -158,42 +198,92 @@ impl Processor {
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
+        let want_picture = self.results.as_ref().is_some_and(|r| {
+            r.wanted
+                .iter()
+                .any(|(_, kinds)| kinds.contains(&ResultKind::Sc))
+        });
         let mut findings = Vec::new();
-        // The overlay: of the first frame with a label over threshold, else of the first
-        // frame. Drawn when its frame is decoded (bounded by `max_side`), written at the end.
-        let mut picture: Option<(bool, crate::draw::Rgb, Vec<String>, u32)> = None;
+        // The frame pictured and reported: the one asked for, else the first frame with a
+        // label over threshold, else the first frame. Drawn when its frame is decoded
+        // (bounded by `max_side`), written at the end.
+        let mut chosen: Option<(bool, u32)> = None;
+        let mut kept: Option<(crate::draw::Rgb, Vec<String>)> = None;
+        let mut captured: Option<crate::draw::Rgb> = None;
+        let forced = self.results.as_ref().and_then(|r| r.frame);
         for frame in wanted {
             let t = Instant::now();
             let image = dicom::decode::decode_frame(&obj, frame)
                 .map_err(|e| ProcessError::from(e.with_path(path)))?;
             let decode_ms = ms(t.elapsed()) + if frame == 0 { read_ms } else { 0.0 };
             let made = self.run_models(&image, decode_ms, source, Some(count))?;
-            if let Some((_, max_side)) = &self.overlays {
-                let over = made.iter().any(|f| !f.over_threshold.is_empty());
-                if !made.is_empty()
-                    && (picture.is_none() || (over && !picture.as_ref().is_some_and(|p| p.0)))
-                {
+            let over = made.iter().any(|f| !f.over_threshold.is_empty());
+            let better = !made.is_empty()
+                && match forced {
+                    Some(f) => f == frame,
+                    None => chosen.is_none_or(|(was_over, _)| over && !was_over),
+                };
+            if better {
+                chosen = Some((over, frame));
+                if let Some((_, max_side)) = &self.overlays {
                     match crate::overlay::render(&image, &made, Some(*max_side)) {
-                        Ok(rgb) => {
-                            picture = Some((
-                                over,
-                                rgb,
-                                made.iter().map(|f| f.id.clone()).collect(),
-                                frame,
-                            ))
-                        }
+                        Ok(rgb) => kept = Some((rgb, made.iter().map(|f| f.id.clone()).collect())),
                         Err(e) => tracing::warn!(error = %e, "no overlay for this image"),
+                    }
+                }
+                if want_picture {
+                    let max_side = self.results.as_ref().and_then(|r| r.max_side);
+                    match crate::overlay::render(&image, &made, max_side) {
+                        Ok(rgb) => captured = Some(rgb),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no Secondary Capture for this image")
+                        }
                     }
                 }
             }
             findings.extend(made);
         }
-        if let (Some((dir, _)), Some((_, rgb, ids, frame))) = (&self.overlays, picture)
-            && let Err(e) = keep_overlay(dir, source, &rgb, &ids, frame)
+        if let (Some((dir, _)), Some((rgb, ids)), Some((_, frame))) =
+            (&self.overlays, &kept, chosen)
+            && let Err(e) = keep_overlay(dir, source, rgb, ids, frame)
         {
             tracing::warn!(error = %e, dir = %dir.display(), "cannot keep the overlay");
         }
-        Ok(findings)
+        let mut processed = Processed {
+            findings,
+            frame: chosen.map(|(_, f)| f),
+            results: Vec::new(),
+            results_error: None,
+        };
+        if let (Some(spec), Some(frame)) = (&self.results, processed.frame) {
+            let wanted: Vec<results::Wanted<'_>> =
+                self.slots
+                    .iter()
+                    .filter_map(|s| {
+                        let id = &s.engine.model_ref().id;
+                        spec.wanted.iter().find(|(m, _)| m == id).map(|(_, kinds)| {
+                            results::Wanted {
+                                model: s.engine.model_ref(),
+                                manifest: s.engine.manifest(),
+                                kinds,
+                            }
+                        })
+                    })
+                    .collect();
+            match results::make(
+                &obj,
+                &processed.findings,
+                &wanted,
+                frame,
+                captured.as_ref(),
+                (self.identity.device.as_str(), self.identity.site.as_str()),
+                time::OffsetDateTime::now_utc(),
+            ) {
+                Ok(made) => processed.results = made,
+                Err(e) => processed.results_error = Some(e),
+            }
+        }
+        Ok(processed)
     }
 
     /// Runs every model on an already decoded image (whatever frame it is).

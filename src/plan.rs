@@ -278,13 +278,26 @@ impl MemoryPlan {
             Basis::Computed,
             true,
         );
-        if let Some(d) = &profile.dicom {
+        if let Some(d) = profile.dicom.as_ref().filter(|d| d.listen) {
             add(
                 format!(
                     "DICOM SCP: {} associations x (2 PDUs of 64 KiB + 64 KiB spool buffer)",
                     d.max_associations
                 ),
                 d.max_associations as u64 * 3 * (64 << 10),
+                Basis::Computed,
+                true,
+            );
+        }
+        if let Some(r) = profile.results_config() {
+            let picture = r.max_side as u64 * r.max_side as u64 * 3;
+            let senders = r.destinations.len() as u64;
+            add(
+                format!(
+                    "DICOM results: a {0} x {0} px Secondary Capture (picture, object, encoding) and {senders} sender(s) holding one object's file and data set, each 1 MiB of PDUs besides",
+                    r.max_side
+                ),
+                3 * picture + senders * (2 * picture + (1 << 20)),
                 Basis::Computed,
                 true,
             );

@@ -1,5 +1,6 @@
-//! The few DIMSE messages a storage SCP speaks: C-ECHO and C-STORE requests in, their
-//! responses out. Command sets are always Implicit VR Little Endian (PS3.7 §6.3.1), built
+//! The few DIMSE messages bedside speaks. As a storage SCP: C-ECHO and C-STORE requests in,
+//! their responses out. As a storage SCU (results to PACS, [`crate::dicom::send`]): the
+//! C-STORE request out, its response in, and what its status means. Command sets are always Implicit VR Little Endian (PS3.7 §6.3.1), built
 //! and read with dicom-object so that group lengths and padding come out right.
 
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
@@ -24,6 +25,39 @@ pub mod status {
     pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
     /// The command is not one this SCP performs.
     pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
+}
+
+/// What a C-STORE response's status means for the object sent (PS3.4 Annex B.2.3, PS3.7
+/// Annex C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// 0000: stored.
+    Success,
+    /// Bxxx (coercion of data elements, elements discarded, data set does not match the SOP
+    /// class): stored, with a remark worth a log line.
+    Warning,
+    /// Anything else (A7xx out of resources, A9xx data set does not match, Cxxx cannot
+    /// understand, 01xx/02xx general failures): not stored.
+    Failure,
+}
+
+impl StoreOutcome {
+    pub fn of(status: u16) -> Self {
+        match status {
+            status::SUCCESS => StoreOutcome::Success,
+            0xB000..=0xBFFF | 0x0107 | 0x0116 => StoreOutcome::Warning,
+            _ => StoreOutcome::Failure,
+        }
+    }
+}
+
+/// A C-STORE response, as the SCU reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreResponse {
+    pub message_id: u16,
+    pub status: u16,
+    /// Error Comment (0000,0902), when the peer gave one.
+    pub comment: Option<String>,
 }
 
 const C_STORE_RQ: u16 = 0x0001;
@@ -99,6 +133,57 @@ pub fn parse_request(bytes: &[u8]) -> Result<Request, DimseError> {
                 .map(|t| t != NO_DATA_SET)
                 .unwrap_or(false),
         },
+    })
+}
+
+/// The C-STORE-RQ command set for one object (a data set follows it), medium priority.
+pub fn store_request(message_id: u16, sop_class: &str, sop_instance: &str) -> Vec<u8> {
+    encode(vec![
+        DataElement::new(
+            tags::AFFECTED_SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_class),
+        ),
+        DataElement::new(
+            tags::COMMAND_FIELD,
+            VR::US,
+            PrimitiveValue::from(C_STORE_RQ),
+        ),
+        DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(message_id)),
+        DataElement::new(tags::PRIORITY, VR::US, PrimitiveValue::from(0u16)),
+        DataElement::new(
+            tags::COMMAND_DATA_SET_TYPE,
+            VR::US,
+            PrimitiveValue::from(0x0000u16),
+        ),
+        DataElement::new(
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(sop_instance),
+        ),
+    ])
+}
+
+/// Reads a C-STORE-RSP command set.
+pub fn parse_store_response(bytes: &[u8]) -> Result<StoreResponse, DimseError> {
+    let obj = InMemDicomObject::read_dataset_with_ts(bytes, implicit_vr_le())
+        .map_err(|e| DimseError(e.to_string()))?;
+    let field = u16_of(&obj, tags::COMMAND_FIELD)?;
+    if field != C_STORE_RSP {
+        return Err(DimseError(format!(
+            "expected a C-STORE-RSP (8001H), got command {field:04X}H"
+        )));
+    }
+    Ok(StoreResponse {
+        message_id: u16_of(&obj, tags::MESSAGE_ID_BEING_RESPONDED_TO)?,
+        status: u16_of(&obj, tags::STATUS)?,
+        comment: obj
+            .element_opt(tags::ERROR_COMMENT)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
+            .filter(|s| !s.is_empty()),
     })
 }
 
@@ -240,6 +325,32 @@ mod tests {
             .to_int::<u32>()
             .unwrap();
         assert_eq!(len as usize, rsp.len() - 12);
+        let sent = parse_store_response(&rsp).unwrap();
+        assert_eq!(
+            (sent.message_id, sent.status, sent.comment),
+            (7, 0xA700, None)
+        );
+        assert!(parse_store_response(&echo_response(9)).is_err());
+        match parse_request(&store_request(3, "1.2.3", "4.5.6")).unwrap() {
+            Request::Store {
+                message_id: 3,
+                sop_class,
+                sop_instance,
+            } => assert_eq!(
+                (sop_class.as_str(), sop_instance.as_str()),
+                ("1.2.3", "4.5.6")
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(StoreOutcome::of(0), StoreOutcome::Success);
+        assert_eq!(StoreOutcome::of(0xB007), StoreOutcome::Warning);
+        for refused in [0xA700, 0xA900, 0xC000, 0x0122, 0x0110] {
+            assert_eq!(
+                StoreOutcome::of(refused),
+                StoreOutcome::Failure,
+                "{refused:04X}"
+            );
+        }
         let echo = echo_response(9);
         let obj = InMemDicomObject::read_dataset_with_ts(&echo[..], implicit_vr_le()).unwrap();
         assert_eq!(u16_of(&obj, tags::COMMAND_FIELD).unwrap(), C_ECHO_RSP);

@@ -1,13 +1,17 @@
 //! DICOM in: reading Part-10 objects and turning their pixel data into an [`Image`] in
 //! modality units, the way a radiologist's viewer starts from them; and the DIMSE messages
 //! the C-STORE SCP ([`crate::source::scp`]) speaks. DICOM out: the objects bedside makes for
-//! the patient's study ([`derived`]).
+//! the patient's study ([`derived`], [`sr`], chosen per model by [`results`]), kept in a
+//! durable outbox ([`outbox`]) and sent to PACS by C-STORE ([`send`]).
 //!
 //! [`Image`]: crate::source::Image
 
 pub mod decode;
 pub mod derived;
 pub mod dimse;
+pub mod outbox;
+pub mod results;
+pub mod send;
 pub mod sr;
 pub(crate) mod turbo;
 

@@ -3,7 +3,6 @@
 
 pub mod mqtt;
 pub mod outbox;
-pub mod tls;
 
 pub use mqtt::{Publisher, PublisherConfig, StatusDoc};
 pub use outbox::{Class, Outbox, OutboxConfig, OutboxError};

@@ -105,6 +105,10 @@ pub struct StatusDoc<'a> {
     /// The last model update this process tried: taken, or refused and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_update: Option<&'a serde_json::Value>,
+    /// The DICOM results' outbox: bytes on disk, and per destination what waits, what went to
+    /// the dead-letter folder, what was sent, whether it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dicom_outbox: Option<&'a serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -382,6 +386,7 @@ struct Flight {
     /// Who this device is, with the models serving now (updates change them).
     identity: DeviceStatus,
     model_update: Option<serde_json::Value>,
+    dicom_outbox: Option<serde_json::Value>,
 }
 
 struct Shared {
@@ -413,6 +418,7 @@ impl Shared {
             outbox: Some(outbox_status(&f.outbox)),
             video: f.video.as_ref(),
             model_update: f.model_update.as_ref(),
+            dicom_outbox: f.dicom_outbox.as_ref(),
         };
         serde_json::to_vec(&doc).expect("status serialises")
     }
@@ -652,6 +658,7 @@ impl Publisher {
                 video: None,
                 identity: config.identity.clone(),
                 model_update: None,
+                dicom_outbox: None,
             }),
             config,
             wake: Notify::new(),
@@ -715,6 +722,15 @@ impl Publisher {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// Sets the DICOM outbox's part of the retained status document (republished at once).
+    pub fn set_dicom_outbox(&self, state: serde_json::Value) {
+        let mut f = self.shared.lock();
+        f.dicom_outbox = Some(state);
+        f.status_dirty = true;
+        drop(f);
+        self.shared.wake.notify_one();
     }
 
     /// Sets the camera's state in the retained status document (republished at once).
@@ -813,6 +829,7 @@ fn will(config: &PublisherConfig) -> Vec<u8> {
         outbox: None,
         video: None,
         model_update: None,
+        dicom_outbox: None,
     })
     .expect("status serialises")
 }

@@ -660,3 +660,101 @@ pub fn wait_count(dir: &Path, n: usize, timeout: Duration) -> bool {
     }
     count() >= n
 }
+
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("cannot run openssl (is it installed?)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, and certificates it signs (P-256 keys): `<name>.pem` and `<name>.key` in `dir`.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path, ca: &str) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca}"),
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        Pki {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A leaf certificate; `san` like `IP:127.0.0.1` for a server.
+    pub fn issue(&self, name: &str, san: Option<&str>) {
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        let ext = self.dir.join(format!("{name}.ext"));
+        let mut text = String::from("basicConstraints=CA:FALSE\n");
+        if let Some(san) = san {
+            text.push_str(&format!("subjectAltName={san}\n"));
+        }
+        std::fs::write(&ext, text).unwrap();
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext.to_str().unwrap(),
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}

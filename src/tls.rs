@@ -1,16 +1,28 @@
-//! TLS to the broker with rustls (ring as the crypto provider: pure Rust and assembly, cross-
-//! compiles to aarch64 with nothing but a C cross compiler). The broker's certificate must
-//! chain to the configured CA and name the host we dialled; a client certificate makes it
-//! mutual TLS. The system's root store is deliberately not used: a clinic's broker has its
-//! own CA, and trusting every public CA would let any of them impersonate it.
+//! TLS to the broker and to PACS destinations with rustls (ring as the crypto provider: pure
+//! Rust and assembly, cross-compiles to aarch64 with nothing but a C cross compiler). The
+//! peer's certificate must chain to the configured CA and name the host we dialled; a client
+//! certificate makes it mutual TLS. The system's root store is deliberately not used: a
+//! clinic's broker or PACS has its own CA, and trusting every public CA would let any of them
+//! impersonate it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
 
-use crate::board::Tls;
+/// The files of a TLS client (`[mqtt.tls]`, `[dicom.destinations.tls]`): the peer's
+/// certificate must verify against `ca_file`; a client certificate and key make it mutual.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub ca_file: PathBuf,
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
