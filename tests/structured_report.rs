@@ -185,7 +185,12 @@ fn boxes_and_labels_become_a_valid_measurement_report_in_the_source_study() {
     let over = findings[1]["over_threshold"].as_array().unwrap();
     assert_eq!(got.len(), boxes.len() + over.len(), "{got:?}");
     for (d, (label, points, area)) in boxes.iter().zip(&got) {
-        assert_eq!(label, d["label"].as_str().unwrap());
+        // The finding's concept: the manifest's SNOMED CT code (nodule), else the label's name.
+        let want = match d["label"].as_str().unwrap() {
+            "nodule" => "27925004",
+            name => name,
+        };
+        assert_eq!(label, want);
         let b: Vec<f32> = d["box"]
             .as_array()
             .unwrap()
@@ -251,16 +256,30 @@ fn region_outlines_are_the_findings_and_labels_use_the_manifest_code() {
         assert!((area.unwrap() - c["area_mm2"].as_f64().unwrap()).abs() < 1e-3);
     }
 
-    // A manifest code replaces bedside's private one.
-    let model = tmp.path().join("cls");
-    copy_model(&repo().join("models/cxr-tiny-cls"), &model);
-    let toml = std::fs::read_to_string(model.join("model.toml")).unwrap().replace(
-        "name = \"pneumothorax\"",
-        "name = \"pneumothorax\"\ncode = { value = \"36118008\", scheme = \"SCT\", meaning = \"Pneumothorax\" }",
-    );
-    std::fs::write(model.join("model.toml"), toml).unwrap();
+    // The shipped manifest codes pneumothorax in SNOMED CT; without that code the report uses
+    // bedside's private scheme.
     let sr = tmp.path().join("ptx.dcm");
-    report(&sample("cxr-ptx-mono2.dcm"), &[&model], &sr);
+    report(
+        &sample("cxr-ptx-mono2.dcm"),
+        &[&repo().join("models/cxr-tiny-cls")],
+        &sr,
+    );
     let dump = validate(&sr);
     assert!(dump.contains("(36118008,SCT,\"Pneumothorax\")"), "{dump}");
+    let model = tmp.path().join("cls");
+    copy_model(&repo().join("models/cxr-tiny-cls"), &model);
+    let shipped = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    let uncoded = shipped.replace(
+        "code = { value = \"36118008\", scheme = \"SCT\", meaning = \"Pneumothorax\" }\n",
+        "",
+    );
+    assert_ne!(uncoded, shipped, "the shipped manifest codes pneumothorax");
+    std::fs::write(model.join("model.toml"), uncoded).unwrap();
+    let sr = tmp.path().join("ptx-private.dcm");
+    report(&sample("cxr-ptx-mono2.dcm"), &[&model], &sr);
+    let dump = validate(&sr);
+    assert!(
+        dump.contains("(pneumothorax,99BEDSIDE,\"pneumothorax\")"),
+        "{dump}"
+    );
 }

@@ -173,7 +173,7 @@ def manifest(res, path=None):
     m.update(input_shape=[1, 1, P.SIZE, P.SIZE], window="dicom", mean=P.MEAN, std=P.STD,
              output_name="logits", activation="softmax",
              parity={"note": note, "max_abs": max_abs, "fp32_max_abs": fp32_max_abs},
-             labels=[{"name": k, "threshold": res["thresholds"][k]} for k in synth.LABELS])
+             labels=[zoo.label(k, threshold=res["thresholds"][k]) for k in synth.LABELS])
     zoo.write_manifest(path, m, FORMS)
 
 

@@ -91,6 +91,20 @@ def ort_ms(sess, x, n=100):
     return float(np.median(ts))
 
 
+# The coded concepts of the shipped models' labels, for DICOM reports (SNOMED CT). Only codes whose concept is the
+# label's exactly; the others stay in bedside's private scheme 99BEDSIDE ("normal", "other", "foreign_body",
+# "free_fluid").
+LABEL_CODES = {
+    "pneumothorax": {"value": "36118008", "scheme": "SCT", "meaning": "Pneumothorax"},
+    "nodule": {"value": "27925004", "scheme": "SCT", "meaning": "Nodule"},
+}
+
+
+def label(name, **fields):
+    """A manifest label with its code when LABEL_CODES has one."""
+    return {"name": name, **fields, "code": LABEL_CODES.get(name)}
+
+
 def manifest_spec(model_id, version, task, quantization, description, int8, fp32, pruned, kept_from):
     """The common part of a factory model's manifest spec (bedside_model.manifest.render): the three forms' files
     and hashes, and the `[memory]` figure of the manifest being rewritten, `kept_from` (tract_working_bytes is measured by

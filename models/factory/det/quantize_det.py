@@ -260,7 +260,7 @@ def manifest(res, path=None):
              parity={"note": "tract vs onnxruntime on tests/fixtures/cxr-tiny-det, ~3x the measured max |diff| "
                              "(README.md; bench_det.py)",
                      "max_abs": max_abs, "fp32_max_abs": fp32_max_abs, "min_box_iou": 0.9},
-             labels=[{"name": k, "threshold": v} for k, v in res["thresholds"].items()])
+             labels=[zoo.label(k, threshold=v) for k, v in res["thresholds"].items()])
     zoo.write_manifest(path, m, FORMS)
 
 

@@ -188,7 +188,7 @@ def manifest(res, path=None):
              parity={"note": "tract vs onnxruntime on tests/fixtures/us-fast-fluid, ~3x the measured max |diff| "
                              "(README.md; bench_us.py)",
                      "max_abs": max_abs, "fp32_max_abs": fp32_max_abs, "min_mask_agreement": agree},
-             labels=[{"name": "free_fluid", "threshold": THRESHOLD, "min_fraction": res["min_fraction"]}])
+             labels=[zoo.label("free_fluid", threshold=THRESHOLD, min_fraction=res["min_fraction"])])
     zoo.write_manifest(path, m, FORMS)
 
 

@@ -68,6 +68,9 @@ def parser():
     b.add_argument("--input-shape", type=ints, metavar="1,1,H,W", help="fix a dynamic input shape")
     b.add_argument("--task", required=True, choices=["classification", "segmentation", "detection"])
     b.add_argument("--labels", help="label names in output order, comma-separated (default: the bundle's)")
+    b.add_argument("--label-code", action="append", default=[], metavar="LABEL=SCHEME:VALUE:MEANING",
+                   help="the coded concept of a label for DICOM reports, e.g. pneumothorax=SCT:36118008:Pneumothorax "
+                        "(repeat per label; without one a label is coded in bedside's private scheme 99BEDSIDE)")
     b.add_argument("--thresholds", type=floats, required=True,
                    help="per label (or one for all): probability for classification/detection, per-pixel "
                         "probability for segmentation")
@@ -128,6 +131,27 @@ def per_label(values, labels, what):
     return values
 
 
+def label_codes(given, labels):
+    """--label-code LABEL=SCHEME:VALUE:MEANING, checked as bedside checks a manifest's `code`: a value
+    of at most 64 characters, a scheme of at most 16 without spaces, a meaning; one per label."""
+    codes = {}
+    for g in given:
+        name, _, rest = g.partition("=")
+        parts = rest.split(":", 2)
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise UsageError(f"--label-code {g!r}: write LABEL=SCHEME:VALUE:MEANING, e.g. pneumothorax=SCT:36118008:Pneumothorax")
+        scheme, value, meaning = (p.strip() for p in parts)
+        if name not in labels:
+            raise UsageError(f"--label-code {g!r}: {name!r} is not one of the labels {labels}")
+        if name in codes:
+            raise UsageError(f"--label-code: {name!r} is coded twice")
+        if len(value) > 64 or len(scheme) > 16 or " " in scheme or len(meaning) > 64:
+            raise UsageError(f"--label-code {g!r}: the value at most 64 characters, the scheme at most 16 without spaces, "
+                             "the meaning at most 64")
+        codes[name] = {"value": value, "scheme": scheme, "meaning": meaning}
+    return codes
+
+
 def spec_from_args(a, src):
     labels = [s.strip() for s in a.labels.split(",")] if a.labels else list(src.labels)
     if not labels or any(not l for l in labels):
@@ -152,8 +176,9 @@ def spec_from_args(a, src):
     if not (a.std > 0 and np.isfinite(a.mean)):
         raise UsageError(f"--std {a.std} must be > 0 and --mean finite")
     desc = a.description or src.metadata.get("description")
+    codes = label_codes(a.label_code, labels)
     return {"id": a.model_id, "version": a.model_version, "task": a.task, "labels": [
-        {"name": n, "threshold": t, "min_fraction": None if mf is None else mf[i]}
+        {"name": n, "threshold": t, "min_fraction": None if mf is None else mf[i], "code": codes.get(n)}
         for i, (n, t) in enumerate(zip(labels, th))], "activation": act, "window": a.window,
         "mean": a.mean, "std": a.std, "detection": det, "description": desc}
 

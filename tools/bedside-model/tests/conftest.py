@@ -50,6 +50,7 @@ def run_tool(args, bedside):
 def built(data, bedside_bin, tmp_path_factory):
     """One full build with the eval gate (a generous margin: the model is random, the set is 12 images)."""
     out = str(tmp_path_factory.mktemp("built") / "tiny-cls")
-    p = run_tool(common_args(data["onnx"], out, data["calib"], ["--eval-data", data["eval"], "--max-drop", "0.5"]),
+    p = run_tool(common_args(data["onnx"], out, data["calib"], ["--eval-data", data["eval"], "--max-drop", "0.5",
+                                                                "--label-code", "effusion=SCT:60046008:Pleural effusion"]),
                  bedside_bin)
     return {"out": out, "proc": p, "bedside": bedside_bin}

@@ -181,3 +181,24 @@ def test_a_monai_bundle_gives_labels_and_input_shape(data, bedside_bin, tmp_path
     m = tomllib.load(open(os.path.join(out, "model.toml"), "rb"))
     assert [l["name"] for l in m["labels"]] == ["normal", "effusion", "other"]
     assert m["input"]["shape"] == [1, 1, 64, 64] and m["model"]["description"] == "a test bundle"
+
+
+def test_a_label_code_reaches_the_manifest_and_bedside_reads_it(built):
+    out = ok(built)
+    m = tomllib.load(open(os.path.join(out, "model.toml"), "rb"))
+    codes = {l["name"]: l.get("code") for l in m["labels"]}
+    assert codes == {"normal": None, "other": None,
+                     "effusion": {"value": "60046008", "scheme": "SCT", "meaning": "Pleural effusion"}}, codes
+
+
+@pytest.mark.parametrize("code,says", [
+    ("effusion=SCT:60046008", "LABEL=SCHEME:VALUE:MEANING"),
+    ("nodule=SCT:27925004:Nodule", "is not one of the labels"),
+    ("effusion=S C T:1:x", "without spaces"),
+])
+def test_a_bad_label_code_is_refused_before_anything_is_built(data, bedside_bin, tmp_path, code, says):
+    out = tmp_path / "coded"
+    p = run_tool(common_args(data["onnx"], str(out), data["calib"], ["--label-code", code]), bedside_bin)
+    assert p.returncode == 2 and says in p.stderr, p.stderr
+    assert not (out / "model.onnx").exists()
+
