@@ -609,7 +609,7 @@ fn a_destination_down_aborting_and_sigkills_lose_nothing_and_leave_nothing_half_
         daemon.log()
     );
     assert_eq!(
-        wait_count_exact(&pending),
+        entries(&pending),
         objects,
         "an unanswered object is not sent"
     );
@@ -653,14 +653,15 @@ fn a_destination_down_aborting_and_sigkills_lose_nothing_and_leave_nothing_half_
     assert!(exit.success(), "{log}");
 }
 
-fn wait_count_exact(dir: &Path) -> usize {
+/// How many entries `dir` holds (0 when it does not exist).
+fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
 fn wait_count_zero(dir: &Path, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if wait_count_exact(dir) == 0 {
+        if entries(dir) == 0 {
             return true;
         }
         std::thread::sleep(Duration::from_millis(100));
