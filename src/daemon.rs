@@ -121,11 +121,6 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             .filter(|(m, _)| !m.dicom_results.is_empty())
             .map(|(m, e)| (e.model_ref().id.clone(), m.dicom_results.clone()))
             .collect();
-        if wanted.iter().any(|(_, k)| k.contains(&ResultKind::Seg)) {
-            warn!(
-                "a model asks for DICOM SEG, which this version does not make yet; its other results are made"
-            );
-        }
         processor = processor.with_results(ResultsSpec {
             wanted,
             max_side: Some(r.max_side),

@@ -64,6 +64,11 @@ enum Command {
         /// Report) in the source's study; it carries the source's patient and study modules.
         #[arg(long)]
         structured_report: Option<PathBuf>,
+        /// Also write each segmentation model's masks as a DICOM Segmentation (binary, at the
+        /// source's size) in the source's study; with several segmentation models, one file
+        /// each, named with the model's id. It carries the source's patient and study modules.
+        #[arg(long)]
+        segmentation: Option<PathBuf>,
     },
     /// Run the daemon: watch the inbox, publish findings over MQTT.
     Run {
@@ -196,6 +201,25 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// Results per second from the durable DICOM outbox to a C-STORE SCP, against DCMTK's
+    /// storescu sending the same files to the same SCP in the same run (benches/pacs.sh).
+    BenchDicomSend {
+        /// Part-10 files to send (results `bedside infer` wrote).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long)]
+        port: u16,
+        /// The SCP's AE title.
+        #[arg(long, default_value = "ANY-SCP")]
+        ae_title: String,
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        /// Folder for the outbox (the board's state disk); removed after each round.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Findings per second through the durable outbox (fsync per record) against a bare
     /// append+fdatasync of the same bytes in the same folder, measured in the same run.
     BenchOutbox {
@@ -287,6 +311,7 @@ fn main() -> ExitCode {
             overlay_frame,
             secondary_capture,
             structured_report,
+            segmentation,
         } => infer(
             &file,
             model,
@@ -296,6 +321,7 @@ fn main() -> ExitCode {
                 png: overlay,
                 dicom: secondary_capture,
                 report: structured_report,
+                segmentation,
                 frame: overlay_frame,
             },
         ),
@@ -367,6 +393,23 @@ fn main() -> ExitCode {
             records,
             bytes,
         } => cmd::bench_outbox::bench_outbox(&dir, records, bytes),
+        Command::BenchDicomSend {
+            files,
+            host,
+            port,
+            ae_title,
+            rounds,
+            dir,
+        } => cmd::bench_pacs::bench_dicom_send(
+            &files,
+            &cmd::bench_pacs::Target {
+                host,
+                port,
+                called_ae: ae_title,
+            },
+            rounds,
+            &dir,
+        ),
         Command::BenchLive {
             model,
             clip,
@@ -390,6 +433,7 @@ struct Pictures {
     png: Option<PathBuf>,
     dicom: Option<PathBuf>,
     report: Option<PathBuf>,
+    segmentation: Option<PathBuf>,
     frame: Option<u32>,
 }
 
@@ -428,6 +472,9 @@ fn infer(
     }
     if pictures.dicom.is_some() {
         kinds.push(ResultKind::Sc);
+    }
+    if pictures.segmentation.is_some() {
+        kinds.push(ResultKind::Seg);
     }
     if !kinds.is_empty() {
         let wanted = processor
@@ -468,13 +515,25 @@ fn infer(
                 return Err(e.into());
             }
             let frame = processed.frame.unwrap_or_default();
+            let segs = processed
+                .results
+                .iter()
+                .filter(|m| m.kind == ResultKind::Seg)
+                .count();
             for made in &processed.results {
                 let (out, what) = match made.kind {
-                    ResultKind::Sr => (&pictures.report, "structured report"),
-                    ResultKind::Sc => (&pictures.dicom, "secondary capture"),
-                    ResultKind::Seg => continue,
+                    ResultKind::Sr => (pictures.report.clone(), "structured report"),
+                    ResultKind::Sc => (pictures.dicom.clone(), "secondary capture"),
+                    ResultKind::Seg if segs > 1 => (
+                        pictures
+                            .segmentation
+                            .as_ref()
+                            .map(|p| p.with_extension(format!("{}.dcm", made.models[0].id))),
+                        "segmentation",
+                    ),
+                    ResultKind::Seg => (pictures.segmentation.clone(), "segmentation"),
                 };
-                if let Some(out) = out {
+                if let Some(out) = &out {
                     made.object
                         .write_to_file(out)
                         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
@@ -488,6 +547,11 @@ fn infer(
                 if asked.is_some() && !processed.results.iter().any(|m| m.kind == kind) {
                     anyhow::bail!("no {} made: no finding is about frame {frame}", kind.name());
                 }
+            }
+            if pictures.segmentation.is_some() && segs == 0 {
+                anyhow::bail!(
+                    "no seg made: no segmentation model's label covers any pixel of frame {frame}"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -16,7 +16,7 @@ use crate::model::ModelRef;
 use crate::plan::ImageLimits;
 use crate::prepare::{PrepareError, Preparer};
 use crate::source::{Image, SourceKind};
-use crate::task::{self, Decoded, ImageGeometry};
+use crate::task::{self, Decoded, ImageGeometry, Masks};
 
 /// Why an image produced no finding.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,9 @@ struct Slot {
     engine: Engine,
     preparer: Preparer,
 }
+
+/// Each segmentation model's masks of one image, for the SEG it asks for.
+type ModelMasks = Vec<(ModelRef, Masks)>;
 
 /// What one DICOM file gave.
 pub struct Processed {
@@ -210,13 +213,14 @@ impl Processor {
         let mut chosen: Option<(bool, u32)> = None;
         let mut kept: Option<(crate::draw::Rgb, Vec<String>)> = None;
         let mut captured: Option<crate::draw::Rgb> = None;
+        let mut segmented: ModelMasks = Vec::new();
         let forced = self.results.as_ref().and_then(|r| r.frame);
         for frame in wanted {
             let t = Instant::now();
             let image = dicom::decode::decode_frame(&obj, frame)
                 .map_err(|e| ProcessError::from(e.with_path(path)))?;
             let decode_ms = ms(t.elapsed()) + if frame == 0 { read_ms } else { 0.0 };
-            let made = self.run_models(&image, decode_ms, source, Some(count))?;
+            let (made, masks) = self.run_models(&image, decode_ms, source, Some(count))?;
             let over = made.iter().any(|f| !f.over_threshold.is_empty());
             let better = !made.is_empty()
                 && match forced {
@@ -225,6 +229,7 @@ impl Processor {
                 };
             if better {
                 chosen = Some((over, frame));
+                segmented = masks;
                 if let Some((_, max_side)) = &self.overlays {
                     match crate::overlay::render(&image, &made, Some(*max_side)) {
                         Ok(rgb) => kept = Some((rgb, made.iter().map(|f| f.id.clone()).collect())),
@@ -276,6 +281,7 @@ impl Processor {
                 &wanted,
                 frame,
                 captured.as_ref(),
+                &segmented,
                 (self.identity.device.as_str(), self.identity.site.as_str()),
                 time::OffsetDateTime::now_utc(),
             ) {
@@ -294,17 +300,19 @@ impl Processor {
         source: SourceKind,
     ) -> Result<Vec<Finding>, ProcessError> {
         self.run_models(image, decode_ms, source, None)
+            .map(|(findings, _)| findings)
     }
 
     /// `count`: when the image is one frame of an object of `count` frames, only the models
-    /// whose manifest asks for this frame run.
+    /// whose manifest asks for this frame run. With the findings, the masks of each
+    /// segmentation model that asks for a DICOM SEG ([`Self::with_results`]).
     fn run_models(
         &mut self,
         image: &Image,
         decode_ms: f64,
         source: SourceKind,
         count: Option<u32>,
-    ) -> Result<Vec<Finding>, ProcessError> {
+    ) -> Result<(Vec<Finding>, ModelMasks), ProcessError> {
         let uid_hash = image
             .provenance
             .sop_instance_uid
@@ -315,6 +323,14 @@ impl Processor {
             None => InputKey::PixelHash(pixel_hash(image)),
         };
         let mut findings = Vec::with_capacity(self.slots.len());
+        let mut masks = Vec::new();
+        let asks_seg = |id: &str| {
+            self.results.as_ref().is_some_and(|r| {
+                r.wanted
+                    .iter()
+                    .any(|(m, kinds)| m == id && kinds.contains(&ResultKind::Seg))
+            })
+        };
         for slot in &mut self.slots {
             if let Some(count) = count
                 && !slot
@@ -350,6 +366,12 @@ impl Processor {
                 },
             );
             let model = slot.engine.model_ref().clone();
+            if count.is_some()
+                && asks_seg(&model.id)
+                && let Some(m) = task::masks(manifest, &outputs, slot.engine.output_hw())
+            {
+                masks.push((model.clone(), m));
+            }
             findings.push(Finding {
                 schema: finding::SCHEMA,
                 id: finding::finding_id(&model, &key, image.frame),
@@ -382,7 +404,7 @@ impl Processor {
                 bedside_version: env!("CARGO_PKG_VERSION"),
             });
         }
-        Ok(findings)
+        Ok((findings, masks))
     }
 }
 

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::board::{BoardProfile, ModelSource, VideoSource};
+use crate::dicom::results::ResultKind;
 use crate::infer::Engine;
 use crate::model::ModelError;
 use crate::model::manifest::Task;
@@ -101,8 +102,27 @@ pub fn load_measured(dir: &Path) -> Result<(Engine, ModelMemory), ModelError> {
     Ok((engine, ModelMemory { resident, working }))
 }
 
-/// A model as the plan sees it: id, measured memory, input (height, width).
-pub type ModelFacts = (String, ModelMemory, (usize, usize));
+/// A model as the plan sees it.
+#[derive(Debug, Clone)]
+pub struct ModelFacts {
+    pub id: String,
+    pub memory: ModelMemory,
+    /// Input (height, width).
+    pub input_hw: (usize, usize),
+    /// How many labels it scores (a SEG holds a frame per label).
+    pub labels: usize,
+}
+
+impl ModelFacts {
+    pub fn of(manifest: &crate::model::manifest::Manifest, memory: ModelMemory) -> Self {
+        ModelFacts {
+            id: manifest.model.id.clone(),
+            memory,
+            input_hw: manifest.input_hw(),
+            labels: manifest.labels.len(),
+        }
+    }
+}
 
 /// Bytes of thread stack bedside asks for its own threads (inference, image worker,
 /// capture, smoothing; tokio's workers get the same).
@@ -142,7 +162,12 @@ impl MemoryPlan {
         );
         let mem = &profile.memory;
         let frame_px = mem.max_image_rows as u64 * mem.max_image_cols as u64;
-        for (id, m, (h, w)) in dicom_models {
+        let dicom_slots = profile
+            .models
+            .iter()
+            .filter(|m| m.sources.contains(&ModelSource::Dicom));
+        for (f, slot) in dicom_models.iter().zip(dicom_slots) {
+            let (id, m, (h, w)) = (&f.id, &f.memory, f.input_hw);
             add(
                 format!("model {id} (DICOM): weights, plan, state"),
                 m.resident,
@@ -162,10 +187,28 @@ impl MemoryPlan {
                     "model {id} (DICOM): preparation of a {}x{} frame",
                     mem.max_image_rows, mem.max_image_cols
                 ),
-                frame_px * 4 + (*h * *w) as u64 * 8,
+                frame_px * 4 + (h * w) as u64 * 8,
                 Basis::Computed,
                 true,
             );
+            if slot.dicom_results.contains(&ResultKind::Seg) {
+                // Its masks at about its input size (one byte a pixel per label), and the
+                // SEG's 1-bit frames at the largest frame's size: built, then encoded.
+                let pixels = crate::dicom::seg::pixel_bytes(
+                    f.labels,
+                    mem.max_image_rows,
+                    mem.max_image_cols,
+                );
+                add(
+                    format!(
+                        "model {id} (DICOM): its SEG of {} label(s) at {}x{}",
+                        f.labels, mem.max_image_rows, mem.max_image_cols
+                    ),
+                    (f.labels * h * w) as u64 + 2 * pixels,
+                    Basis::Computed,
+                    true,
+                );
+            }
         }
         if !dicom_models.is_empty() {
             let object = mem.max_file_mib << 20;
@@ -226,7 +269,8 @@ impl MemoryPlan {
                 Basis::Computed,
                 true,
             );
-            for (id, m, (h, w)) in video_models {
+            for f in video_models {
+                let (id, m, (h, w)) = (&f.id, &f.memory, f.input_hw);
                 add(
                     format!("model {id} (video): weights, plan, state"),
                     m.resident,
@@ -241,7 +285,7 @@ impl MemoryPlan {
                 );
                 add(
                     format!("model {id} (video): preparation, {threads} thread(s)"),
-                    threads * (crop_px * 4 + (*h * *w) as u64 * 8),
+                    threads * (crop_px * 4 + (h * w) as u64 * 8),
                     Basis::Computed,
                     true,
                 );
@@ -451,7 +495,22 @@ pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
                     reason: "a detection model runs on DICOM images, not on live video: give it sources = [\"dicom\"]".into(),
                 });
             }
-            facts.push((e.model_ref().id.clone(), m, e.manifest().input_hw()));
+            if source == ModelSource::Dicom
+                && e.manifest().model.task != Task::Segmentation
+                && profile
+                    .models
+                    .iter()
+                    .any(|slot| slot.path == dir && slot.dicom_results.contains(&ResultKind::Seg))
+            {
+                return Err(ModelError::Manifest {
+                    path: dir.join("model.toml"),
+                    reason: format!(
+                        "its [[models]] entry asks for dicom_results \"seg\", but a {} model has no mask: only segmentation models make a DICOM SEG",
+                        format!("{:?}", e.manifest().model.task).to_lowercase()
+                    ),
+                });
+            }
+            facts.push(ModelFacts::of(e.manifest(), m));
             engines.push(e);
         }
         Ok((engines, facts))

@@ -363,12 +363,12 @@ impl Updater {
         &self,
         id: &str,
         memory: crate::plan::ModelMemory,
-        input_hw: (usize, usize),
+        manifest: &Manifest,
     ) -> (Vec<crate::plan::ModelFacts>, Vec<crate::plan::ModelFacts>) {
         let swap = |facts: &[crate::plan::ModelFacts]| {
             let mut facts = facts.to_vec();
-            for f in facts.iter_mut().filter(|f| f.0 == id) {
-                *f = (id.to_string(), memory, input_hw);
+            for f in facts.iter_mut().filter(|f| f.id == id) {
+                *f = crate::plan::ModelFacts::of(manifest, memory);
             }
             facts
         };
@@ -392,7 +392,7 @@ impl Updater {
                 .and_then(|m| m.tract_working_bytes)
                 .unwrap_or(0),
         });
-        let (dicom, video) = self.facts_with(id, memory, manifest.input_hw());
+        let (dicom, video) = self.facts_with(id, memory, manifest);
         crate::plan::MemoryPlan::compute(&self.profile, &dicom, &video, self.baseline_rss)
     }
 
@@ -432,8 +432,8 @@ impl Updater {
                 dir: dir.clone(),
                 reason,
             };
-            let on_images = self.dicom_facts.iter().any(|f| f.0 == id);
-            let on_video = self.video_facts.iter().any(|f| f.0 == id);
+            let on_images = self.dicom_facts.iter().any(|f| f.id == id);
+            let on_video = self.video_facts.iter().any(|f| f.id == id);
             if on_video && live.is_none() {
                 outcomes.push(refused("the live pipeline is not running here".into()));
                 continue;
@@ -474,8 +474,7 @@ impl Updater {
             }
             match old {
                 Some(old) => {
-                    (self.dicom_facts, self.video_facts) =
-                        self.facts_with(&id, memory, manifest.input_hw());
+                    (self.dicom_facts, self.video_facts) = self.facts_with(&id, memory, &manifest);
                     outcomes.push(Outcome::Taken { old, new });
                 }
                 None => outcomes.push(refused("no model with this id serves".into())),

@@ -74,3 +74,65 @@ fn a_bad_profile_names_its_field() {
         assert!(err.contains(field), "{to}: {err}");
     }
 }
+
+/// A DICOM SEG is asked of segmentation models only, and its memory is planned.
+#[test]
+fn a_seg_is_asked_of_segmentation_models_and_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = std::fs::read_to_string(repo().join("board/dev.toml"))
+        .unwrap()
+        .replace("../models", &repo().join("models").display().to_string())
+        .replace("../var", &dir.path().display().to_string())
+        .replace(
+            "[video]",
+            "[[dicom.destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 11113\n\n[video]",
+        );
+    let check = |text: String| {
+        let path = dir.path().join("board.toml");
+        std::fs::write(&path, text).unwrap();
+        bedside()
+            .args(["check", "--board"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let cls =
+        "path = \"".to_owned() + &repo().join("models/cxr-tiny-cls").display().to_string() + "\"\n";
+    assert!(dev.contains(&cls));
+    let out = check(dev.replace(&cls, &format!("{cls}dicom_results = [\"sr\", \"seg\"]\n")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a SEG of a classification model accepted"
+    );
+    assert!(
+        err.contains("\"seg\"") && err.contains("only segmentation models make a DICOM SEG"),
+        "{err}"
+    );
+
+    let seg = format!(
+        "[[models]]\npath = \"{}\"\nsources = [\"dicom\"]\ndicom_results = [\"seg\"]\n\n[video]",
+        repo().join("models/us-fast-fluid").display()
+    );
+    let out = check(dev.replacen("[video]", &seg, 1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 1 label x 3072 x 3072 bits, twice, and the 224 x 224 mask.
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("its SEG of 1 label(s) at 3072x3072"))
+        .unwrap_or_else(|| panic!("no SEG line in the plan:\n{stdout}"));
+    let mib: f64 = line
+        .split_whitespace()
+        .rev()
+        .nth(2) // MiB, running total, basis
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want = (2.0 * 3072.0 * 3072.0 / 8.0 + 224.0 * 224.0) / 1048576.0;
+    assert!((mib - want).abs() < 0.06, "{line}: want {want:.2} MiB");
+}

@@ -26,6 +26,7 @@ use common::*;
 const STATUS: &str = "bedside/test-site/cart-7/status";
 const SR_CLASS: &str = "1.2.840.10008.5.1.4.1.1.88.34";
 const SC_CLASS: &str = "1.2.840.10008.5.1.4.1.1.7";
+const SEG_CLASS: &str = "1.2.840.10008.5.1.4.1.1.66.4";
 
 /// A real Orthanc on 127.0.0.1 (DICOM and REST), stopped when dropped.
 struct Orthanc {
@@ -252,6 +253,16 @@ fn dest(name: &str, ae: &str, port: u16, extra: &str) -> String {
 /// A profile whose two X-ray models ask for a report and a Secondary Capture, sent to
 /// `destinations`; no SCP (a watch-folder device).
 fn results_board(dir: &Path, mqtt: u16, destinations: &[String]) -> PathBuf {
+    let models = format!(
+        "[[models]]\npath = \"{cls}\"\ndicom_results = [\"sr\", \"sc\"]\n\n[[models]]\npath = \"{det}\"\ndicom_results = [\"sr\", \"sc\"]\n",
+        cls = model_dir().display(),
+        det = repo().join("models/cxr-tiny-det").display(),
+    );
+    board_with_models(dir, mqtt, &models, destinations)
+}
+
+/// A watch-folder profile with `models` (their `[[models]]` tables) sending to `destinations`.
+fn board_with_models(dir: &Path, mqtt: u16, models: &str, destinations: &[String]) -> PathBuf {
     let board = dir.join("board.toml");
     std::fs::write(
         &board,
@@ -269,14 +280,7 @@ state = "{state}"
 url = "mqtt://127.0.0.1:{mqtt}"
 keep_alive_s = 5
 
-[[models]]
-path = "{cls}"
-dicom_results = ["sr", "sc"]
-
-[[models]]
-path = "{det}"
-dicom_results = ["sr", "sc"]
-
+{models}
 [dicom]
 ae_title = "BEDSIDE"
 listen = false
@@ -285,8 +289,6 @@ listen = false
 "#,
             inbox = dir.join("inbox").display(),
             state = dir.join("state").display(),
-            cls = model_dir().display(),
-            det = repo().join("models/cxr-tiny-det").display(),
             destinations = destinations.join("\n"),
         ),
     )
@@ -445,6 +447,68 @@ fn results_reach_orthanc_and_storescp_in_the_source_study() {
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
     assert!(log.contains("DICOM results queued"), "{log}");
+    assert_no_identifiers(&log, "the daemon's log");
+}
+
+#[test]
+fn a_segmentation_reaches_orthanc_as_a_seg_in_the_ultrasound_study() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mqtt = free_port();
+    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
+    let orthanc = Orthanc::start(&tmp.path().join("orthanc"));
+    let models = format!(
+        "[[models]]\npath = \"{}\"\ndicom_results = [\"seg\", \"sr\"]\n",
+        repo().join("models/us-fast-fluid").display()
+    );
+    let board = board_with_models(
+        tmp.path(),
+        mqtt,
+        &models,
+        &[dest("pacs", "ORTHANC", orthanc.dicom, "")],
+    );
+    let daemon = Daemon::start(&board, tmp.path());
+    let files = distinct_copies(
+        &repo().join("tests/data/us/fast-clip.dcm"),
+        &tmp.path().join("made"),
+        1,
+    );
+    let study = study_uid(&files[0]);
+    move_all_into(&files, &tmp.path().join("inbox"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while orthanc.instances().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let instances = orthanc.instances();
+    assert_eq!(instances.len(), 2, "Orthanc's instances:\n{}", daemon.log());
+    let mut seg = None;
+    for id in &instances {
+        let tags = orthanc.get(&format!("/instances/{id}/simplified-tags"));
+        assert_eq!(tags["StudyInstanceUID"], study.as_str(), "{tags}");
+        if tags["SOPClassUID"] == SEG_CLASS {
+            assert_eq!(tags["Modality"], "SEG", "{tags}");
+            assert_eq!(
+                tags["SegmentSequence"][0]["SegmentLabel"], "free_fluid",
+                "{tags}"
+            );
+            seg = Some(id.clone());
+        } else {
+            assert_eq!(tags["SOPClassUID"], SR_CLASS, "{tags}");
+        }
+    }
+    // What Orthanc stored is valid by dciodvfy.
+    let stored = orthanc
+        .try_get_bytes(&format!(
+            "/instances/{}/file",
+            seg.expect("a SEG in Orthanc")
+        ))
+        .unwrap();
+    let file = tmp.path().join("stored-seg.dcm");
+    std::fs::write(&file, stored).unwrap();
+    assert_eq!(sop_class(&file), SEG_CLASS);
+    let errors = dciodvfy_errors(&file);
+    assert!(errors.is_empty(), "dciodvfy: {errors:#?}");
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
     assert_no_identifiers(&log, "the daemon's log");
 }
 

@@ -4,6 +4,9 @@
 //! outline as a SCOORD on the source image with the finding's coordinates and area, each
 //! classification label over threshold as a coded finding (the manifest's code when it has
 //! one).
+//!
+//! `bedside infer --segmentation`: a segmentation model's mask as a DICOM Segmentation
+//! (binary), valid by dciodvfy, whose pixels are the finding's regions at the source's size.
 
 mod common;
 
@@ -282,4 +285,159 @@ fn region_outlines_are_the_findings_and_labels_use_the_manifest_code() {
         dump.contains("(pneumothorax,99BEDSIDE,\"pneumothorax\")"),
         "{dump}"
     );
+}
+
+/// Pixel `i` of a BINARY SEG's pixel data (frames one after another, LSB first).
+fn bit(data: &[u8], i: usize) -> bool {
+    data[i / 8] >> (i % 8) & 1 == 1
+}
+
+#[test]
+fn a_segmentation_is_a_valid_binary_seg_whose_pixels_are_the_finding_regions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = repo().join("tests/data/us/fast-clip.dcm");
+    let seg = tmp.path().join("seg.dcm");
+    let infer = |frame: &str, out: &Path| {
+        bedside()
+            .arg("infer")
+            .arg(&clip)
+            .args([
+                "--model",
+                repo().join("models/us-fast-fluid").to_str().unwrap(),
+                "--overlay-frame",
+                frame,
+            ])
+            .arg("--segmentation")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    // Frame 130 of the FAST clip has fluid.
+    let run = infer("130", &seg);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v = Command::new("dciodvfy").arg(&seg).output().unwrap();
+    let out = String::from_utf8_lossy(&v.stderr).into_owned() + &String::from_utf8_lossy(&v.stdout);
+    assert!(
+        out.lines().next() == Some("Segmentation"),
+        "dciodvfy did not recognise the IOD:\n{out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("Error")),
+        "dciodvfy:\n{out}"
+    );
+
+    let finding: serde_json::Value = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|f| f["image"]["frame"] == 130)
+        .unwrap();
+    let region = &finding["regions"][0];
+    let comps = region["components"].as_array().unwrap();
+    assert_eq!(
+        region["count"].as_u64().unwrap() as usize,
+        comps.len(),
+        "every region listed, so the SEG holds exactly their pixels"
+    );
+
+    let obj = open_file(&seg).unwrap();
+    let source = open_file(&clip).unwrap();
+    assert_eq!(
+        text(&obj, tags::SOP_CLASS_UID),
+        "1.2.840.10008.5.1.4.1.1.66.4"
+    );
+    assert_eq!(text(&obj, tags::MODALITY), "SEG");
+    assert_eq!(text(&obj, tags::SEGMENTATION_TYPE), "BINARY");
+    assert_eq!(
+        text(&obj, tags::STUDY_INSTANCE_UID),
+        text(&source, tags::STUDY_INSTANCE_UID)
+    );
+    let (rows, cols) = (
+        obj.element(tags::ROWS).unwrap().to_int::<usize>().unwrap(),
+        obj.element(tags::COLUMNS)
+            .unwrap()
+            .to_int::<usize>()
+            .unwrap(),
+    );
+    assert_eq!((rows, cols), (360, 480), "the source's size");
+    assert_eq!(
+        text(&obj, tags::NUMBER_OF_FRAMES),
+        "1",
+        "one label, one frame"
+    );
+    let segment = &obj
+        .element(tags::SEGMENT_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(text(segment, tags::SEGMENT_LABEL), "free_fluid");
+    let derived_from = &obj
+        .element(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0]
+        .element(tags::DERIVATION_IMAGE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0]
+        .element(tags::SOURCE_IMAGE_SEQUENCE)
+        .unwrap()
+        .items()
+        .unwrap()[0];
+    assert_eq!(
+        text(derived_from, tags::REFERENCED_SOP_INSTANCE_UID),
+        text(&source, tags::SOP_INSTANCE_UID)
+    );
+    assert_eq!(text(derived_from, tags::REFERENCED_FRAME_NUMBER), "131");
+
+    // Every pixel set lies in a region's box, and the pixels set cover the regions' share of
+    // the image (nearest-neighbour resampling of the model's 224 x 224 mask: within 2 %).
+    let data = obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap();
+    assert_eq!(data.len(), (rows * cols).div_ceil(8).next_multiple_of(2));
+    let boxes: Vec<[f64; 4]> = comps
+        .iter()
+        .map(|c| {
+            let b: Vec<f64> = c["box"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            [b[0], b[1], b[2], b[3]]
+        })
+        .collect();
+    let mut set = 0usize;
+    for r in 0..rows {
+        for c in 0..cols {
+            if bit(&data, r * cols + c) {
+                set += 1;
+                let (x, y) = (c as f64 + 0.5, r as f64 + 0.5);
+                assert!(
+                    boxes.iter().any(|b| x >= b[0] - 0.1
+                        && x <= b[2] + 0.1
+                        && y >= b[1] - 0.1
+                        && y <= b[3] + 0.1),
+                    "pixel ({r}, {c}) is outside every region's box {boxes:?}"
+                );
+            }
+        }
+    }
+    let want: f64 = comps.iter().map(|c| c["fraction"].as_f64().unwrap()).sum();
+    let got = set as f64 / (rows * cols) as f64;
+    assert!(
+        want > 0.0 && (got - want).abs() <= 0.02 * want,
+        "SEG covers {got}, regions {want}"
+    );
+
+    // A frame where the model sees no fluid has nothing to segment: said, nothing written.
+    let empty = tmp.path().join("empty.dcm");
+    let run = infer("0", &empty);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("no seg made"), "{err}");
+    assert!(!empty.exists());
 }

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_live;
 pub mod bench_outbox;
+pub mod bench_pacs;
 pub mod eval;
 pub mod models;
 pub mod prepare;

@@ -55,6 +55,10 @@ pub struct Source {
     pub sop_class_uid: String,
     pub sop_instance_uid: String,
     pub modality: String,
+    /// Rows and columns of its frames, when it says.
+    pub dims: Option<(u32, u32)>,
+    /// Number of frames (1 when it does not say).
+    pub frames: u32,
     laterality: DataElement<InMemDicomObject>,
 }
 
@@ -69,6 +73,13 @@ impl Source {
                 .filter(|s| !s.is_empty())
         };
         let need = |tag: Tag, what: &'static str| text(tag).ok_or(DerivedError::Missing(what));
+        let number = |tag: Tag| -> Option<u32> {
+            obj.element_opt(tag)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_int::<u32>().ok())
+                .filter(|&n| n > 0)
+        };
         let copied = PATIENT_AND_STUDY
             .iter()
             .map(|&(tag, vr)| match obj.element_opt(tag).ok().flatten() {
@@ -88,6 +99,8 @@ impl Source {
             sop_class_uid: need(tags::SOP_CLASS_UID, "SOP Class UID")?,
             sop_instance_uid: need(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
             modality: text(tags::MODALITY).unwrap_or_else(|| "OT".into()),
+            dims: number(tags::ROWS).zip(number(tags::COLUMNS)),
+            frames: number(tags::NUMBER_OF_FRAMES).unwrap_or(1),
             laterality: DataElement::new(
                 tags::LATERALITY,
                 VR::CS,
@@ -277,9 +290,14 @@ pub(crate) fn common(
     ] {
         obj.put(e);
     }
-    if modality != "SR" {
+    let known = !matches!(
+        src.laterality.value(),
+        dicom_core::DicomValue::Primitive(PrimitiveValue::Empty)
+    );
+    if modality != "SR" && (known || modality != "SEG") {
         // General Series, Type 2C: the source's when it has one, else present and empty
-        // (unknown). The SR Document Series module has no Laterality.
+        // (unknown). The SR Document Series module has no Laterality; a SEG's frames carry
+        // no Frame Laterality, so dciodvfy wants it absent there rather than empty.
         obj.put(src.laterality.clone());
     }
     (obj, sop_uid)
@@ -309,7 +327,7 @@ pub fn secondary_capture(
         when,
     );
     let (date, time_of_day) = date_time(when);
-    let source_ref = src.reference((frame > 0).then_some(frame));
+    let source_ref = src.reference((src.frames > 1).then_some(frame));
     let models: Vec<String> = who
         .models
         .iter()

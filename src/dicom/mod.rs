@@ -1,7 +1,7 @@
 //! DICOM in: reading Part-10 objects and turning their pixel data into an [`Image`] in
 //! modality units, the way a radiologist's viewer starts from them; and the DIMSE messages
 //! the C-STORE SCP ([`crate::source::scp`]) speaks. DICOM out: the objects bedside makes for
-//! the patient's study ([`derived`], [`sr`], chosen per model by [`results`]), kept in a
+//! the patient's study ([`derived`], [`sr`], [`seg`], chosen per model by [`results`]), kept in a
 //! durable outbox ([`outbox`]) and sent to PACS by C-STORE ([`send`]).
 //!
 //! [`Image`]: crate::source::Image
@@ -11,6 +11,7 @@ pub mod derived;
 pub mod dimse;
 pub mod outbox;
 pub mod results;
+pub mod seg;
 pub mod send;
 pub mod sr;
 pub(crate) mod turbo;

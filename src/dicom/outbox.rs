@@ -562,6 +562,7 @@ mod tests {
             kind: super::super::results::ResultKind::Sc,
             sop_class_uid: "1.2.840.10008.5.1.4.1.1.7".into(),
             sop_instance_uid: uid.into(),
+            models: Vec::new(),
             object: obj.with_meta(meta).unwrap(),
         }
     }

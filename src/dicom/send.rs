@@ -219,14 +219,29 @@ pub fn send_batch(
                 .tls_config(config)
                 .server_name(&settings.server_name);
             match options.establish_tls(address.as_str()) {
-                Ok(assoc) => store_all(assoc, batch, &mut answered),
+                Ok(mut assoc) => {
+                    no_delay(&assoc.inner_stream().sock);
+                    store_all(assoc, batch, &mut answered)
+                }
                 Err(e) => establish_failed(e, &mut |why| refuse_all(&mut answered, why)),
             }
         }
         _ => match options.establish(address.as_str()) {
-            Ok(assoc) => store_all(assoc, batch, &mut answered),
+            Ok(mut assoc) => {
+                no_delay(assoc.inner_stream());
+                store_all(assoc, batch, &mut answered)
+            }
             Err(e) => establish_failed(e, &mut |why| refuse_all(&mut answered, why)),
         },
+    }
+}
+
+/// Turns Nagle's algorithm off: a C-STORE is a command PDU and a data PDU, then a wait for
+/// the answer, and with Nagle on the second write waits for the peer's delayed ACK of the
+/// first (~40 ms an object; measured with benches/pacs.sh: 35 results/s with it on).
+fn no_delay(socket: &std::net::TcpStream) {
+    if let Err(e) = socket.set_nodelay(true) {
+        debug!(error = %e, "cannot set TCP_NODELAY");
     }
 }
 

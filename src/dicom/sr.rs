@@ -34,7 +34,8 @@ fn dcm(value: &str, meaning: &str) -> Coded {
 }
 
 impl Coded {
-    fn dataset(&self) -> InMemDicomObject {
+    /// The concept as a code sequence item (Long Code Value beyond 16 characters).
+    pub(crate) fn dataset(&self) -> InMemDicomObject {
         if self.value.len() <= 16 {
             code(&self.value, &self.scheme, &self.meaning)
         } else {
@@ -316,7 +317,7 @@ pub fn measurement_report(
     let (mut obj, sop_uid) =
         derived::common(src, who, "measurement-report", sop_class, "SR", 9902, when);
     let (date, time_of_day) = derived::date_time(when);
-    let frame_ref = (frame > 0).then_some(frame);
+    let frame_ref = (src.frames > 1).then_some(frame);
     let observer = vec![
         item(
             "HAS OBS CONTEXT",

@@ -137,6 +137,47 @@ fn locate(
     }
 }
 
+/// A segmentation model's masks of one image, at its output's size: per label, the pixels
+/// its finding's regions describe ([`regions::kept`]). Kept for the frame a DICOM SEG is
+/// made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Masks {
+    pub h: usize,
+    pub w: usize,
+    /// Per label, in manifest order, `h` × `w` row-major.
+    pub labels: Vec<Vec<bool>>,
+}
+
+impl Masks {
+    /// Whether any label covers any pixel.
+    pub fn is_empty(&self) -> bool {
+        !self.labels.iter().flatten().any(|&p| p)
+    }
+}
+
+/// The masks of one output of a segmentation model (`None` for other tasks, or an output
+/// that is not `labels` masks of `output_hw`).
+pub fn masks(manifest: &Manifest, outputs: &[f32], (h, w): (usize, usize)) -> Option<Masks> {
+    let labels = &manifest.labels;
+    let plane = h * w;
+    if manifest.model.task != Task::Segmentation
+        || plane == 0
+        || outputs.len() != plane * labels.len()
+    {
+        return None;
+    }
+    let spec = manifest.segmentation_spec();
+    let labels = (0..labels.len())
+        .map(|c| {
+            let mask: Vec<bool> = (0..plane)
+                .map(|i| pixel_counts(outputs, labels, manifest.output.activation, plane, c, i))
+                .collect();
+            regions::kept(&mask, h, w, &spec)
+        })
+        .collect();
+    Some(Masks { h, w, labels })
+}
+
 /// Whether pixel `i` counts for label `c` (probability at or over the label's threshold).
 fn pixel_counts(
     outputs: &[f32],

@@ -86,6 +86,21 @@ pub fn components(mask: &[bool], h: usize, w: usize, spec: &RegionSpec) -> (Vec<
     (comps, total)
 }
 
+/// The pixels of `mask` that [`components`] describes, all of them: after the spec's
+/// opening, in components of at least `min_region_px` (not only the largest `max_regions`).
+/// What a DICOM SEG of the label holds.
+pub fn kept(mask: &[bool], h: usize, w: usize, spec: &RegionSpec) -> Vec<bool> {
+    let mut out = mask.to_vec();
+    if spec.opening_px > 0 {
+        open(&mut out, h, w, spec.opening_px as usize);
+    }
+    let (labels, stats) = label(&out, h, w);
+    for (o, &id) in out.iter_mut().zip(&labels) {
+        *o = id != 0 && stats[id as usize - 1].area >= spec.min_region_px as u64;
+    }
+    out
+}
+
 /// Binary opening with a `(2r+1)²` square: erosion (outside counts as foreground), then
 /// dilation (outside counts as background). Both are separable: rows, then columns.
 pub fn open(mask: &mut [bool], h: usize, w: usize, r: usize) {
@@ -391,6 +406,30 @@ mod tests {
             outline_points: 1000,
             ..spec
         }
+    }
+
+    #[test]
+    fn kept_pixels_are_every_component_large_enough_not_only_the_listed_ones() {
+        let (m, h, w) = mask(&["##..#", "##...", ".....", "##.##", "##.##"]);
+        let spec = RegionSpec {
+            min_region_px: 2,
+            max_regions: 1,
+            ..RegionSpec::default()
+        };
+        let (listed, n) = components(&m, h, w, &spec);
+        assert_eq!((listed.len(), n), (1, 3));
+        let (want, _, _) = mask(&["##...", "##...", ".....", "##.##", "##.##"]);
+        assert_eq!(kept(&m, h, w, &spec), want);
+        // The opening removes what components() would not see either.
+        let spec = RegionSpec {
+            opening_px: 1,
+            min_region_px: 1,
+            ..RegionSpec::default()
+        };
+        let (c, _) = components(&m, h, w, &spec);
+        let kept = kept(&m, h, w, &spec);
+        let area: u32 = c.iter().map(|c| c.area_px).sum();
+        assert_eq!(kept.iter().filter(|&&p| p).count() as u32, area);
     }
 
     #[test]
