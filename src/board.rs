@@ -50,12 +50,46 @@ pub struct BoardProfile {
     /// Pictures of the last findings per source, for the findings page.
     #[serde(default)]
     pub overlays: Overlays,
+    /// The read-only findings page (`crate::web`); off unless `enabled`.
+    #[serde(default)]
+    pub web: Web,
     /// The file this profile was read from.
     #[serde(skip)]
     pub origin: PathBuf,
 }
 
 /// `[updates]`: model updates staged under `paths.state`/models.d.
+/// `[web]`: the findings page for a tablet on the clinic's network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Web {
+    pub enabled: bool,
+    /// Address to listen on: 127.0.0.1 (this device only) unless the clinic's network should
+    /// reach it (0.0.0.0).
+    pub bind: String,
+    pub port: u16,
+    /// Findings the page keeps (the latest, all sources together).
+    pub max_findings: usize,
+    /// Pages connected at once; one more is answered 503.
+    pub max_clients: usize,
+    /// HTTP basic authentication: a file whose first line is `user:password`, readable by
+    /// bedside only (refused when group- or world-readable). Absent: no authentication.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            bind: "127.0.0.1".into(),
+            port: 8080,
+            max_findings: 50,
+            max_clients: 32,
+            password_file: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Updates {
@@ -542,6 +576,9 @@ impl BoardProfile {
         if let Some(f) = p.mqtt.password_file.as_mut() {
             resolve(f);
         }
+        if let Some(f) = p.web.password_file.as_mut() {
+            resolve(f);
+        }
         if let Some(tls) = p.mqtt.tls.as_mut() {
             resolve(&mut tls.ca_file);
             for f in [&mut tls.client_cert_file, &mut tls.client_key_file]
@@ -903,6 +940,27 @@ impl BoardProfile {
                 "mqtt.keep_alive_s",
                 format!("{} is not in 5..=3600", self.mqtt.keep_alive_s),
             ));
+        }
+        if self.web.enabled {
+            let w = &self.web;
+            if w.bind.parse::<std::net::IpAddr>().is_err() {
+                return Err(self.field("web.bind", format!("{:?} is not an IP address", w.bind)));
+            }
+            if w.port == 0 {
+                return Err(self.field("web.port", "0 is not a port"));
+            }
+            if !(1..=1000).contains(&w.max_findings) {
+                return Err(self.field(
+                    "web.max_findings",
+                    format!("{} is not in 1..=1000", w.max_findings),
+                ));
+            }
+            if !(1..=256).contains(&w.max_clients) {
+                return Err(self.field(
+                    "web.max_clients",
+                    format!("{} is not in 1..=256", w.max_clients),
+                ));
+            }
         }
         if self.models.is_empty() {
             return Err(self.field(

@@ -53,6 +53,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
+    Web(#[from] crate::web::WebError),
+    #[error(transparent)]
     OverBudget(#[from] crate::plan::OverBudget),
     #[error("the image worker thread stopped unexpectedly")]
     WorkerFailed,
@@ -200,6 +202,12 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     rt.block_on(async move {
         let (publisher, connection) = Publisher::start(config, outbox);
         publisher.set_memory_plan(plan.total(), plan.heap(), plan.budget);
+        let (web_stop, web_stop_rx) = tokio::sync::watch::channel(false);
+        let web = if profile.web.enabled {
+            Some(start_web(&profile, &publisher, (plan.total(), plan.budget), web_stop_rx).await?)
+        } else {
+            None
+        };
         if let Some(last) = refused.last() {
             let models = current_models(&processor, &video_models);
             // The first line: a memory plan's table stays in the log.
@@ -358,6 +366,15 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                 info!("{} DICOM results wait in the outbox; they are sent after the next start", o.depth());
             }
         }
+        if let Some((server, status)) = web {
+            // Open event streams never end by themselves: a moment, then closed.
+            let _ = web_stop.send(true);
+            status.abort();
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+                abort.abort();
+            }
+        }
         let left = publisher.shutdown(connection, SHUTDOWN_GRACE).await;
         if left > 0 {
             info!("{left} findings wait in the outbox for the broker; they are sent after the next start");
@@ -372,6 +389,42 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
 
 /// Starts the live video pipeline: its camera (V4L2 or replay), its models, its findings
 /// into the outbox, its camera state into the status topic and its counters into metrics.
+/// Starts the findings page: every finding recorded goes to its hub, and the device's status
+/// (with resident memory against the plan) is looked at once a second. Returns the server's
+/// task and the status task.
+async fn start_web(
+    profile: &BoardProfile,
+    publisher: &Publisher,
+    (plan_total, budget): (u64, Option<u64>),
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>), DaemonError> {
+    let hub = crate::web::Hub::new(profile.web.max_findings);
+    {
+        let hub = hub.clone();
+        publisher.observe(Arc::new(move |f, json| hub.finding(f, json)));
+    }
+    let overlays = profile
+        .overlays
+        .keep_last
+        .then(|| profile.paths.state.join("overlays"));
+    let server = crate::web::serve(&profile.web, hub.clone(), overlays, stop).await?;
+    let publisher = publisher.clone();
+    let status = tokio::spawn(async move {
+        loop {
+            let mut doc: serde_json::Value =
+                serde_json::from_slice(&publisher.status_json()).unwrap_or_default();
+            doc["memory"] = serde_json::json!({
+                "rss": crate::plan::rss_bytes(),
+                "plan": plan_total,
+                "budget": budget,
+            });
+            hub.status(doc.to_string());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    Ok((server, status))
+}
+
 fn start_live(
     profile: &BoardProfile,
     video: &Video,

@@ -47,3 +47,4 @@ pub mod source;
 pub mod task;
 pub mod tls;
 pub mod update;
+pub mod web;

@@ -346,6 +346,22 @@ impl MemoryPlan {
                 true,
             );
         }
+        if profile.web.enabled {
+            let w = &profile.web;
+            let side = profile.overlays.max_side as u64;
+            add(
+                format!(
+                    "findings page: {} findings + {} events, {} clients, {} overlay reads",
+                    w.max_findings,
+                    crate::web::EVENT_RING,
+                    w.max_clients,
+                    2
+                ),
+                crate::web::planned_bytes(w, side * side * 3),
+                Basis::Computed,
+                true,
+            );
+        }
         if profile.overlays.keep_last {
             let o = profile.overlays;
             add(

@@ -397,6 +397,8 @@ struct Shared {
     /// The live pipeline's part of the metrics document, when there is one.
     video_metrics: std::sync::OnceLock<VideoMetrics>,
     memory_plan: std::sync::OnceLock<(u64, u64, Option<u64>)>,
+    /// Told of every finding recorded (the findings page), on the recording thread.
+    observer: std::sync::OnceLock<Observer>,
     started: Instant,
     /// Set when this process disconnects at shutdown: the connection closing then is ours,
     /// not an outage to report.
@@ -624,6 +626,10 @@ fn memory() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Called with every finding recorded and its JSON. It runs on the thread that records (the
+/// image worker, the live pipeline), so it must not block.
+pub type Observer = Arc<dyn Fn(&Finding, &[u8]) + Send + Sync>;
+
 /// Handle for recording findings; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct Publisher {
@@ -665,6 +671,7 @@ impl Publisher {
             metrics: Metrics::default(),
             video_metrics: std::sync::OnceLock::new(),
             memory_plan: std::sync::OnceLock::new(),
+            observer: std::sync::OnceLock::new(),
             started: Instant::now(),
             disconnecting: std::sync::atomic::AtomicBool::new(false),
         });
@@ -703,7 +710,22 @@ impl Publisher {
         }
         drop(f);
         self.shared.wake.notify_one();
-        result.map(|_| ()).map_err(PublishError::from)
+        result.map_err(PublishError::from)?;
+        if let Some(observe) = self.shared.observer.get() {
+            observe(finding, &payload);
+        }
+        Ok(())
+    }
+
+    /// Tells `observer` of every finding recorded from now on (once; a second is ignored).
+    pub fn observe(&self, observer: Observer) {
+        let _ = self.shared.observer.set(observer);
+    }
+
+    /// The status document as the broker would get it now, `state` online while connected.
+    pub fn status_json(&self) -> Vec<u8> {
+        let f = self.shared.lock();
+        self.shared.status_payload(&f, f.connected)
     }
 
     pub fn is_connected(&self) -> bool {

@@ -1,0 +1,357 @@
+//! The findings page: a small read-only web page for a tablet on the clinic's network, served
+//! by the daemon (`[web]` in the board profile) with axum on the daemon's tokio runtime —
+//! the HTTP server the tokio ecosystem maintains, rather than HTTP written by hand.
+//!
+//! What it shows comes from two places: every finding the publisher records ([`Hub::finding`],
+//! called on the recording thread: a short lock and a broadcast send that never waits) and
+//! the device's status, looked at once a second. A page opens `/events` (server-sent events):
+//! first the whole state, then each finding and each change of status as it happens. Each
+//! client reads from one shared, bounded ring of events; a client that falls that far behind
+//! is dropped (its browser reconnects and gets the state again), so a slow tablet costs the
+//! pipeline nothing and memory stays what the plan says.
+//!
+//! Read-only: every route is a GET and none changes anything. What it serves carries no
+//! patient data: findings are the MQTT findings (UID hashes at most), the overlays are drawn
+//! from the pixels. Every asset is embedded in the binary; the page makes no other request.
+
+mod auth;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::{Semaphore, broadcast, watch};
+use tracing::{info, warn};
+
+use crate::board::Web;
+use crate::finding::Finding;
+
+pub use auth::{AuthError, Credentials};
+
+const INDEX: &str = include_str!("page/index.html");
+const SCRIPT: &str = include_str!("page/app.js");
+const STYLE: &str = include_str!("page/style.css");
+
+/// Events a client may be behind before it is dropped.
+pub const EVENT_RING: usize = 64;
+/// Overlays read at once (each read whole, at most one picture's PNG).
+const OVERLAY_READS: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error("web: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+/// One event for the pages: its name and its JSON.
+#[derive(Debug, Clone)]
+struct Pushed {
+    kind: &'static str,
+    data: Arc<str>,
+}
+
+/// What the pages show, and the events that change it.
+pub struct Hub {
+    max_findings: usize,
+    state: Mutex<Shown>,
+    events: broadcast::Sender<Pushed>,
+}
+
+#[derive(Default)]
+struct Shown {
+    /// The latest findings, oldest first: (id, JSON).
+    findings: std::collections::VecDeque<(String, Arc<str>)>,
+    status: Arc<str>,
+}
+
+impl Hub {
+    pub fn new(max_findings: usize) -> Arc<Self> {
+        let (events, _) = broadcast::channel(EVENT_RING);
+        Arc::new(Hub {
+            max_findings: max_findings.max(1),
+            state: Mutex::new(Shown {
+                status: Arc::from("{}"),
+                ..Shown::default()
+            }),
+            events,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shown> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A finding was recorded: kept (the oldest beyond `max_findings` forgotten) and pushed
+    /// to every page. Never waits on a page.
+    pub fn finding(&self, finding: &Finding, json: &[u8]) {
+        let Ok(text) = std::str::from_utf8(json) else {
+            return;
+        };
+        let data: Arc<str> = Arc::from(text);
+        {
+            let mut s = self.lock();
+            s.findings.push_back((finding.id.clone(), data.clone()));
+            while s.findings.len() > self.max_findings {
+                s.findings.pop_front();
+            }
+        }
+        // No page connected is not an error.
+        let _ = self.events.send(Pushed {
+            kind: "finding",
+            data,
+        });
+    }
+
+    /// The device's status (JSON): pushed when it changed.
+    pub fn status(&self, json: String) {
+        let mut s = self.lock();
+        if *s.status == *json {
+            return;
+        }
+        let data: Arc<str> = Arc::from(json);
+        s.status = data.clone();
+        drop(s);
+        let _ = self.events.send(Pushed {
+            kind: "status",
+            data,
+        });
+    }
+
+    /// Everything shown: `{"status": …, "findings": [oldest … newest]}`.
+    pub fn snapshot(&self) -> String {
+        let s = self.lock();
+        let mut out = String::with_capacity(
+            64 + s.status.len() + s.findings.iter().map(|f| f.1.len() + 1).sum::<usize>(),
+        );
+        out.push_str("{\"status\":");
+        out.push_str(&s.status);
+        out.push_str(",\"findings\":[");
+        for (i, (_, f)) in s.findings.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(f);
+        }
+        out.push_str("]}");
+        out
+    }
+
+    fn find(&self, id: &str) -> Option<Arc<str>> {
+        self.lock()
+            .findings
+            .iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, f)| f.clone())
+    }
+}
+
+/// Bytes the page may hold: the findings it keeps and the event ring (each at most one
+/// finding's size), a status document per place, each client's connection buffers, and the
+/// overlays being read.
+pub fn planned_bytes(web: &Web, overlay_png_bytes: u64) -> u64 {
+    let finding = crate::finding::MAX_FINDING_BYTES as u64;
+    (web.max_findings as u64 + EVENT_RING as u64) * finding
+        + web.max_clients as u64 * (64 << 10)
+        + OVERLAY_READS as u64 * overlay_png_bytes
+}
+
+struct App {
+    hub: Arc<Hub>,
+    overlays: Option<PathBuf>,
+    clients: AtomicUsize,
+    max_clients: usize,
+    overlay_reads: Semaphore,
+    credentials: Option<Credentials>,
+}
+
+/// Serves the page on `web.bind`:`web.port` until `stop` turns true. `overlays`: the folder
+/// the processor keeps its last overlay per source in, when it does.
+pub async fn serve(
+    web: &Web,
+    hub: Arc<Hub>,
+    overlays: Option<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, WebError> {
+    let credentials = web
+        .password_file
+        .as_deref()
+        .map(Credentials::load)
+        .transpose()?;
+    let addr = SocketAddr::new(
+        web.bind.parse().expect("validated with the profile"),
+        web.port,
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebError::Bind { addr, source })?;
+    let app = Arc::new(App {
+        hub,
+        overlays,
+        clients: AtomicUsize::new(0),
+        max_clients: web.max_clients,
+        overlay_reads: Semaphore::new(OVERLAY_READS),
+        credentials,
+    });
+    let router = Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(script))
+        .route("/style.css", get(style))
+        .route("/api/state", get(state))
+        .route("/api/findings/{id}", get(finding))
+        .route("/overlays/{name}", get(overlay))
+        .route("/events", get(events))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require,
+        ))
+        .with_state(app.clone());
+    info!(%addr, authentication = app.credentials.is_some(), "findings page listening");
+    Ok(tokio::spawn(async move {
+        let shutdown = async move {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!("the findings page stopped: {e}");
+        }
+    }))
+}
+
+fn with_type(body: impl IntoResponse, content_type: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+async fn index() -> Response {
+    with_type(INDEX, "text/html; charset=utf-8")
+}
+
+async fn script() -> Response {
+    with_type(SCRIPT, "text/javascript; charset=utf-8")
+}
+
+async fn style() -> Response {
+    with_type(STYLE, "text/css; charset=utf-8")
+}
+
+async fn state(State(app): State<Arc<App>>) -> Response {
+    with_type(app.hub.snapshot(), "application/json")
+}
+
+async fn finding(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    match app.hub.find(&id) {
+        Some(f) => with_type(f.to_string(), "application/json"),
+        None => (StatusCode::NOT_FOUND, "no such finding among those kept\n").into_response(),
+    }
+}
+
+/// `<source>.png` or `<source>.json` of the overlays folder; nothing else.
+async fn overlay(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let Some(dir) = &app.overlays else {
+        return (StatusCode::NOT_FOUND, "this device keeps no overlays\n").into_response();
+    };
+    let (stem, ext) = name.rsplit_once('.').unwrap_or((&name, ""));
+    let content_type = match ext {
+        "png" => "image/png",
+        "json" => "application/json",
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let Ok(_permit) = app.overlay_reads.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    match tokio::fs::read(dir.join(&name)).await {
+        Ok(bytes) => with_type(bytes, content_type),
+        Err(_) => (StatusCode::NOT_FOUND, "no overlay yet\n").into_response(),
+    }
+}
+
+/// Counts a connected page for as long as its event stream lives.
+struct Client(Arc<App>);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn events(State(app): State<Arc<App>>) -> Response {
+    if app.clients.fetch_add(1, Ordering::SeqCst) >= app.max_clients {
+        app.clients.fetch_sub(1, Ordering::SeqCst);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            "too many pages connected\n",
+        )
+            .into_response();
+    }
+    let client = Client(app.clone());
+    // Subscribed before the state is taken: nothing falls between the two.
+    let rx = app.hub.events.subscribe();
+    let first = Pushed {
+        kind: "state",
+        data: Arc::from(app.hub.snapshot()),
+    };
+    let stream = futures_util::stream::unfold(
+        (Some(first), rx, client),
+        |(first, mut rx, client)| async move {
+            let next = match first {
+                Some(f) => f,
+                None => match rx.recv().await {
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(
+                            missed = n,
+                            "a findings page fell behind and was dropped; it reconnects and gets the state again"
+                        );
+                        return None;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            let event = Event::default().event(next.kind).data(&*next.data);
+            Some((Ok::<_, Infallible>(event), (None, rx, client)))
+        },
+    );
+    let mut r = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}

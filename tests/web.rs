@@ -1,0 +1,282 @@
+//! The findings page (`[web]`), in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver, fantoccini) against the daemon, a Mosquitto broker, and a DICOM dropped into
+//! the inbox while the page is open. The new finding's card appears without a reload, its
+//! overlay loads, and the patient's name and ID planted in the DICOM appear nowhere in the
+//! page or its event stream. Screenshots at a tablet's and a phone's size are kept under
+//! `target/` (`BEDSIDE_REFRESH_DOCS=1` writes them to `docs/`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+
+struct Chromedriver(Child);
+
+impl Chromedriver {
+    fn start(port: u16) -> Chromedriver {
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian: apt-get install chromium-driver)");
+        assert!(
+            wait_port(port, Duration::from_secs(20)),
+            "chromedriver did not listen"
+        );
+        Chromedriver(child)
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+async fn browser(driver: u16, profile: &Path, width: u32, height: u32) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                format!("--user-data-dir={}", profile.display()),
+                format!("--window-size={width},{height}"),
+            ]
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{driver}"))
+        .await
+        .expect("a WebDriver session in headless Chromium")
+}
+
+/// A raw GET of `path`, read for `for_how_long` (an event stream does not end by itself).
+fn get_for(port: u16, path: &str, for_how_long: Duration) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let deadline = Instant::now() + for_how_long;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn web_board(dir: &Path, mqtt: u16, web: u16) -> std::path::PathBuf {
+    write_board_with(
+        dir,
+        &format!("url = \"mqtt://127.0.0.1:{mqtt}\""),
+        &format!(
+            "\n[[models]]\npath = \"{det}\"\n\n[web]\nenabled = true\nport = {web}\n\n[overlays]\nkeep_last = true\nmax_side = 512\n",
+            det = repo().join("models/cxr-tiny-det").display()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mqtt = free_port();
+    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
+    let web = free_port();
+    let board = web_board(tmp.path(), mqtt, web);
+    let daemon = Daemon::start(&board, tmp.path());
+    assert!(
+        wait_port(web, Duration::from_secs(60)),
+        "no page:\n{}",
+        daemon.log()
+    );
+    let driver_port = free_port();
+    let _driver = Chromedriver::start(driver_port);
+    let c = browser(driver_port, &tmp.path().join("chromium"), 800, 1280).await;
+    c.goto(&format!("http://127.0.0.1:{web}/")).await.unwrap();
+    // The status arrives over the event stream: the broker is connected.
+    let online = async {
+        loop {
+            if let Ok(e) = c.find(Locator::Id("state")).await
+                && e.text().await.unwrap_or_default() == "online"
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), online)
+        .await
+        .expect("the page never showed the device online");
+    assert!(c.find_all(Locator::Css(".card")).await.unwrap().is_empty());
+    // A mark on the page: still there after the card appears means no reload.
+    c.execute(
+        "window.__bedsideMark = 42; window.__seen = {}; return 0;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "new MutationObserver(() => { for (const a of document.querySelectorAll('.card .result')) \
+           if (!window.__seen[a.dataset.finding]) window.__seen[a.dataset.finding] = Date.now(); }) \
+           .observe(document.getElementById('cards'), { subtree: true, childList: true, attributes: true }); return 0;",
+        vec![],
+    )
+    .await
+    .unwrap();
+
+    // Listen to the event stream as a second client while the image arrives.
+    let stream = std::thread::spawn(move || get_for(web, "/events", Duration::from_secs(12)));
+    std::thread::sleep(Duration::from_millis(500));
+    drop_into(
+        &tmp.path().join("inbox"),
+        &sample("cxr-ptx-mono2.dcm"),
+        "ptx.dcm",
+    );
+
+    let shown = async {
+        loop {
+            let cards = c.find_all(Locator::Css(".card")).await.unwrap();
+            if let Some(card) = cards.first() {
+                let text = card.text().await.unwrap_or_default();
+                if text.contains("pneumothorax") && text.contains("cxr-tiny-det") {
+                    return text;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let text = tokio::time::timeout(Duration::from_secs(60), shown)
+        .await
+        .unwrap_or_else(|_| panic!("no card for the new finding:\n{}", daemon.log()));
+    assert!(text.contains("cxr-tiny-cls"), "{text}");
+    assert_eq!(
+        c.find_all(Locator::Css(".card")).await.unwrap().len(),
+        1,
+        "one card for the watch folder"
+    );
+    let mark = c
+        .execute("return window.__bedsideMark;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(mark, serde_json::json!(42), "the page was reloaded");
+
+    // The overlay loaded: a picture of the image's proportions.
+    let loaded = async {
+        loop {
+            let w = c
+                .execute(
+                    "const i = document.querySelector('.card img.overlay'); return i && i.complete ? i.naturalWidth : 0;",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            if w.as_u64().unwrap_or(0) > 0 {
+                return w.as_u64().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let width = tokio::time::timeout(Duration::from_secs(20), loaded)
+        .await
+        .expect("the overlay never loaded");
+    assert_eq!(
+        width, 512,
+        "the overlay at max_side 512 of a 512 x 512 image"
+    );
+
+    // Finding to card: from the finding's created_at to the card's first sight.
+    let seen = c.execute("return window.__seen;", vec![]).await.unwrap();
+    let state: serde_json::Value = serde_json::from_str(
+        get_for(web, "/api/state", Duration::from_secs(2))
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    for f in state["findings"].as_array().unwrap() {
+        let id = f["id"].as_str().unwrap();
+        let made = time::OffsetDateTime::parse(
+            f["created_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        if let Some(at) = seen[id].as_i64() {
+            let ms = at as f64 - (made.unix_timestamp_nanos() as f64 / 1e6);
+            eprintln!("finding {id}: on the page {ms:.0} ms after it was made");
+        }
+    }
+    let first_id = state["findings"][0]["id"].as_str().unwrap().to_owned();
+
+    // The finding's JSON is one click away.
+    let href = c
+        .find(Locator::Css(".card .result a.json"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let json = get_for(web, &href, Duration::from_secs(2));
+    assert!(json.starts_with("HTTP/1.1 200"), "{json}");
+    assert!(json.contains("\"over_threshold\""), "{json}");
+
+    // Screenshots: tablet portrait, then a phone.
+    let shots = if std::env::var_os("BEDSIDE_REFRESH_DOCS").is_some() {
+        repo().join("docs")
+    } else {
+        repo().join("target")
+    };
+    std::fs::write(
+        shots.join("findings-page-tablet.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    c.set_window_size(390, 844).await.unwrap();
+    std::fs::write(
+        shots.join("findings-page-phone.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
+    // No patient data anywhere: the page as rendered, its event stream, its state.
+    let html = c.source().await.unwrap();
+    assert_no_identifiers(&html, "the page");
+    let events = stream.join().unwrap();
+    assert!(events.contains("event: finding"), "{events}");
+    assert!(events.contains(&first_id), "{events}");
+    assert_no_identifiers(&events, "the event stream");
+    assert_no_identifiers(&state.to_string(), "the page's state");
+    c.close().await.unwrap();
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}
