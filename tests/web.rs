@@ -280,3 +280,143 @@ async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
 }
+
+/// One page's event stream, read as an HTTP/1.0 client (no chunking: the stream ends when
+/// the server drops it): the ids of the findings it saw, and whether it ended. A `slow` page
+/// has a 4 KiB receive buffer and reads 512 bytes every 50 ms.
+fn read_events(port: u16, want: usize, timeout: Duration, slow: bool) -> (Vec<String>, bool) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if slow {
+        socket.set_recv_buffer_size(4096).unwrap();
+    }
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .unwrap();
+    let mut s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    write!(s, "GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let deadline = Instant::now() + timeout;
+    let (mut text, mut ended) = (Vec::new(), false);
+    let mut buf = vec![0u8; if slow { 512 } else { 64 << 10 }];
+    // The findings whose event arrived whole (its data line ended).
+    let parse = |text: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(text)
+            .split("event: finding\ndata: ")
+            .skip(1)
+            .filter_map(|rest| {
+                let (line, _) = rest.split_once('\n')?;
+                let f: serde_json::Value = serde_json::from_str(line).ok()?;
+                Some(f["id"].as_str()?.to_owned())
+            })
+            .collect()
+    };
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                ended = true;
+                break;
+            }
+            Ok(n) => {
+                text.extend_from_slice(&buf[..n]);
+                if parse(&text).len() >= want {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+        if slow {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let ids = parse(&text);
+    (ids, ended)
+}
+
+/// 20 pages read while 100 images are processed (200 findings: two models), 2 of them slowly
+/// through a 4 KiB receive buffer, and 2 more that never read: every reading page sees every
+/// finding or is dropped cleanly, and the images go through all the same — the worker never
+/// waits on a page (the two that never read would stop it if it did). (On loopback the
+/// kernel's autotuned send buffers hold all 200 findings, so no page falls behind the ring
+/// here; `web::tests` drops one that does.)
+#[test]
+fn twenty_pages_and_two_stuck_ones_never_hold_the_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mqtt = free_port();
+    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
+    let web = free_port();
+    let board = write_board_with(
+        tmp.path(),
+        &format!("url = \"mqtt://127.0.0.1:{mqtt}\""),
+        &format!(
+            "\n[[models]]\npath = \"{}\"\n\n[web]\nenabled = true\nport = {web}\nmax_findings = 200\n",
+            repo().join("models/cxr-tiny-det").display()
+        ),
+    );
+    let collector = Collector::start(mqtt, "bedside/test-site/cart-7/findings", "web-load");
+    let daemon = Daemon::start(&board, tmp.path());
+    assert!(
+        wait_port(web, Duration::from_secs(60)),
+        "no page:\n{}",
+        daemon.log()
+    );
+    let n = 100;
+    let findings = 2 * n;
+    let readers: Vec<_> = (0..20)
+        .map(|i| {
+            std::thread::spawn(move || read_events(web, findings, Duration::from_secs(120), i < 2))
+        })
+        .collect();
+    let stuck: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", web)).unwrap();
+            write!(s, "GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let files = distinct_copies(&sample("cxr-ptx-mono2.dcm"), &tmp.path().join("made"), n);
+    let t0 = Instant::now();
+    move_all_into(&files, &tmp.path().join("inbox"));
+    assert!(
+        collector.wait_unique(findings, Duration::from_secs(240)),
+        "{} of {findings} findings published:\n{}",
+        collector.unique(),
+        daemon.log()
+    );
+    eprintln!(
+        "{n} images through the worker in {:.1} s with 22 pages open",
+        t0.elapsed().as_secs_f64()
+    );
+    let published = collector.ids();
+    let (mut complete, mut dropped) = (0, 0);
+    for r in readers {
+        let (ids, ended) = r.join().unwrap();
+        let seen: std::collections::HashSet<String> = ids.iter().cloned().collect();
+        assert_eq!(seen.len(), ids.len(), "a page got a finding twice");
+        assert!(
+            seen.is_subset(&published),
+            "a page got a finding never published"
+        );
+        if seen.len() == findings {
+            complete += 1;
+        } else {
+            assert!(
+                ended,
+                "a page saw {} of {findings} and was not dropped",
+                seen.len()
+            );
+            dropped += 1;
+        }
+    }
+    eprintln!(
+        "20 reading pages: {complete} saw all {findings} findings, {dropped} dropped cleanly"
+    );
+    assert!(complete >= 18, "the 18 that read at once see everything");
+    if dropped > 0 {
+        assert!(daemon.log().contains("fell behind and was dropped"));
+    }
+    drop(stuck);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}

@@ -98,13 +98,16 @@ impl Hub {
     /// A finding was recorded: kept (the oldest beyond `max_findings` forgotten) and pushed
     /// to every page. Never waits on a page.
     pub fn finding(&self, finding: &Finding, json: &[u8]) {
-        let Ok(text) = std::str::from_utf8(json) else {
-            return;
-        };
+        if let Ok(text) = std::str::from_utf8(json) {
+            self.push_finding(finding.id.clone(), text);
+        }
+    }
+
+    fn push_finding(&self, id: String, text: &str) {
         let data: Arc<str> = Arc::from(text);
         {
             let mut s = self.lock();
-            s.findings.push_back((finding.id.clone(), data.clone()));
+            s.findings.push_back((id, data.clone()));
             while s.findings.len() > self.max_findings {
                 s.findings.pop_front();
             }
@@ -354,4 +357,91 @@ async fn events(State(app): State<Arc<App>>) -> Response {
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(max_clients: usize) -> Arc<App> {
+        Arc::new(App {
+            hub: Hub::new(3),
+            overlays: None,
+            clients: AtomicUsize::new(0),
+            max_clients,
+            overlay_reads: Semaphore::new(OVERLAY_READS),
+            credentials: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_page_that_falls_behind_the_ring_is_dropped_and_its_place_freed() {
+        let app = app(1);
+        let response = events(State(app.clone())).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        // A second page is one too many.
+        let second = events(State(app.clone())).await;
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // The page reads nothing while more than the ring holds is pushed: the pusher never
+        // waits, and the page's stream ends after the state it was sent first.
+        for i in 0..EVENT_RING + 5 {
+            app.hub
+                .push_finding(format!("f{i}"), &format!("{{\"id\":\"f{i}\"}}"));
+        }
+        let body = tokio::time::timeout(
+            Duration::from_secs(5),
+            axum::body::to_bytes(response.into_body(), 1 << 20),
+        )
+        .await
+        .expect("a lagging page's stream ends")
+        .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with("event: state\n"), "{text}");
+        assert!(!text.contains("event: finding"), "{text}");
+        assert_eq!(app.clients.load(Ordering::SeqCst), 0, "its place is free");
+        // The state keeps the latest `max_findings`, oldest first.
+        let state: serde_json::Value = serde_json::from_str(&app.hub.snapshot()).unwrap();
+        let ids: Vec<&str> = state["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["f66", "f67", "f68"]);
+    }
+
+    #[tokio::test]
+    async fn a_page_that_keeps_up_gets_every_event_in_order() {
+        let app = app(4);
+        app.hub.status("{\"state\":\"online\"}".into());
+        let response = events(State(app.clone())).await;
+        for i in 0..10 {
+            app.hub
+                .push_finding(format!("f{i}"), &format!("{{\"id\":\"f{i}\"}}"));
+        }
+        app.hub.status("{\"state\":\"offline\"}".into());
+        app.hub.status("{\"state\":\"offline\"}".into()); // unchanged: not pushed
+        let mut body = response.into_body().into_data_stream();
+        let mut text = String::new();
+        use futures_util::StreamExt;
+        while text.matches("event: ").count() < 12 {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
+                .await
+                .expect("events arrive")
+                .unwrap()
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let kinds: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(kinds[0], "state");
+        assert_eq!(kinds[1..11], ["finding"; 10]);
+        assert_eq!(kinds[11], "status");
+        assert!(
+            text.contains("\"state\":\"online\""),
+            "the state carries the status"
+        );
+    }
 }
