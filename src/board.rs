@@ -75,6 +75,8 @@ pub struct Web {
     /// HTTP basic authentication: a file whose first line is `user:password`, readable by
     /// bedside only (refused when group- or world-readable). Absent: no authentication.
     pub password_file: Option<PathBuf>,
+    /// HTTPS with this certificate and key (`[web.tls]`); absent: plain HTTP.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for Web {
@@ -86,6 +88,7 @@ impl Default for Web {
             max_findings: 50,
             max_clients: 32,
             password_file: None,
+            tls: None,
         }
     }
 }
@@ -578,6 +581,10 @@ impl BoardProfile {
         }
         if let Some(f) = p.web.password_file.as_mut() {
             resolve(f);
+        }
+        if let Some(t) = p.web.tls.as_mut() {
+            resolve(&mut t.cert_file);
+            resolve(&mut t.key_file);
         }
         if let Some(tls) = p.mqtt.tls.as_mut() {
             resolve(&mut tls.ca_file);

@@ -1,4 +1,4 @@
-//! TLS to the broker and to PACS destinations with rustls (ring as the crypto provider: pure
+//! TLS to the broker and to PACS destinations, and for the findings page, with rustls (ring as the crypto provider: pure
 //! Rust and assembly, cross-compiles to aarch64 with nothing but a C cross compiler). The
 //! peer's certificate must chain to the configured CA and name the host we dialled; a client
 //! certificate makes it mutual TLS. The system's root store is deliberately not used: a
@@ -22,6 +22,14 @@ pub struct Tls {
     pub client_cert_file: Option<PathBuf>,
     #[serde(default)]
     pub client_key_file: Option<PathBuf>,
+}
+
+/// The files of a TLS server (`[web.tls]`): its certificate chain and private key, PEM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +87,23 @@ pub fn client_config(tls: &Tls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
         }
         _ => builder.with_no_client_auth(),
     };
+    Ok(Arc::new(config))
+}
+
+/// Builds a server configuration (no client certificates asked for) from the profile's files.
+pub fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certs(&tls.cert_file, "certificate file")?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file).map_err(|e| TlsError::File {
+        what: "key file",
+        path: tls.key_file.clone(),
+        reason: e.to_string(),
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
     Ok(Arc::new(config))
 }
 

@@ -95,13 +95,24 @@ fn get_for(port: u16, path: &str, for_how_long: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Two X-ray models on the inbox, the FAST model on the replayed ultrasound clip.
 fn web_board(dir: &Path, mqtt: u16, web: u16) -> std::path::PathBuf {
+    let facts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/us/fast-clip.json")).unwrap(),
+    )
+    .unwrap();
     write_board_with(
         dir,
         &format!("url = \"mqtt://127.0.0.1:{mqtt}\""),
         &format!(
-            "\n[[models]]\npath = \"{det}\"\n\n[web]\nenabled = true\nport = {web}\n\n[overlays]\nkeep_last = true\nmax_side = 512\n",
-            det = repo().join("models/cxr-tiny-det").display()
+            "\n[[models]]\npath = \"{det}\"\n\n[[models]]\npath = \"{us}\"\nsources = [\"video\"]\n\n\
+             [video]\nsource = \"replay\"\ncrop = {crop}\npublish_interval_s = 2\n\
+             [video.replay]\npath = \"{clip}\"\nfps = 30\nloop = true\n\n\
+             [web]\nenabled = true\nport = {web}\n\n[overlays]\nkeep_last = true\nmax_side = 512\n",
+            det = repo().join("models/cxr-tiny-det").display(),
+            us = repo().join("models/us-fast-fluid").display(),
+            crop = facts["crop"],
+            clip = repo().join("tests/data/us/fast-clip.dcm").display(),
         ),
     )
 }
@@ -137,7 +148,8 @@ async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_
     tokio::time::timeout(Duration::from_secs(30), online)
         .await
         .expect("the page never showed the device online");
-    assert!(c.find_all(Locator::Css(".card")).await.unwrap().is_empty());
+    let xray = Locator::Css(".card[data-source='watch-folder']");
+    assert!(c.find_all(xray).await.unwrap().is_empty());
     // A mark on the page: still there after the card appears means no reload.
     c.execute(
         "window.__bedsideMark = 42; window.__seen = {}; return 0;",
@@ -165,7 +177,7 @@ async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_
 
     let shown = async {
         loop {
-            let cards = c.find_all(Locator::Css(".card")).await.unwrap();
+            let cards = c.find_all(xray).await.unwrap();
             if let Some(card) = cards.first() {
                 let text = card.text().await.unwrap_or_default();
                 if text.contains("pneumothorax") && text.contains("cxr-tiny-det") {
@@ -180,10 +192,26 @@ async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_
         .unwrap_or_else(|_| panic!("no card for the new finding:\n{}", daemon.log()));
     assert!(text.contains("cxr-tiny-cls"), "{text}");
     assert_eq!(
-        c.find_all(Locator::Css(".card")).await.unwrap().len(),
+        c.find_all(xray).await.unwrap().len(),
         1,
         "one card for the watch folder"
     );
+    // The live ultrasound's card, updated as the smoother publishes.
+    let live = async {
+        loop {
+            for card in c.find_all(Locator::Css(".card")).await.unwrap() {
+                let text = card.text().await.unwrap_or_default();
+                if text.contains("Live ultrasound") && text.contains("frames over") {
+                    return text;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let live = tokio::time::timeout(Duration::from_secs(30), live)
+        .await
+        .unwrap_or_else(|_| panic!("no live ultrasound card:\n{}", daemon.log()));
+    assert!(live.contains("us-fast-fluid"), "{live}");
     let mark = c
         .execute("return window.__bedsideMark;", vec![])
         .await
@@ -195,7 +223,7 @@ async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_
         loop {
             let w = c
                 .execute(
-                    "const i = document.querySelector('.card img.overlay'); return i && i.complete ? i.naturalWidth : 0;",
+                    "const i = document.querySelector(\".card[data-source='watch-folder'] img.overlay\"); return i && i.complete ? i.naturalWidth : 0;",
                     vec![],
                 )
                 .await
@@ -239,7 +267,7 @@ async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_
 
     // The finding's JSON is one click away.
     let href = c
-        .find(Locator::Css(".card .result a.json"))
+        .find(Locator::Css(".card[data-source='watch-folder'] .result a.json"))
         .await
         .unwrap()
         .attr("href")
@@ -417,6 +445,84 @@ fn twenty_pages_and_two_stuck_ones_never_hold_the_worker() {
         assert!(daemon.log().contains("fell behind and was dropped"));
     }
     drop(stuck);
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}
+
+/// `curl` against the page: the HTTP status, the body.
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// HTTPS with the profile's certificate, and basic authentication from a file only bedside
+/// can read: no page without the password, none over plain HTTP, and a password file others
+/// can read stops the daemon at start with the reason.
+#[test]
+fn https_and_a_password_guard_the_page() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mqtt = free_port();
+    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
+    let pki = Pki::new(&tmp.path().join("pki"), "clinic-ca");
+    pki.issue("page", Some("IP:127.0.0.1"));
+    let password = tmp.path().join("web-password");
+    std::fs::write(&password, "nurse:correct-horse\n").unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let web = free_port();
+    let board = write_board_with(
+        tmp.path(),
+        &format!("url = \"mqtt://127.0.0.1:{mqtt}\""),
+        &format!(
+            "\n[web]\nenabled = true\nport = {web}\npassword_file = \"{}\"\n\n[web.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            password.display(),
+            pki.dir.join("page.pem").display(),
+            pki.dir.join("page.key").display()
+        ),
+    );
+    // Readable by others: refused at start, with the reason.
+    let out = bedside()
+        .arg("run")
+        .arg("--board")
+        .arg(&board)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a readable password file");
+    assert!(err.contains("can be read by others"), "{err}");
+
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let daemon = Daemon::start(&board, tmp.path());
+    assert!(wait_port(web, Duration::from_secs(60)), "no page:\n{}", daemon.log());
+    let url = format!("https://127.0.0.1:{web}/api/state");
+    let ca = pki.dir.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let (code, body) = curl(&["--cacert", ca, "-u", "nurse:correct-horse", &url]);
+    assert_eq!(code, 200, "{body}");
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(state["findings"].is_array(), "{state}");
+    for bad in [
+        vec!["--cacert", ca, url.as_str()],
+        vec!["--cacert", ca, "-u", "nurse:wrong", url.as_str()],
+    ] {
+        let (code, _) = curl(&bad);
+        assert_eq!(code, 401, "{bad:?}");
+    }
+    // The certificate must verify: without the CA, curl refuses; plain HTTP gets nothing.
+    let (code, _) = curl(&["-u", "nurse:correct-horse", &url]);
+    assert_eq!(code, 0, "a certificate not from the clinic's CA was accepted");
+    let (code, _) = curl(&[
+        "-u",
+        "nurse:correct-horse",
+        &format!("http://127.0.0.1:{web}/api/state"),
+    ]);
+    assert_ne!(code, 200, "plain HTTP served the page");
     let (exit, log) = daemon.stop();
     assert!(exit.success(), "{log}");
 }

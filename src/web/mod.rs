@@ -15,6 +15,7 @@
 //! from the pixels. Every asset is embedded in the binary; the page makes no other request.
 
 mod auth;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub enum WebError {
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("web.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// One event for the pages: its name and its JSON.
@@ -194,6 +197,11 @@ pub async fn serve(
         .as_deref()
         .map(Credentials::load)
         .transpose()?;
+    let tls = web
+        .tls
+        .as_ref()
+        .map(crate::tls::server_config)
+        .transpose()?;
     let addr = SocketAddr::new(
         web.bind.parse().expect("validated with the profile"),
         web.port,
@@ -222,19 +230,36 @@ pub async fn serve(
             auth::require,
         ))
         .with_state(app.clone());
-    info!(%addr, authentication = app.credentials.is_some(), "findings page listening");
+    info!(
+        %addr,
+        authentication = app.credentials.is_some(),
+        https = tls.is_some(),
+        "findings page listening"
+    );
+    let shutdown = async move {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
     Ok(tokio::spawn(async move {
-        let shutdown = async move {
-            while !*stop.borrow() {
-                if stop.changed().await.is_err() {
-                    break;
+        let served = match tls {
+            Some(config) => match tls::TlsListener::new(listener, config) {
+                Ok(listener) => {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
                 }
+                Err(e) => Err(e),
+            },
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
             }
         };
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(e) = served {
             warn!("the findings page stopped: {e}");
         }
     }))

@@ -63,7 +63,7 @@ function showFinding(f, fresh) {
     card.querySelector(".results").append(row);
   }
   row.dataset.finding = f.id;
-  row.querySelector(".model").textContent = `${f.model.id} ${f.model.version} · ${f.task}` + (f.image && f.image.frames > 1 ? ` · frame ${f.image.frame + 1} of ${f.image.frames}` : "");
+  row.querySelector(".model").textContent = `${f.model.id} ${f.model.version} · ${f.task}` + (!f.video && f.image && f.image.frames > 1 ? ` · frame ${f.image.frame + 1} of ${f.image.frames}` : "");
   const ul = row.querySelector(".labels");
   ul.replaceChildren(...labels(f).map((l) => { const li = document.createElement("li"); li.className = l.hit ? "hit" : "none"; li.textContent = l.text; return li; }));
   row.querySelector(".detail").textContent = detail(f);
