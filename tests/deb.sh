@@ -62,7 +62,7 @@ for deb in "${DEBS[@]}"; do
   dpkg-deb -c "$deb" | awk '{print $6}' | sed 's#^\./#/#' > "$WORK/files.$arch"
   for f in /usr/bin/bedside /lib/systemd/system/bedside.service \
            /usr/share/bedside/board/jetson-orin-nano.toml /usr/share/bedside/board/jetson-nano.toml \
-           /usr/share/bedside/board/rpi5.toml \
+           /usr/share/bedside/board/rpi5.toml /usr/share/bedside/board/clinic-rpi5.toml \
            /usr/share/bedside/models/cxr-tiny-cls/model.toml /usr/share/bedside/models/cxr-tiny-cls/model.onnx \
            /usr/share/bedside/models/cxr-tiny-det/model.toml /usr/share/bedside/models/cxr-tiny-det/model.onnx \
            /usr/share/bedside/models/us-fast-fluid/model.toml /usr/share/bedside/models/us-fast-fluid/model.onnx \
@@ -123,7 +123,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
 echo "not-a-real-password" > "$ROOT/etc/bedside/mqtt-password"
 in_root bedside check --board /etc/bedside/board.toml | tee "$WORK/check.log"
 grep -q "fits" "$WORK/check.log" || fail "bedside check printed no memory plan verdict"
-for b in jetson-orin-nano jetson-nano rpi5; do
+for b in jetson-orin-nano jetson-nano rpi5 clinic-rpi5; do
   in_root bedside check --board "/usr/share/bedside/board/$b.toml" > "$WORK/check.$b.log" \
     || { cat "$WORK/check.$b.log"; fail "the shipped $b profile does not pass check in the chroot"; }
   echo "$b: $(grep -i "fits" "$WORK/check.$b.log" | tail -1)"

@@ -267,7 +267,9 @@ async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_
 
     // The finding's JSON is one click away.
     let href = c
-        .find(Locator::Css(".card[data-source='watch-folder'] .result a.json"))
+        .find(Locator::Css(
+            ".card[data-source='watch-folder'] .result a.json",
+        ))
         .await
         .unwrap()
         .attr("href")
@@ -494,12 +496,19 @@ fn https_and_a_password_guard_the_page() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started with a readable password file");
+    assert!(
+        !out.status.success(),
+        "started with a readable password file"
+    );
     assert!(err.contains("can be read by others"), "{err}");
 
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
     let daemon = Daemon::start(&board, tmp.path());
-    assert!(wait_port(web, Duration::from_secs(60)), "no page:\n{}", daemon.log());
+    assert!(
+        wait_port(web, Duration::from_secs(60)),
+        "no page:\n{}",
+        daemon.log()
+    );
     let url = format!("https://127.0.0.1:{web}/api/state");
     let ca = pki.dir.join("ca.pem");
     let ca = ca.to_str().unwrap();
@@ -516,7 +525,10 @@ fn https_and_a_password_guard_the_page() {
     }
     // The certificate must verify: without the CA, curl refuses; plain HTTP gets nothing.
     let (code, _) = curl(&["-u", "nurse:correct-horse", &url]);
-    assert_eq!(code, 0, "a certificate not from the clinic's CA was accepted");
+    assert_eq!(
+        code, 0,
+        "a certificate not from the clinic's CA was accepted"
+    );
     let (code, _) = curl(&[
         "-u",
         "nurse:correct-horse",
