@@ -351,7 +351,7 @@ impl MemoryPlan {
             let side = profile.overlays.max_side as u64;
             add(
                 format!(
-                    "findings page: {} findings + {} events, {} clients, {} overlay reads",
+                    "findings page: {} findings + {} events, {} clients, {} whole reads",
                     w.max_findings,
                     crate::web::EVENT_RING,
                     w.max_clients,

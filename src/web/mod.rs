@@ -5,7 +5,8 @@
 //! What it shows comes from two places: every finding the publisher records ([`Hub::finding`],
 //! called on the recording thread: a short lock and a broadcast send that never waits) and
 //! the device's status, looked at once a second. A page opens `/events` (server-sent events):
-//! first the whole state, then each finding and each change of status as it happens. Each
+//! first the whole state (the status, each finding kept, "ready"), then each finding and each
+//! change of status as it happens. Each
 //! client reads from one shared, bounded ring of events; a client that falls that far behind
 //! is dropped (its browser reconnects and gets the state again), so a slow tablet costs the
 //! pipeline nothing and memory stays what the plan says.
@@ -44,8 +45,13 @@ const STYLE: &str = include_str!("page/style.css");
 
 /// Events a client may be behind before it is dropped.
 pub const EVENT_RING: usize = 64;
-/// Overlays read at once (each read whole, at most one picture's PNG).
-const OVERLAY_READS: usize = 2;
+/// Overlays read, and states written out, at once (each whole: one picture's PNG, or every
+/// finding kept).
+const READS: usize = 2;
+/// What one connected page can hold: hyper's write buffer (its default limit, 8 KiB + 100 x
+/// 4 KiB) and one event being formatted. The state is sent as one event per finding, so a
+/// page that reads slowly holds no more than this.
+const CLIENT_BYTES: u64 = 8192 + 100 * 4096 + crate::finding::MAX_FINDING_BYTES as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
@@ -156,6 +162,15 @@ impl Hub {
         out
     }
 
+    /// The status and the findings kept, oldest first: shared, not copied.
+    fn kept(&self) -> (Arc<str>, Vec<Arc<str>>) {
+        let s = self.lock();
+        (
+            s.status.clone(),
+            s.findings.iter().map(|(_, f)| f.clone()).collect(),
+        )
+    }
+
     fn find(&self, id: &str) -> Option<Arc<str>> {
         self.lock()
             .findings
@@ -166,13 +181,14 @@ impl Hub {
 }
 
 /// Bytes the page may hold: the findings it keeps and the event ring (each at most one
-/// finding's size), a status document per place, each client's connection buffers, and the
-/// overlays being read.
+/// finding's size), each client's connection buffers, and what is read or written whole
+/// (overlays, `/api/state`), two at a time.
 pub fn planned_bytes(web: &Web, overlay_png_bytes: u64) -> u64 {
     let finding = crate::finding::MAX_FINDING_BYTES as u64;
+    let state = web.max_findings as u64 * finding;
     (web.max_findings as u64 + EVENT_RING as u64) * finding
-        + web.max_clients as u64 * (64 << 10)
-        + OVERLAY_READS as u64 * overlay_png_bytes
+        + web.max_clients as u64 * CLIENT_BYTES
+        + READS as u64 * overlay_png_bytes.max(state)
 }
 
 struct App {
@@ -180,7 +196,8 @@ struct App {
     overlays: Option<PathBuf>,
     clients: AtomicUsize,
     max_clients: usize,
-    overlay_reads: Semaphore,
+    /// Whole reads and writes at once (overlays, `/api/state`).
+    reads: Semaphore,
     credentials: Option<Credentials>,
 }
 
@@ -214,7 +231,7 @@ pub async fn serve(
         overlays,
         clients: AtomicUsize::new(0),
         max_clients: web.max_clients,
-        overlay_reads: Semaphore::new(OVERLAY_READS),
+        reads: Semaphore::new(READS),
         credentials,
     });
     let router = Router::new()
@@ -296,6 +313,9 @@ async fn style() -> Response {
 }
 
 async fn state(State(app): State<Arc<App>>) -> Response {
+    let Ok(_permit) = app.reads.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
     with_type(app.hub.snapshot(), "application/json")
 }
 
@@ -320,7 +340,7 @@ async fn overlay(State(app): State<Arc<App>>, Path(name): Path<String>) -> Respo
     if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
         return StatusCode::NOT_FOUND.into_response();
     }
-    let Ok(_permit) = app.overlay_reads.acquire().await else {
+    let Ok(_permit) = app.reads.acquire().await else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     match tokio::fs::read(dir.join(&name)).await {
@@ -349,16 +369,25 @@ async fn events(State(app): State<Arc<App>>) -> Response {
             .into_response();
     }
     let client = Client(app.clone());
-    // Subscribed before the state is taken: nothing falls between the two.
+    // Subscribed before the state is taken: nothing falls between the two. The state goes
+    // as events of its own — the status, each finding kept ("kept"), then "ready" — each
+    // formatted only when the connection takes it.
     let rx = app.hub.events.subscribe();
-    let first = Pushed {
-        kind: "state",
-        data: Arc::from(app.hub.snapshot()),
-    };
+    let (status, kept) = app.hub.kept();
+    let mut first = std::collections::VecDeque::with_capacity(kept.len() + 2);
+    first.push_back(Pushed {
+        kind: "status",
+        data: status,
+    });
+    first.extend(kept.into_iter().map(|data| Pushed { kind: "kept", data }));
+    first.push_back(Pushed {
+        kind: "ready",
+        data: Arc::from("{}"),
+    });
     let stream = futures_util::stream::unfold(
-        (Some(first), rx, client),
-        |(first, mut rx, client)| async move {
-            let next = match first {
+        (first, rx, client),
+        |(mut first, mut rx, client)| async move {
+            let next = match first.pop_front() {
                 Some(f) => f,
                 None => match rx.recv().await {
                     Ok(e) => e,
@@ -373,7 +402,7 @@ async fn events(State(app): State<Arc<App>>) -> Response {
                 },
             };
             let event = Event::default().event(next.kind).data(&*next.data);
-            Some((Ok::<_, Infallible>(event), (None, rx, client)))
+            Some((Ok::<_, Infallible>(event), (first, rx, client)))
         },
     );
     let mut r = Sse::new(stream)
@@ -394,7 +423,7 @@ mod tests {
             overlays: None,
             clients: AtomicUsize::new(0),
             max_clients,
-            overlay_reads: Semaphore::new(OVERLAY_READS),
+            reads: Semaphore::new(READS),
             credentials: None,
         })
     }
@@ -421,7 +450,8 @@ mod tests {
         .expect("a lagging page's stream ends")
         .unwrap();
         let text = String::from_utf8_lossy(&body);
-        assert!(text.starts_with("event: state\n"), "{text}");
+        assert!(text.starts_with("event: status\n"), "{text}");
+        assert!(text.contains("event: ready\n"), "{text}");
         assert!(!text.contains("event: finding"), "{text}");
         assert_eq!(app.clients.load(Ordering::SeqCst), 0, "its place is free");
         // The state keeps the latest `max_findings`, oldest first.
@@ -439,6 +469,7 @@ mod tests {
     async fn a_page_that_keeps_up_gets_every_event_in_order() {
         let app = app(4);
         app.hub.status("{\"state\":\"online\"}".into());
+        app.hub.push_finding("old".into(), "{\"id\":\"old\"}");
         let response = events(State(app.clone())).await;
         for i in 0..10 {
             app.hub
@@ -449,7 +480,7 @@ mod tests {
         let mut body = response.into_body().into_data_stream();
         let mut text = String::new();
         use futures_util::StreamExt;
-        while text.matches("event: ").count() < 12 {
+        while text.matches("event: ").count() < 14 {
             let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
                 .await
                 .expect("events arrive")
@@ -461,9 +492,13 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("event: "))
             .collect();
-        assert_eq!(kinds[0], "state");
-        assert_eq!(kinds[1..11], ["finding"; 10]);
-        assert_eq!(kinds[11], "status");
+        assert_eq!(kinds[..3], ["status", "kept", "ready"]);
+        assert_eq!(kinds[3..13], ["finding"; 10]);
+        assert_eq!(kinds[13], "status");
+        assert!(
+            text.contains("\"id\":\"old\""),
+            "the findings kept come first"
+        );
         assert!(
             text.contains("\"state\":\"online\""),
             "the state carries the status"

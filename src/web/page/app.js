@@ -1,5 +1,6 @@
-// The findings page: one EventSource to /events; its first event is the whole state, then
-// each finding and each status change. No framework, no request elsewhere.
+// The findings page: one EventSource to /events; its first events are the whole state (the
+// status, each finding kept, "ready"), then each finding and each status change. No
+// framework, no request elsewhere.
 "use strict";
 const $ = (id) => document.getElementById(id);
 const cards = new Map(); // source -> card element
@@ -99,12 +100,9 @@ function showStatus(s) {
 
 function connect() {
   const es = new EventSource("/events");
-  es.addEventListener("state", (e) => {
-    const st = JSON.parse(e.data);
-    showStatus(st.status);
-    $("recent").replaceChildren();
-    for (const f of st.findings) showFinding(f, false);
-  });
+  // On every (re)connection the state comes first: the status, each finding kept, "ready".
+  es.onopen = () => { $("recent").replaceChildren(); };
+  es.addEventListener("kept", (e) => showFinding(JSON.parse(e.data), false));
   es.addEventListener("finding", (e) => showFinding(JSON.parse(e.data), true));
   es.addEventListener("status", (e) => showStatus(JSON.parse(e.data)));
   es.onerror = () => { $("state").textContent = "reconnecting…"; $("state").className = "pill unknown"; };
