@@ -387,8 +387,6 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     })
 }
 
-/// Starts the live video pipeline: its camera (V4L2 or replay), its models, its findings
-/// into the outbox, its camera state into the status topic and its counters into metrics.
 /// Starts the findings page: every finding recorded goes to its hub, and the device's status
 /// (with resident memory against the plan) is looked at once a second. Returns the server's
 /// task and the status task.
@@ -425,6 +423,8 @@ async fn start_web(
     Ok((server, status))
 }
 
+/// Starts the live video pipeline: its camera (V4L2 or replay), its models, its findings
+/// into the outbox, its camera state into the status topic and its counters into metrics.
 fn start_live(
     profile: &BoardProfile,
     video: &Video,

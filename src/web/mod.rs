@@ -337,7 +337,12 @@ async fn overlay(State(app): State<Arc<App>>, Path(name): Path<String>) -> Respo
         "json" => "application/json",
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+    // A source's name (`watch-folder`, `dicom-scp`, `v4l2`): nothing that leaves the folder.
+    if stem.is_empty()
+        || !stem
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return StatusCode::NOT_FOUND.into_response();
     }
     let Ok(_permit) = app.reads.acquire().await else {
