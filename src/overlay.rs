@@ -11,7 +11,7 @@ use crate::draw::{self, Rgb};
 use crate::finding::Finding;
 use crate::model::manifest::{NamedWindow, Task, WindowChoice};
 use crate::prepare::DisplayMap;
-use crate::source::Image;
+use crate::source::{Image, Pixels};
 
 /// Colours of labels 0, 1, …: saturated, so that no grey pixel of the image has one.
 pub const PALETTE: [(u8, u8, u8); 6] = [
@@ -106,7 +106,7 @@ pub fn render(
 /// pixel the mean of the display values of the input pixels it covers). No full-size copy:
 /// the overlay of a large radiograph costs only its own, bounded, picture.
 fn shrink(
-    pixels: &[f32],
+    pixels: &Pixels,
     map: &DisplayMap,
     cols: usize,
     rows: usize,
@@ -120,9 +120,8 @@ fn shrink(
             let (x0, x1) = (x * cols / w, ((x + 1) * cols / w).max(x * cols / w + 1));
             let mut sum = 0.0f32;
             for yy in y0..y1.min(rows) {
-                sum += pixels[yy * cols + x0..yy * cols + x1.min(cols)]
-                    .iter()
-                    .map(|&v| map.apply(v))
+                sum += (yy * cols + x0..yy * cols + x1.min(cols))
+                    .map(|i| map.pixel(pixels, i))
                     .sum::<f32>();
             }
             let n = ((y1.min(rows) - y0) * (x1.min(cols) - x0)).max(1) as f32;

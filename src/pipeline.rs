@@ -438,7 +438,7 @@ fn pixel_hash(image: &Image) -> String {
     let mut h = Sha256::new();
     h.update(image.rows.to_le_bytes());
     h.update(image.cols.to_le_bytes());
-    for v in &image.pixels {
+    for v in image.pixels.values() {
         h.update(v.to_le_bytes());
     }
     hex::encode(h.finalize())

@@ -180,14 +180,19 @@ impl MemoryPlan {
                 m_basis,
                 true,
             );
-            // Display values of the largest frame (f32), kept by its preparer; the resized
-            // image and the tensor at the model's size.
+            // The preparer's one pass (crate::prepare): one source row and the rows filtered
+            // across (f32, the largest frame's rows × the model's width), the stored-value
+            // tables (its own and the display map's, 65,536 f32 each), the tensor. No
+            // full-size copy of the frame.
             add(
                 format!(
                     "model {id} (DICOM): preparation of a {}x{} frame",
                     mem.max_image_rows, mem.max_image_cols
                 ),
-                frame_px * 4 + (h * w) as u64 * 8,
+                mem.max_image_cols as u64 * 4
+                    + mem.max_image_rows as u64 * w as u64 * 4
+                    + 2 * 65536 * 4
+                    + (h * w) as u64 * 4,
                 Basis::Computed,
                 true,
             );
@@ -221,9 +226,9 @@ impl MemoryPlan {
                 Basis::Computed,
                 true,
             );
-            // Decoded samples, the frame in modality units (f32), libjpeg-turbo's copy:
-            // measured 4.4 B/pixel beyond the file and the preparer on a 2048x2048 16-bit
-            // JPEG lossless image (tests/memory.rs); 10 leaves room for colour (3 samples).
+            // Grey: the stored samples (2 B/pixel) and, for codecs behind dicom-pixeldata, its
+            // decoded copy while they are taken from it (2 B). Colour needs the most: three
+            // 16-bit samples and the luma in f32, 10 B/pixel.
             add(
                 format!(
                     "DICOM decode of a {}x{} frame (10 B/pixel)",

@@ -17,7 +17,8 @@ use dicom_pixeldata::{
 };
 
 use crate::source::{
-    Image, Photometric, Provenance, SopInstanceUid, Voi, VoiFunction, VoiLut, Window,
+    Image, Modality, ModalityTransform, Photometric, Pixels, Provenance, SopInstanceUid, Stored,
+    Voi, VoiFunction, VoiLut, Window,
 };
 
 /// A DICOM object that bedside cannot turn into an image. The message names the file and
@@ -186,16 +187,38 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
         return Ok(image);
     }
     if super::turbo::applies(obj) {
-        let native = contain_panic(|| super::turbo::to_native(obj, frame, frames))
+        // libjpeg-turbo decodes straight into the samples; the attributes come from a
+        // stand-in of the header (see `turbo::header`), so nothing full-size is copied.
+        let (r, c, samples) = contain_panic(|| super::turbo::decode(obj, frame, frames))
             .map_err(|msg| DecodeError::Pixels {
                 path: None,
                 reason: format!("the JPEG decoder failed on this object ({msg})"),
             })?
             .map_err(|reason| DecodeError::Pixels { path: None, reason })?;
-        let mut image = decode_frame(&native, 0)?;
-        image.frame = frame;
-        image.provenance.frames = frames;
-        return Ok(image);
+        if r as u64 != rows || c as u64 != cols {
+            return Err(DecodeError::Pixels {
+                path: None,
+                reason: format!("the JPEG stream is {r}x{c}, the header says {rows}x{cols}"),
+            });
+        }
+        let header = super::turbo::header(obj, frames);
+        let attrs = contain_panic(|| header.decode_pixel_data_frame(frame))
+            .map_err(|msg| DecodeError::Pixels {
+                path: None,
+                reason: format!("the pixel decoder failed on this object ({msg})"),
+            })?
+            .map_err(pixels_err)?;
+        let (pixels, photometric, voi) = grey(obj, &attrs, frame, samples)?;
+        return Ok(Image {
+            rows: r,
+            cols: c,
+            pixels,
+            photometric,
+            voi,
+            frame,
+            pixel_spacing_mm: pixel_spacing(obj),
+            provenance: provenance(obj),
+        });
     }
 
     // A decoder must never take the daemon down with it: a panic inside a codec on a
@@ -226,52 +249,44 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
             1,
             p @ (PhotometricInterpretation::Monochrome1 | PhotometricInterpretation::Monochrome2),
         ) => {
-            let photometric = if *p == PhotometricInterpretation::Monochrome1 {
-                Photometric::Monochrome1
-            } else {
-                Photometric::Monochrome2
-            };
-            let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
-            let mut values: Vec<f32> = decoded
-                .to_vec_frame_with_options(0, &options)
-                .map_err(pixels_err)?;
-            if values.len() != n {
-                return Err(short(values.len(), 1));
-            }
-            // Some codecs (CharLS on signed data with fewer than 16 bits stored) hand back
-            // the bit pattern unsigned: sign-extend or mask to Bits Stored, as a viewer does.
-            let bits = decoded.bits_stored().clamp(1, 16) as u32;
-            let span = (1u32 << bits) as f32;
-            if decoded.pixel_representation() == PixelRepresentation::Signed {
-                let top = span / 2.0;
-                for v in values.iter_mut().filter(|v| **v >= top) {
-                    *v -= span * ((*v + top) / span).floor();
-                }
-            } else {
-                for v in values.iter_mut().filter(|v| **v >= span) {
-                    *v = (*v as u32 & (span as u32 - 1)) as f32;
-                }
-            }
-            let padding = padding_range(obj);
-            let modality = modality_lut(obj).map_err(unsupported)?;
-            let rescale = decoded
-                .rescale()
-                .ok()
-                .and_then(|r| r.get(frame as usize).or_else(|| r.first()).copied());
-            for v in values.iter_mut() {
-                let stored = *v;
-                if padding.is_some_and(|(lo, hi)| stored >= lo && stored <= hi) {
-                    *v = f32::NAN;
-                    continue;
-                }
-                *v = match (&modality, rescale) {
-                    (Some(lut), _) => lut.apply(stored),
-                    (None, Some(r)) => (stored as f64 * r.slope + r.intercept) as f32,
-                    (None, None) => stored,
+            if decoded.bits_allocated() <= 16 {
+                let data = decoded.data();
+                let samples: Vec<u16> = if decoded.bits_allocated() <= 8 {
+                    data.iter().map(|&b| b as u16).collect()
+                } else {
+                    data.chunks_exact(2)
+                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                        .collect()
                 };
+                if samples.len() != n {
+                    return Err(short(samples.len(), 1));
+                }
+                grey(obj, &decoded, frame, samples)?
+            } else {
+                // 32-bit data: rare (dose maps, float images); kept as values.
+                let options = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+                let values: Vec<f32> = decoded
+                    .to_vec_frame_with_options(0, &options)
+                    .map_err(pixels_err)?;
+                if values.len() != n {
+                    return Err(short(values.len(), 1));
+                }
+                let modality = modality_of(obj, &decoded, frame)?;
+                // A 32-bit rescale keeps its precision; a LUT or padding sees integers.
+                let values = values
+                    .into_iter()
+                    .map(|v| match &modality.transform {
+                        ModalityTransform::Rescale { slope, intercept }
+                            if modality.padding.is_none() =>
+                        {
+                            (v as f64 * slope + intercept) as f32
+                        }
+                        _ => modality.apply(v as i32),
+                    })
+                    .collect();
+                let voi = first_voi(&decoded).map_err(pixels_err)?;
+                (Pixels::Values(values), photometric_of(p), voi)
             }
-            let voi = first_voi(&decoded).map_err(pixels_err)?;
-            (values, photometric, voi)
         }
         (3, p) => {
             let max = ((1u64 << decoded.bits_stored().clamp(1, 16)) - 1) as f32;
@@ -281,7 +296,11 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
                 .map(|y| y / max)
                 .collect();
             // Luma is already display values: the identity window over [0, 1].
-            (luma, Photometric::Monochrome2, Some(identity_voi()))
+            (
+                Pixels::Values(luma),
+                Photometric::Monochrome2,
+                Some(identity_voi()),
+            )
         }
         (spp, p) => {
             return Err(unsupported(format!(
@@ -357,7 +376,7 @@ fn native_ybr_422(
             u16::from_le_bytes([frame_bytes[2 * i], frame_bytes[2 * i + 1]]) as f32
         }
     };
-    let pixels = (0..n).map(|i| sample((i / 2) * 4 + i % 2) / max).collect();
+    let pixels = Pixels::Values((0..n).map(|i| sample((i / 2) * 4 + i % 2) / max).collect());
     Ok(Some(Image {
         rows: rows as u32,
         cols: cols as u32,
@@ -443,29 +462,93 @@ fn colour_luma(
         .collect())
 }
 
-/// Stored values that mean "no image here": Pixel Padding Value, up to Pixel Padding Range
-/// Limit when given.
-fn padding_range(obj: &InMemDicomObject) -> Option<(f32, f32)> {
-    let value = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<i32>().ok());
-    let pad = value(tags::PIXEL_PADDING_VALUE)?;
-    let limit = value(tags::PIXEL_PADDING_RANGE_LIMIT).unwrap_or(pad);
-    Some((pad.min(limit) as f32, pad.max(limit) as f32))
-}
-
-/// A Modality LUT table (PS3.3 C.11.1), which replaces Rescale Slope/Intercept when present.
-struct ModalityLut {
-    first: i32,
-    data: Vec<u16>,
-}
-
-impl ModalityLut {
-    fn apply(&self, stored: f32) -> f32 {
-        let i = (stored as i64 - self.first as i64).clamp(0, self.data.len() as i64 - 1);
-        self.data[i as usize] as f32
+fn photometric_of(p: &PhotometricInterpretation) -> Photometric {
+    if *p == PhotometricInterpretation::Monochrome1 {
+        Photometric::Monochrome1
+    } else {
+        Photometric::Monochrome2
     }
 }
 
-fn modality_lut(obj: &InMemDicomObject) -> Result<Option<ModalityLut>, String> {
+/// One grey frame's stored samples (one per pixel, as the codec gave them) as an image's
+/// pixels: Bits Stored and signedness applied, the Modality transform and the first VOI
+/// read from `attrs` (the decoded frame, or the header's stand-in).
+fn grey(
+    obj: &DefaultDicomObject,
+    attrs: &dicom_pixeldata::DecodedPixelData<'_>,
+    frame: u32,
+    mut samples: Vec<u16>,
+) -> Result<(Pixels, Photometric, Option<Voi>), DecodeError> {
+    // Some codecs (CharLS on signed data with fewer than 16 bits stored) hand back the bit
+    // pattern unsigned, others sign-extend: sign-extend or mask to Bits Stored, as a viewer
+    // does.
+    let bits = attrs.bits_stored().clamp(1, 16) as u32;
+    let signed = attrs.pixel_representation() == PixelRepresentation::Signed;
+    if signed {
+        let shift = 16 - bits;
+        for s in samples.iter_mut() {
+            *s = (((*s << shift) as i16) >> shift) as u16;
+        }
+    } else if bits < 16 {
+        let mask = ((1u32 << bits) - 1) as u16;
+        for s in samples.iter_mut() {
+            *s &= mask;
+        }
+    }
+    let modality = modality_of(obj, attrs, frame)?;
+    let voi = first_voi(attrs).map_err(|e| DecodeError::Pixels {
+        path: None,
+        reason: error_chain(&e),
+    })?;
+    Ok((
+        Pixels::Stored(Stored {
+            samples,
+            signed,
+            modality,
+        }),
+        photometric_of(attrs.photometric_interpretation()),
+        voi,
+    ))
+}
+
+/// Pixel Padding and the Modality transform of one frame: a Modality LUT Sequence, else
+/// Rescale Slope/Intercept (per frame when the object has them per frame).
+fn modality_of(
+    obj: &DefaultDicomObject,
+    attrs: &dicom_pixeldata::DecodedPixelData<'_>,
+    frame: u32,
+) -> Result<Modality, DecodeError> {
+    let transform = match modality_lut(obj)
+        .map_err(|reason| DecodeError::Unsupported { path: None, reason })?
+    {
+        Some(lut) => lut,
+        None => attrs
+            .rescale()
+            .ok()
+            .and_then(|r| r.get(frame as usize).or_else(|| r.first()).copied())
+            .map(|r| ModalityTransform::Rescale {
+                slope: r.slope,
+                intercept: r.intercept,
+            })
+            .unwrap_or_default(),
+    };
+    Ok(Modality {
+        padding: padding_range(obj),
+        transform,
+    })
+}
+
+/// Stored values that mean "no image here": Pixel Padding Value, up to Pixel Padding Range
+/// Limit when given.
+fn padding_range(obj: &InMemDicomObject) -> Option<(i32, i32)> {
+    let value = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<i32>().ok());
+    let pad = value(tags::PIXEL_PADDING_VALUE)?;
+    let limit = value(tags::PIXEL_PADDING_RANGE_LIMIT).unwrap_or(pad);
+    Some((pad.min(limit), pad.max(limit)))
+}
+
+/// A Modality LUT table (PS3.3 C.11.1), which replaces Rescale Slope/Intercept when present.
+fn modality_lut(obj: &InMemDicomObject) -> Result<Option<ModalityTransform>, String> {
     let Ok(seq) = obj.element(tags::MODALITY_LUT_SEQUENCE) else {
         return Ok(None);
     };
@@ -502,7 +585,7 @@ fn modality_lut(obj: &InMemDicomObject) -> Result<Option<ModalityLut>, String> {
             data.len()
         ));
     }
-    Ok(Some(ModalityLut {
+    Ok(Some(ModalityTransform::Lut {
         first,
         data: data[..entries].to_vec(),
     }))

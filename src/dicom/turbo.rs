@@ -3,14 +3,13 @@
 //! all, and lossless JPEG (.57, .70), which libjpeg-turbo reads faster (see
 //! `benches/scp.sh`).
 //!
-//! The frame is decoded here and handed back as an uncompressed copy of the object, so that
-//! every attribute (rescale, windows, padding, signedness) still goes through the one path
-//! in [`super::decode`].
+//! The frame is decoded here straight into the stored samples; every attribute (rescale,
+//! windows, padding, signedness) still goes through the one path in [`super::decode`].
 
 use dicom_core::value::Value;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::DefaultDicomObject;
+use dicom_object::{DefaultDicomObject, InMemDicomObject};
 
 /// Transfer syntax JPEG Extended (Process 2 & 4).
 pub const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
@@ -33,8 +32,12 @@ pub fn applies(obj: &DefaultDicomObject) -> bool {
 }
 
 /// The compressed bytes of one frame: one fragment per frame, or every fragment of a
-/// single-frame object.
-fn frame_bytes(obj: &DefaultDicomObject, frame: u32, frames: u32) -> Result<Vec<u8>, String> {
+/// single-frame object (borrowed when there is only one).
+fn frame_bytes(
+    obj: &DefaultDicomObject,
+    frame: u32,
+    frames: u32,
+) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     let element = obj
         .element(tags::PIXEL_DATA)
         .map_err(|_| "no Pixel Data".to_string())?;
@@ -42,11 +45,14 @@ fn frame_bytes(obj: &DefaultDicomObject, frame: u32, frames: u32) -> Result<Vec<
         return Err("JPEG Extended pixel data is not encapsulated".into());
     };
     let fragments = seq.fragments();
+    if frames == 1 && fragments.len() == 1 {
+        return Ok(std::borrow::Cow::Borrowed(&fragments[0]));
+    }
     if frames == 1 {
-        return Ok(fragments.concat());
+        return Ok(std::borrow::Cow::Owned(fragments.concat()));
     }
     if fragments.len() == frames as usize {
-        return Ok(fragments[frame as usize].clone());
+        return Ok(std::borrow::Cow::Borrowed(&fragments[frame as usize]));
     }
     Err(format!(
         "{} fragments for {frames} frames: only one fragment per frame is read",
@@ -140,48 +146,41 @@ fn decode_gray(jpeg: &[u8]) -> Result<(u32, u32, Vec<u16>), String> {
     }
 }
 
-/// An uncompressed, single-frame copy of `obj` holding frame `frame`, decoded here.
-pub fn to_native(
-    obj: &DefaultDicomObject,
-    frame: u32,
-    frames: u32,
-) -> Result<DefaultDicomObject, String> {
+/// Decodes frame `frame` of `obj` into (rows, cols, stored samples).
+pub fn decode(obj: &DefaultDicomObject, frame: u32, frames: u32) -> Result<Samples, String> {
     let jpeg = frame_bytes(obj, frame, frames)?;
-    let (rows, cols, samples) = decode_gray(&jpeg)?;
-    let mut native = obj.clone();
+    decode_gray(&jpeg)
+}
+
+/// (rows, cols, one stored sample per pixel).
+pub type Samples = (u32, u32, Vec<u16>);
+
+/// A stand-in of `obj` for reading its pixel attributes through dicom-pixeldata (which
+/// gives rescale, windows and VOI LUTs, per frame where the object has them, only from a
+/// decoded frame): every element but the pixel data, which becomes `frames` uncompressed
+/// 1×1 frames. Costs a few bytes per frame instead of a second full-size copy.
+pub fn header(obj: &DefaultDicomObject, frames: u32) -> DefaultDicomObject {
     let bits_allocated = obj
         .element(tags::BITS_ALLOCATED)
         .ok()
         .and_then(|e| e.to_int::<u16>().ok())
         .unwrap_or(16);
-    let (vr, bytes): (VR, Vec<u8>) = if bits_allocated <= 8 {
-        (VR::OB, samples.iter().map(|&v| v as u8).collect())
-    } else {
-        (
-            VR::OW,
-            samples.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
-    };
-    native.put(DataElement::new(
+    let mut header = InMemDicomObject::from_element_iter(
+        obj.iter()
+            .filter(|e| e.header().tag != tags::PIXEL_DATA)
+            .cloned(),
+    );
+    let bytes = frames as usize * if bits_allocated <= 8 { 1 } else { 2 };
+    let vr = if bits_allocated <= 8 { VR::OB } else { VR::OW };
+    header.put(DataElement::new(
         tags::PIXEL_DATA,
         vr,
-        PrimitiveValue::from(bytes),
+        PrimitiveValue::from(vec![0u8; bytes.next_multiple_of(2)]),
     ));
-    native.put(DataElement::new(
-        tags::ROWS,
-        VR::US,
-        PrimitiveValue::from(rows as u16),
-    ));
-    native.put(DataElement::new(
-        tags::COLUMNS,
-        VR::US,
-        PrimitiveValue::from(cols as u16),
-    ));
-    native.put(DataElement::new(
-        tags::NUMBER_OF_FRAMES,
-        VR::IS,
-        PrimitiveValue::from("1"),
-    ));
-    native.update_meta(|m| m.transfer_syntax = uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned());
-    Ok(native)
+    for tag in [tags::ROWS, tags::COLUMNS] {
+        header.put(DataElement::new(tag, VR::US, PrimitiveValue::from(1u16)));
+    }
+    let mut meta = obj.meta().clone();
+    meta.transfer_syntax = uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned();
+    header.with_exact_meta(meta)
 }

@@ -391,7 +391,7 @@ pub fn read_image(path: &Path) -> Result<Input, String> {
             Ok(Input::Image(Box::new(Image {
                 rows: p.rows as u32,
                 cols: p.cols as u32,
-                pixels: p.values,
+                pixels: crate::source::Pixels::Values(p.values),
                 photometric: Photometric::Monochrome2,
                 voi: None,
                 frame: 0,

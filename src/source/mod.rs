@@ -111,6 +111,125 @@ pub struct Provenance {
     pub frames: u32,
 }
 
+/// An image's values, row-major.
+///
+/// Grey DICOM stays as the stored integers with its Modality transform beside them: a
+/// 2048×2560 radiograph is 10 MB of samples instead of 21 MB of floats, and everything that
+/// shows it (the model's tensor, the overlay) goes from stored value to display value through
+/// one table built per image ([`crate::prepare::DisplayMap`]).
+#[derive(Debug, Clone)]
+pub enum Pixels {
+    Stored(Stored),
+    /// Values already in modality units (NIfTI, colour luma, YBR 4:2:2 luma in [0, 1]).
+    /// `NaN` marks padding: no image there, shown black.
+    Values(Vec<f32>),
+}
+
+/// Grey stored values with Bits Stored applied, and how they become modality units.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The samples; when `signed`, each is the two's-complement pattern of an `i16`.
+    pub samples: Vec<u16>,
+    pub signed: bool,
+    pub modality: Modality,
+}
+
+/// The Modality transform of PS3.3 C.11.1, with Pixel Padding.
+#[derive(Debug, Clone, Default)]
+pub struct Modality {
+    /// Stored values that mean "no image here" (Pixel Padding Value up to Pixel Padding
+    /// Range Limit), inclusive.
+    pub padding: Option<(i32, i32)>,
+    pub transform: ModalityTransform,
+}
+
+#[derive(Debug, Clone)]
+pub enum ModalityTransform {
+    Rescale {
+        slope: f64,
+        intercept: f64,
+    },
+    /// A Modality LUT: stored values at or below `first` map to `data[0]`, beyond the end to
+    /// the last entry.
+    Lut {
+        first: i32,
+        data: Vec<u16>,
+    },
+}
+
+impl Default for ModalityTransform {
+    fn default() -> Self {
+        ModalityTransform::Rescale {
+            slope: 1.0,
+            intercept: 0.0,
+        }
+    }
+}
+
+impl Stored {
+    /// The stored value of sample `s`.
+    pub fn stored(&self, s: u16) -> i32 {
+        if self.signed {
+            s as i16 as i32
+        } else {
+            s as i32
+        }
+    }
+
+    /// A stored value in modality units; `NaN` for padding.
+    pub fn value(&self, stored: i32) -> f32 {
+        self.modality.apply(stored)
+    }
+}
+
+impl Modality {
+    /// A stored value in modality units; `NaN` for padding.
+    pub fn apply(&self, stored: i32) -> f32 {
+        if self
+            .padding
+            .is_some_and(|(lo, hi)| stored >= lo && stored <= hi)
+        {
+            return f32::NAN;
+        }
+        match &self.transform {
+            ModalityTransform::Rescale { slope, intercept } => {
+                (stored as f64 * slope + intercept) as f32
+            }
+            ModalityTransform::Lut { first, data } => {
+                let i = (stored as i64 - *first as i64).clamp(0, data.len() as i64 - 1);
+                data[i as usize] as f32
+            }
+        }
+    }
+}
+
+impl Pixels {
+    pub fn len(&self) -> usize {
+        match self {
+            Pixels::Stored(s) => s.samples.len(),
+            Pixels::Values(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value of pixel `i` in modality units (`NaN` for padding).
+    pub fn value(&self, i: usize) -> f32 {
+        match self {
+            Pixels::Stored(s) => s.value(s.stored(s.samples[i])),
+            Pixels::Values(v) => v[i],
+        }
+    }
+
+    /// Every value in modality units, row-major (`NaN` for padding). Computed one by one:
+    /// no full-size copy.
+    pub fn values(&self) -> impl Iterator<Item = f32> + '_ {
+        (0..self.len()).map(|i| self.value(i))
+    }
+}
+
 /// One grey image in modality units (after the Modality LUT), with what a viewer needs to
 /// display it: its photometric interpretation and its own VOI window, if any.
 #[derive(Debug, Clone)]
@@ -118,8 +237,7 @@ pub struct Image {
     pub rows: u32,
     pub cols: u32,
     /// Row-major, `rows * cols` values.
-    /// `NaN` marks padding (Pixel Padding Value): no image there, shown black.
-    pub pixels: Vec<f32>,
+    pub pixels: Pixels,
     pub photometric: Photometric,
     /// The object's first VOI transformation, if it has one.
     pub voi: Option<Voi>,

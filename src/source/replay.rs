@@ -394,10 +394,10 @@ fn image_to_luma(image: &Image, out: &mut [u8]) {
     let plain = image.voi.is_none()
         && image
             .pixels
-            .iter()
-            .all(|&v| v.is_nan() || (0.0..=255.0).contains(&v));
+            .values()
+            .all(|v| v.is_nan() || (0.0..=255.0).contains(&v));
     if plain {
-        for (o, &v) in out.iter_mut().zip(&image.pixels) {
+        for (o, v) in out.iter_mut().zip(image.pixels.values()) {
             let v = if v.is_nan() { 0.0 } else { v };
             let v = if image.photometric == Photometric::Monochrome1 {
                 255.0 - v
@@ -407,9 +407,11 @@ fn image_to_luma(image: &Image, out: &mut [u8]) {
             *o = v.round() as u8;
         }
     } else {
-        let shown = crate::prepare::display(image, &WindowChoice::Named(NamedWindow::Dicom));
-        for (o, v) in out.iter_mut().zip(shown) {
-            *o = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+        let map = crate::prepare::DisplayMap::new(image, &WindowChoice::Named(NamedWindow::Dicom));
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (map.pixel(&image.pixels, i) * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8;
         }
     }
 }
