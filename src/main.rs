@@ -201,6 +201,25 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// An X-ray image from file to finding (`bedside infer`, whole process) against DCMTK's
+    /// decoder for its transfer syntax (dcmdjpeg, dcmdjpls, dcmdrle) on the same file, rounds
+    /// interleaved: wall time and peak RSS, their ratios, and bedside's stage times.
+    BenchDicom {
+        /// Compressed Part-10 files (JPEG, JPEG-LS, RLE).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Model folder (repeatable); default: models/cxr-tiny-cls.
+        #[arg(long)]
+        model: Vec<PathBuf>,
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        /// Folder for DCMTK's decoded copies; a scratch folder is made inside and removed.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The bedside binary to measure (an older build, to compare); default: this one.
+        #[arg(long)]
+        bedside: Option<PathBuf>,
+    },
     /// Results per second from the durable DICOM outbox to a C-STORE SCP, against DCMTK's
     /// storescu sending the same files to the same SCP in the same run (benches/pacs.sh).
     BenchDicomSend {
@@ -393,6 +412,13 @@ fn main() -> ExitCode {
             records,
             bytes,
         } => cmd::bench_outbox::bench_outbox(&dir, records, bytes),
+        Command::BenchDicom {
+            files,
+            model,
+            rounds,
+            dir,
+            bedside,
+        } => cmd::bench_dicom::bench_dicom(&files, &model, rounds, &dir, bedside.as_deref()),
         Command::BenchDicomSend {
             files,
             host,

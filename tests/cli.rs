@@ -262,3 +262,37 @@ fn a_cine_gives_one_finding_per_frame_the_manifest_asks_for() {
     assert_eq!(f["image"]["frame"], 0);
     assert!(f["image"].get("pixel_spacing_mm").is_some(), "{f}");
 }
+
+/// `bench-dicom` measures bedside and DCMTK's decoder on the same file and prints their
+/// ratios and bedside's stages; a file DCMTK has no decoder for is named and skipped.
+#[test]
+fn bench_dicom_compares_infer_with_dcmtk_on_the_same_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jpeg = tmp.path().join("ptx-jpegls.dcm");
+    dcmtk(
+        "dcmcjpeg",
+        &[Path::new("+e1"), &sample("cxr-ptx-mono2.dcm"), &jpeg],
+    );
+    let native = sample("cxr-ptx-mono2.dcm");
+    let out = bedside_ok(&[
+        OsStr::new("bench-dicom"),
+        OsStr::new("--rounds"),
+        OsStr::new("1"),
+        OsStr::new("--dir"),
+        tmp.path().as_os_str(),
+        jpeg.as_os_str(),
+        native.as_os_str(),
+    ]);
+    assert!(out.contains("ratio bedside/dcmdjpeg: time "), "{out}");
+    assert!(out.contains("bedside stages (median"), "{out}");
+    assert!(
+        out.contains("has no DCMTK decoder to compare with; skipped"),
+        "{out}"
+    );
+    // Its scratch folder is gone.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}

@@ -2,6 +2,7 @@
 //! kept out of `main.rs` so that it stays a thin dispatcher.
 
 pub mod bench;
+pub mod bench_dicom;
 pub mod bench_live;
 pub mod bench_outbox;
 pub mod bench_pacs;
