@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::dicom::decode::ImageLimits;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BoardError {
     #[error("cannot read board profile {path}: {source}")]
@@ -404,7 +406,8 @@ fn default_model_sources() -> Vec<ModelSource> {
 }
 
 /// `[memory]`: what the daemon may use, and the largest inputs it plans for. Inputs beyond
-/// these limits are refused before anything large is allocated (see `crate::plan`).
+/// these limits are refused before anything large is allocated (see `crate::plan` and
+/// [`ImageLimits`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Memory {
@@ -438,22 +441,22 @@ impl Default for Memory {
 }
 
 fn default_max_rows() -> u32 {
-    4096
+    ImageLimits::default().max_rows
 }
 fn default_max_cols() -> u32 {
-    4096
+    ImageLimits::default().max_cols
 }
 fn default_max_frames() -> u32 {
-    2000
+    ImageLimits::default().max_frames
 }
 fn default_max_file_mib() -> u64 {
-    256
+    ImageLimits::default().max_file_bytes >> 20
 }
 
 impl Memory {
     /// The limits DICOM inputs are checked against before decoding.
-    pub fn image_limits(&self) -> crate::plan::ImageLimits {
-        crate::plan::ImageLimits {
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits {
             max_rows: self.max_image_rows,
             max_cols: self.max_image_cols,
             max_frames: self.max_frames,

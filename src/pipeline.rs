@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::board::{BoardError, BoardProfile};
+use crate::dicom::decode::ImageLimits;
 use crate::dicom::derived::DerivedError;
 use crate::dicom::results::{self, ResultKind};
 use crate::dicom::{self, DecodeError};
@@ -13,7 +14,6 @@ use crate::finding::{self, Finding, ImageInfo, InputKey, Timings, UidHasher, rou
 use crate::infer::{Engine, InferError};
 use crate::model::ModelError;
 use crate::model::ModelRef;
-use crate::plan::ImageLimits;
 use crate::prepare::{PrepareError, Preparer};
 use crate::source::{Image, SourceKind};
 use crate::task::{self, Decoded, ImageGeometry, Masks};

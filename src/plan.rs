@@ -18,21 +18,6 @@ use crate::infer::Engine;
 use crate::model::ModelError;
 use crate::model::manifest::Task;
 
-/// Limits on one DICOM input, checked before anything large is allocated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageLimits {
-    pub max_rows: u32,
-    pub max_cols: u32,
-    pub max_frames: u32,
-    pub max_file_bytes: u64,
-}
-
-impl Default for ImageLimits {
-    fn default() -> Self {
-        crate::board::Memory::default().image_limits()
-    }
-}
-
 /// Where a line's figure comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Basis {

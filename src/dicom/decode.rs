@@ -65,6 +65,27 @@ impl DecodeError {
 /// mammography at 4096×5625 is 23 M; decoding needs about 4 bytes per sample.
 pub const MAX_FRAME_SAMPLES: u64 = 64_000_000;
 
+/// Limits on one DICOM input, checked before anything large is allocated. The board
+/// profile's `[memory]` sets them; these are its defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    pub max_rows: u32,
+    pub max_cols: u32,
+    pub max_frames: u32,
+    pub max_file_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_rows: 4096,
+            max_cols: 4096,
+            max_frames: 2000,
+            max_file_bytes: 256 << 20,
+        }
+    }
+}
+
 /// Reads a Part-10 file and decodes its first frame.
 pub fn read_file(path: &Path) -> Result<Image, DecodeError> {
     let obj = open_file(path)?;
@@ -94,10 +115,7 @@ pub fn check_file_size(path: &Path, max_bytes: u64) -> Result<(), DecodeError> {
 
 /// Refuses an object whose header announces more than the board plans for (rows, columns,
 /// frames), before any pixel is decoded: a header of a few bytes can claim gigabytes.
-pub fn check_limits(
-    obj: &DefaultDicomObject,
-    limits: &crate::plan::ImageLimits,
-) -> Result<(), DecodeError> {
+pub fn check_limits(obj: &DefaultDicomObject, limits: &ImageLimits) -> Result<(), DecodeError> {
     let dim = |tag| {
         obj.element(tag)
             .ok()
