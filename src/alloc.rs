@@ -12,6 +12,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+/// Bytes of thread stack bedside asks for its own threads (inference, image worker,
+/// capture, smoothing, senders; tokio's workers get the same). Here, below everything that
+/// starts a thread, so that the memory plan and the threads read one figure.
+pub const THREAD_STACK: usize = 2 << 20;
+
 pub struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);

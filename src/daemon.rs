@@ -191,7 +191,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     let config = publisher_config(&profile, models, outbox_config.max_payload())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .thread_stack_size(crate::plan::THREAD_STACK)
+        .thread_stack_size(crate::alloc::THREAD_STACK)
         .thread_name("bedside-io")
         .enable_all()
         .build()
@@ -279,7 +279,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             };
             std::thread::Builder::new()
                 .name("bedside-dicom".into())
-                .stack_size(crate::plan::THREAD_STACK)
+                .stack_size(crate::alloc::THREAD_STACK)
                 .spawn(move || {
                     // Dropped when the thread ends, however it ends.
                     let _alive = alive;

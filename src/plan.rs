@@ -109,9 +109,7 @@ impl ModelFacts {
     }
 }
 
-/// Bytes of thread stack bedside asks for its own threads (inference, image worker,
-/// capture, smoothing; tokio's workers get the same).
-pub const THREAD_STACK: usize = 2 << 20;
+pub use crate::alloc::THREAD_STACK;
 
 const MIB: f64 = 1048576.0;
 

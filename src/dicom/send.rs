@@ -117,7 +117,7 @@ pub fn start(outbox: Arc<DicomOutbox>, destinations: &[Destination]) -> Result<S
         let name = format!("bedside-send-{}", dest.name);
         let handle = std::thread::Builder::new()
             .name(name.chars().take(15).collect())
-            .stack_size(crate::plan::THREAD_STACK)
+            .stack_size(crate::alloc::THREAD_STACK)
             .spawn(move || sender(&dest, tls, &outbox, &stop))
             .expect("a thread can be started at start-up");
         threads.push(handle);

@@ -459,7 +459,7 @@ fn spawn(name: &str, core: Option<usize>, f: impl FnOnce() + Send + 'static) -> 
     let name = name.to_string();
     std::thread::Builder::new()
         .name(name.clone())
-        .stack_size(crate::plan::THREAD_STACK)
+        .stack_size(crate::alloc::THREAD_STACK)
         .spawn(move || {
             if let Some(core) = core
                 && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
