@@ -49,6 +49,9 @@ pub struct BoardProfile {
     /// Who may update the models of a running device (`bedside models install`).
     #[serde(default)]
     pub updates: Updates,
+    /// How many DICOM images are decoded, prepared and run at once.
+    #[serde(default)]
+    pub images: Images,
     /// Pictures of the last findings per source, for the findings page.
     #[serde(default)]
     pub overlays: Overlays,
@@ -403,6 +406,34 @@ pub enum ModelSource {
 
 fn default_model_sources() -> Vec<ModelSource> {
     vec![ModelSource::Dicom]
+}
+
+/// `[images]`: the image workers. Each holds its own preparation buffers, decode buffers
+/// and tract working memory (the weights are shared), so each costs its lines in the memory
+/// plan; a burst of radiographs from a ward round is what they are for.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Images {
+    /// Image workers (1..=64). Absent: one per core the live video does not take (its
+    /// pinned `cores`, or as many cores as it has `threads` when not pinned), lowered to
+    /// what the memory budget holds. Set: exactly this many, refused when it does not fit.
+    pub workers: Option<usize>,
+}
+
+impl Images {
+    /// The workers to plan for when `workers` is absent: the cores left beside the live
+    /// video on this machine, at least one.
+    pub fn default_workers(video: Option<&Video>) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let taken = video.map_or(0, |v| {
+            if v.cores.is_empty() {
+                v.threads
+            } else {
+                v.cores.len()
+            }
+        });
+        cores.saturating_sub(taken).max(1)
+    }
 }
 
 /// `[memory]`: what the daemon may use, and the largest inputs it plans for. Inputs beyond
@@ -813,6 +844,11 @@ impl BoardProfile {
             if value.is_empty() || value.contains(['/', '+', '#', '\0']) || value.trim() != value {
                 return Err(self.field(field, format!("{value:?} must be a non-empty MQTT topic level without '/', '+', '#' or outer spaces")));
             }
+        }
+        if let Some(n) = self.images.workers
+            && !(1..=64).contains(&n)
+        {
+            return Err(self.field("images.workers", format!("{n} is not in 1..=64")));
         }
         if !(64..=4096).contains(&self.overlays.max_side) {
             return Err(self.field(

@@ -691,6 +691,7 @@ fn check(board: &Path) -> anyhow::Result<ExitCode> {
             println!("    {line}");
         }
     }
+    println!("  {}", planned.workers);
     println!();
     print!("{}", planned.plan.table());
     if let Err(e) = planned.plan.check() {

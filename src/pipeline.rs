@@ -127,6 +127,18 @@ impl Processor {
         }
     }
 
+    /// Another processor with the same models for a second image worker: the weights and
+    /// plans are shared, the working memory and preparation buffers are its own.
+    pub fn fork(&self) -> Self {
+        let engines = self.slots.iter().map(|s| s.engine.fork()).collect();
+        Processor {
+            limits: self.limits,
+            overlays: self.overlays.clone(),
+            results: self.results.clone(),
+            ..Self::from_engines(self.identity.clone(), engines)
+        }
+    }
+
     /// Puts `engine` in the place of the model with the same id, between two images (the
     /// processor runs one image at a time, so no finding mixes the two). Returns the model it
     /// replaced, or gives the engine back when no model has its id.

@@ -115,13 +115,24 @@ const MIB: f64 = 1048576.0;
 
 impl MemoryPlan {
     /// The plan for `profile`, with each model's measured memory (DICOM models, then video
-    /// models, in profile order) and the process's resident size before any model loaded.
+    /// models, in profile order), the process's resident size before any model loaded, and
+    /// the image workers (each holds the per-image lines: its own runners, preparation,
+    /// decode buffers and results; the weights are shared).
     pub fn compute(
         profile: &BoardProfile,
         dicom_models: &[ModelFacts],
         video_models: &[ModelFacts],
         baseline_rss: u64,
+        workers: usize,
     ) -> Self {
+        let n = workers.max(1) as u64;
+        let per = |what: &str| {
+            if n == 1 {
+                what.to_owned()
+            } else {
+                format!("{what}, x{n} image workers")
+            }
+        };
         let mut lines = Vec::new();
         let mut add = |what: String, bytes: u64, basis: Basis, heap: bool| {
             lines.push(Line {
@@ -158,8 +169,8 @@ impl MemoryPlan {
                 true,
             );
             add(
-                format!("model {id} (DICOM): tract working memory, 1 runner"),
-                m.working,
+                format!("model {id} (DICOM): tract working memory, {n} runner(s)"),
+                m.working * n,
                 m_basis,
                 true,
             );
@@ -168,14 +179,14 @@ impl MemoryPlan {
             // tables (its own and the display map's, 65,536 f32 each), the tensor. No
             // full-size copy of the frame.
             add(
-                format!(
+                per(&format!(
                     "model {id} (DICOM): preparation of a {}x{} frame",
                     mem.max_image_rows, mem.max_image_cols
-                ),
-                mem.max_image_cols as u64 * 4
+                )),
+                n * (mem.max_image_cols as u64 * 4
                     + mem.max_image_rows as u64 * w as u64 * 4
                     + 2 * 65536 * 4
-                    + (h * w) as u64 * 4,
+                    + (h * w) as u64 * 4),
                 Basis::Computed,
                 true,
             );
@@ -188,11 +199,11 @@ impl MemoryPlan {
                     mem.max_image_cols,
                 );
                 add(
-                    format!(
+                    per(&format!(
                         "model {id} (DICOM): its SEG of {} label(s) at {}x{}",
                         f.labels, mem.max_image_rows, mem.max_image_cols
-                    ),
-                    (f.labels * h * w) as u64 + 2 * pixels,
+                    )),
+                    n * ((f.labels * h * w) as u64 + 2 * pixels),
                     Basis::Computed,
                     true,
                 );
@@ -201,11 +212,11 @@ impl MemoryPlan {
         if !dicom_models.is_empty() {
             let object = mem.max_file_mib << 20;
             add(
-                format!(
+                per(&format!(
                     "DICOM object read whole (memory.max_file_mib {} MiB)",
                     mem.max_file_mib
-                ),
-                object,
+                )),
+                n * object,
                 Basis::Computed,
                 true,
             );
@@ -213,11 +224,11 @@ impl MemoryPlan {
             // decoded copy while they are taken from it (2 B). Colour needs the most: three
             // 16-bit samples and the luma in f32, 10 B/pixel.
             add(
-                format!(
+                per(&format!(
                     "DICOM decode of a {}x{} frame (10 B/pixel)",
                     mem.max_image_rows, mem.max_image_cols
-                ),
-                frame_px * 10,
+                )),
+                n * frame_px * 10,
                 Basis::Computed,
                 true,
             );
@@ -326,10 +337,10 @@ impl MemoryPlan {
             let senders = r.destinations.len() as u64;
             add(
                 format!(
-                    "DICOM results: a {0} x {0} px Secondary Capture (picture, object, encoding) and {senders} sender(s) holding one object's file and data set, each 1 MiB of PDUs besides",
+                    "DICOM results: {n} x a {0} x {0} px Secondary Capture (picture, object, encoding) and {senders} sender(s) holding one object's file and data set, each 1 MiB of PDUs besides",
                     r.max_side
                 ),
-                3 * picture + senders * (2 * picture + (1 << 20)),
+                n * 3 * picture + senders * (2 * picture + (1 << 20)),
                 Basis::Computed,
                 true,
             );
@@ -353,16 +364,18 @@ impl MemoryPlan {
         if profile.overlays.keep_last {
             let o = profile.overlays;
             add(
-                format!(
+                per(&format!(
                     "overlays: one picture of at most {0} x {0} px, RGB and its PNG",
                     o.max_side
-                ),
-                o.working_bytes(),
+                )),
+                n * o.working_bytes(),
                 Basis::Computed,
                 true,
             );
         }
-        let threads = 4 // main, image worker, 2 tokio workers
+        // main, the image dispatcher, 2 tokio workers, the image workers
+        let threads = 3
+            + n
             + profile.video.as_ref().map_or(0, |v| v.threads + 2) as u64
             + profile.dicom.as_ref().map_or(0, |_| 1);
         add(
@@ -484,6 +497,39 @@ pub struct Planned {
     pub dicom_facts: Vec<ModelFacts>,
     pub video_facts: Vec<ModelFacts>,
     pub baseline_rss: u64,
+    /// Image workers planned for (see [`crate::board::Images`]).
+    pub workers: Workers,
+}
+
+/// How many image workers the plan holds, and why that many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workers {
+    pub count: usize,
+    /// `images.workers` set in the profile.
+    pub explicit: bool,
+    /// Without `images.workers`: the cores left beside the live video.
+    pub free_cores: usize,
+}
+
+impl std::fmt::Display for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = if self.count == 1 { "" } else { "s" };
+        if self.explicit {
+            write!(f, "{} image worker{plural} (images.workers)", self.count)
+        } else if self.count < self.free_cores {
+            write!(
+                f,
+                "{} image worker{plural}: {} core(s) free beside the live video, lowered to what the memory budget holds",
+                self.count, self.free_cores
+            )
+        } else {
+            write!(
+                f,
+                "{} image worker{plural}: one per core free beside the live video",
+                self.count
+            )
+        }
+    }
 }
 
 pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
@@ -525,7 +571,25 @@ pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
     } else {
         (Vec::new(), Vec::new())
     };
-    let plan = MemoryPlan::compute(profile, &dicom_facts, &video_facts, baseline);
+    // Without models for DICOM, one worker only moves files that make no finding.
+    let free_cores = if dicom.is_empty() {
+        1
+    } else {
+        crate::board::Images::default_workers(profile.video.as_ref())
+    };
+    let mut workers = Workers {
+        count: profile.images.workers.unwrap_or(free_cores),
+        explicit: profile.images.workers.is_some(),
+        free_cores,
+    };
+    let compute = |n| MemoryPlan::compute(profile, &dicom_facts, &video_facts, baseline, n);
+    let mut plan = compute(workers.count);
+    // The default never makes a profile refuse to start that one worker fits: fewer
+    // workers, down to one. A count the profile sets is planned as set (and refused).
+    while !workers.explicit && workers.count > 1 && plan.check().is_err() {
+        workers.count -= 1;
+        plan = compute(workers.count);
+    }
     Ok(Planned {
         dicom,
         video,
@@ -533,5 +597,6 @@ pub fn plan_for(profile: &BoardProfile) -> Result<Planned, ModelError> {
         dicom_facts,
         video_facts,
         baseline_rss: baseline,
+        workers,
     })
 }

@@ -93,7 +93,7 @@ pub fn watchdog_period() -> Option<Duration> {
 
 /// Pings the watchdog every half period for as long as the heartbeat is younger than the
 /// period. Runs until the task is dropped.
-pub async fn feed_watchdog(period: Duration, heartbeats: Vec<(&'static str, Heartbeat)>) {
+pub async fn feed_watchdog(period: Duration, heartbeats: Vec<(String, Heartbeat)>) {
     let mut tick = tokio::time::interval(period / 2);
     let mut starving = false;
     loop {
@@ -101,7 +101,7 @@ pub async fn feed_watchdog(period: Duration, heartbeats: Vec<(&'static str, Hear
         // The stalest worker decides: one wedged pipeline is enough to stop pinging.
         let (name, age) = heartbeats
             .iter()
-            .map(|(n, h)| (*n, h.age()))
+            .map(|(n, h)| (n.as_str(), h.age()))
             .max_by_key(|(_, a)| *a)
             .unwrap_or(("", Duration::ZERO));
         if should_ping(age, period) {

@@ -346,6 +346,8 @@ pub struct Updater {
     dicom_facts: Vec<crate::plan::ModelFacts>,
     video_facts: Vec<crate::plan::ModelFacts>,
     baseline_rss: u64,
+    /// The image workers the plan holds: a new model runs in each.
+    workers: usize,
 }
 
 impl Updater {
@@ -355,6 +357,7 @@ impl Updater {
             dicom_facts: planned.dicom_facts.clone(),
             video_facts: planned.video_facts.clone(),
             baseline_rss: planned.baseline_rss,
+            workers: planned.workers.count,
         }
     }
 
@@ -393,20 +396,29 @@ impl Updater {
                 .unwrap_or(0),
         });
         let (dicom, video) = self.facts_with(id, memory, manifest);
-        crate::plan::MemoryPlan::compute(&self.profile, &dicom, &video, self.baseline_rss)
+        crate::plan::MemoryPlan::compute(
+            &self.profile,
+            &dicom,
+            &video,
+            self.baseline_rss,
+            self.workers,
+        )
     }
 
-    /// Takes every staged update of a model the device serves — on images (`processor`)
-    /// and on live video (`live`) — whose version or weights differ from the one serving,
-    /// each only if every check passes. Called by the image worker between two images; the
-    /// live pipeline swaps between two frames.
+    /// Takes every staged update of a model the device serves — on images (`processors`,
+    /// one per image worker, all serving the same models) and on live video (`live`) —
+    /// whose version or weights differ from the one serving, each only if every check
+    /// passes. Called while no image worker holds an image; the live pipeline swaps between
+    /// two frames.
     pub fn take(
         &mut self,
-        processor: &mut crate::pipeline::Processor,
+        processors: &mut [&mut crate::pipeline::Processor],
         live: Option<&crate::live::LiveUpdater>,
     ) -> Vec<Outcome> {
-        let mut serving: Vec<crate::model::ModelRef> =
-            processor.engines().map(|e| e.model_ref().clone()).collect();
+        let mut serving: Vec<crate::model::ModelRef> = processors
+            .first()
+            .map(|p| p.engines().map(|e| e.model_ref().clone()).collect())
+            .unwrap_or_default();
         for m in live.map(|l| l.models()).unwrap_or_default() {
             if !serving.iter().any(|s| s.id == m.id) {
                 serving.push(m);
@@ -467,7 +479,9 @@ impl Updater {
             let new = engine.model_ref().clone();
             let mut old = None;
             if on_images {
-                old = processor.replace(engine.fork()).ok();
+                for p in processors.iter_mut() {
+                    old = p.replace(engine.fork()).ok().or(old);
+                }
             }
             if on_video && let Some(live) = live {
                 old = live.replace(engine).ok().or(old);

@@ -110,8 +110,9 @@ fn a_seg_is_asked_of_segmentation_models_and_planned() {
         "{err}"
     );
 
+    // One image worker: the line below is per worker.
     let seg = format!(
-        "[[models]]\npath = \"{}\"\nsources = [\"dicom\"]\ndicom_results = [\"seg\"]\n\n[video]",
+        "[[models]]\npath = \"{}\"\nsources = [\"dicom\"]\ndicom_results = [\"seg\"]\n\n[images]\nworkers = 1\n\n[video]",
         repo().join("models/us-fast-fluid").display()
     );
     let out = check(dev.replacen("[video]", &seg, 1));
@@ -135,4 +136,90 @@ fn a_seg_is_asked_of_segmentation_models_and_planned() {
         .unwrap();
     let want = (2.0 * 3072.0 * 3072.0 / 8.0 + 224.0 * 224.0) / 1048576.0;
     assert!((mib - want).abs() < 0.06, "{line}: want {want:.2} MiB");
+}
+
+/// Each image worker adds its own per-image lines to the plan (runners, preparation, decode
+/// buffers; the weights once); a count the profile sets is refused when it does not fit,
+/// and the default is lowered to what fits.
+#[test]
+fn image_workers_are_planned_each_and_the_default_fits_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |tail: &str| {
+        let board = write_board_with(dir.path(), "url = \"mqtt://127.0.0.1:1\"", tail);
+        let profile = bedside::board::BoardProfile::load(&board).unwrap();
+        bedside::plan::plan_for(&profile).unwrap()
+    };
+    let line = |p: &bedside::plan::MemoryPlan, what: &str| {
+        p.lines
+            .iter()
+            .find(|l| l.what.contains(what))
+            .unwrap_or_else(|| panic!("no line {what:?}:\n{}", p.table()))
+            .bytes
+    };
+    let one = plan("[images]\nworkers = 1\n");
+    let three = plan("[images]\nworkers = 3\n");
+    assert_eq!(one.workers.count, 1);
+    assert_eq!(three.workers.count, 3);
+    for what in [
+        "tract working memory",
+        "preparation of a",
+        "DICOM object read whole",
+        "DICOM decode of a",
+    ] {
+        assert_eq!(
+            line(&three.plan, what),
+            3 * line(&one.plan, what),
+            "{what}:\n{}",
+            three.plan.table()
+        );
+    }
+    assert_eq!(
+        line(&three.plan, "weights, plan, state"),
+        line(&one.plan, "weights, plan, state"),
+        "the weights are shared"
+    );
+    assert!(three.plan.table().contains("x3 image workers"));
+    // A budget between the plans for one and for three workers.
+    let budget = ((one.plan.total() + three.plan.total()) / 2) >> 20;
+    let refused = plan(&format!(
+        "[images]\nworkers = 3\n[memory]\nbudget_mib = {budget}\n"
+    ));
+    assert!(
+        refused.plan.check().is_err(),
+        "3 workers set over the budget must be refused"
+    );
+    let default = plan(&format!("[memory]\nbudget_mib = {budget}\n"));
+    assert!(!default.workers.explicit);
+    assert!(
+        default.plan.check().is_ok(),
+        "the default must fit:\n{}",
+        default.plan.table()
+    );
+    assert!(default.workers.count >= 1 && default.workers.count <= default.workers.free_cores);
+    if default.workers.free_cores >= 3 {
+        assert!(default.workers.count < 3);
+        assert!(
+            default
+                .workers
+                .to_string()
+                .contains("lowered to what the memory budget holds")
+        );
+    }
+    let no_budget = plan("");
+    assert_eq!(no_budget.workers.count, no_budget.workers.free_cores);
+    assert_eq!(
+        no_budget.workers.free_cores,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "no video: every core"
+    );
+    // Out of range is a profile error naming the field.
+    let board = write_board_with(
+        dir.path(),
+        "url = \"mqtt://127.0.0.1:1\"",
+        "[images]\nworkers = 0\n",
+    );
+    let err = bedside::board::BoardProfile::load(&board)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("images.workers"), "{err}");
 }

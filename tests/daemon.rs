@@ -229,3 +229,76 @@ fn a_relative_board_path_still_serves_its_inbox() {
     assert!(!log().contains("from no known folder"), "{}", log());
     broker.stop();
 }
+
+/// With `[images] workers = 3` a burst is shared among the workers: files waiting from
+/// before the start (found by the scan) and files arriving while it runs (watch events) each
+/// make exactly one finding, every finding arrives once, and more than one worker made them.
+#[test]
+fn a_burst_is_shared_by_the_image_workers_and_each_file_makes_one_finding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
+    let board = write_board_with(
+        tmp.path(),
+        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
+        "[images]\nworkers = 3\n",
+    );
+    let n = 30;
+    let files = distinct_copies(&sample("cxr-ptx-mono2.dcm"), &tmp.path().join("made"), n);
+    let inbox = tmp.path().join("inbox");
+    move_all_into(&files[..n / 2], &inbox);
+    let consumer = Collector::start(broker.port, TOPIC_FINDINGS, "burst");
+    let daemon = Daemon::start(&board, tmp.path());
+    assert!(
+        daemon.wait_log("bedside running", Duration::from_secs(60)),
+        "{}",
+        daemon.log()
+    );
+    move_all_into(&files[n / 2..], &inbox);
+    assert!(
+        wait_count(&tmp.path().join("state/done"), n, Duration::from_secs(180)),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        consumer.wait_unique(n, Duration::from_secs(60)),
+        "only {} of {n} findings arrived:\n{}",
+        consumer.unique(),
+        daemon.log()
+    );
+    std::thread::sleep(Duration::from_millis(500)); // a late duplicate would show now
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", daemon.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .collect();
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("3 image workers (images.workers)"), "{log}");
+    for i in 0..3 {
+        assert!(
+            threads.contains(&format!("bedside-img{i}")),
+            "worker thread {i} missing: {threads:?}"
+        );
+    }
+    let made = ids_in_log(&log);
+    assert_eq!(made.len(), n, "one finding per file:\n{log}");
+    assert_eq!(consumer.duplicates(), 0);
+    assert_eq!(
+        consumer.ids(),
+        made.into_iter().collect(),
+        "exactly the findings the daemon made"
+    );
+    for f in consumer.docs() {
+        assert_eq!(f["over_threshold"], serde_json::json!(["pneumothorax"]));
+    }
+    let workers: std::collections::HashSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("finding made"))
+        .filter_map(|l| l.split(" worker=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert!(
+        workers.len() >= 2,
+        "one worker made every finding: {workers:?}\n{log}"
+    );
+    assert_no_identifiers(&log, "the daemon log");
+}

@@ -1,10 +1,13 @@
-//! `bedside run`: the daemon. One thread decodes and runs models on inbox files (never the
-//! async reactor, which only carries MQTT and signals); findings go to the publisher.
+//! `bedside run`: the daemon. Image workers decode and run models on inbox and spooled
+//! files ([`images`]; never the async reactor, which only carries MQTT, the SCP, the page
+//! and signals); findings go to the publisher.
 
-use std::path::{Path, PathBuf};
+mod images;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
 use tracing::{error, info, warn};
@@ -19,7 +22,7 @@ use crate::model::ModelError;
 use crate::pipeline::{Identity, Processor, ResultsSpec};
 use crate::publish::mqtt::{DeviceStatus, Topics};
 use crate::publish::{Class, Outbox, OutboxError, Publisher, PublisherConfig};
-use crate::service::{self, Heartbeat};
+use crate::service;
 use crate::source::SourceKind;
 use crate::source::scp::{BindError, Scp};
 use crate::source::spool::Spool;
@@ -142,6 +145,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
     }
     let video_engines = planned.video;
     let plan = planned.plan;
+    let planned_workers = planned.workers;
     let mut models: Vec<_> = processor.engines().map(|e| e.model_ref().clone()).collect();
     for e in &video_engines {
         if !models.contains(e.model_ref()) {
@@ -231,7 +235,6 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
                 Err(e) => warn!("cannot listen for SIGHUP ({e}); model updates are taken at restart only"),
             }
         }
-        let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = sync_channel(64);
         // Watch before the worker scans, so that no file slips between scan and watch.
         let mut watchers = Vec::new();
@@ -259,37 +262,24 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         };
         // Set once the live pipeline runs: the image worker takes updates of its models too.
         let live_updater: Arc<std::sync::OnceLock<crate::live::LiveUpdater>> = Arc::default();
-        let (alive, worker_ended) = tokio::sync::oneshot::channel::<()>();
-        let heartbeat = Heartbeat::new();
-        let worker = {
-            let worker = Worker {
-                processor,
-                inboxes,
-                publisher: publisher.clone(),
-                stop: stop.clone(),
-                heartbeat: heartbeat.clone(),
-                made: 0,
-                failed: 0,
-                deferred: None,
-                dicom_out: dicom_out.clone(),
-                reload,
-                updater,
-                video_models,
-                live: live_updater.clone(),
-            };
-            std::thread::Builder::new()
-                .name("bedside-dicom".into())
-                .stack_size(crate::alloc::THREAD_STACK)
-                .spawn(move || {
-                    // Dropped when the thread ends, however it ends.
-                    let _alive = alive;
-                    worker.run(rx)
-                })
-                .map_err(|source| DaemonError::Io {
-                    what: "cannot start the worker thread".into(),
-                    source,
-                })?
-        };
+        let (ended, mut worker_ended) = tokio::sync::mpsc::unbounded_channel::<String>();
+        info!("{}", planned_workers);
+        let images = images::ImageWork {
+            processor,
+            workers: planned_workers.count,
+            inboxes,
+            publisher: publisher.clone(),
+            dicom_out: dicom_out.clone(),
+            reload,
+            updater,
+            video_models,
+            live: live_updater.clone(),
+        }
+        .start(rx, ended)
+        .map_err(|source| DaemonError::Io {
+            what: "cannot start the image workers".into(),
+            source,
+        })?;
         // The DICOM outbox's depth per destination, in the retained status when it changed
         // (looked at every 2 s, so that a burst of objects is one status, not hundreds).
         let dicom_status = dicom_out.clone().map(|outbox| {
@@ -320,20 +310,22 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         service::ready(&format!("watching {}", inbox.dir.display()));
         let watchdog = service::watchdog_period().map(|period| {
             info!(?period, "feeding the service manager's watchdog while the image worker is alive");
-            let mut beats = vec![("image worker", heartbeat)];
+            let mut beats = images.heartbeats();
             if let Some(live) = &live {
-                beats.push(("live video pipeline", live.stats().heartbeat().clone()));
+                beats.push(("live video pipeline".into(), live.stats().heartbeat().clone()));
             }
             tokio::spawn(service::feed_watchdog(period, beats))
         });
         let worker_failed = tokio::select! {
+            biased;
             _ = wait_for_signal() => false,
-            _ = worker_ended => true,
+            name = worker_ended.recv() => {
+                error!("the {} stopped unexpectedly; shutting down so that the service manager restarts bedside", name.unwrap_or_default());
+                true
+            }
         };
-        if worker_failed {
-            error!("the image worker stopped unexpectedly; shutting down so that the service manager restarts bedside");
-        } else {
-            info!("stopping: finishing the current image");
+        if !worker_failed {
+            info!("stopping: finishing the current images");
         }
         service::stopping();
         if let Some(w) = watchdog {
@@ -352,8 +344,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             // Capture stops; what is still present is closed with an end finding.
             let _ = tokio::task::spawn_blocking(move || live.stop()).await;
         }
-        stop.store(true, Ordering::SeqCst);
-        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        let _ = tokio::task::spawn_blocking(move || images.stop()).await;
         if let Some(t) = dicom_status {
             t.abort();
         }
@@ -587,29 +578,6 @@ async fn wait_for_signal() {
     }
 }
 
-/// The image worker: owns the models, runs on its own thread.
-struct Worker {
-    processor: Processor,
-    /// The DICOM spool (if any) first, then the watch folder.
-    inboxes: Vec<Inbox>,
-    publisher: Publisher,
-    stop: Arc<AtomicBool>,
-    heartbeat: Heartbeat,
-    made: u64,
-    failed: u64,
-    /// Set while the outbox (or the DICOM outbox) is full: the first file left in the inbox
-    /// because of it.
-    deferred: Option<PathBuf>,
-    /// Where the DICOM results go, when the profile names destinations.
-    dicom_out: Option<Arc<DicomOutbox>>,
-    /// Set by SIGHUP: take staged model updates before the next image.
-    reload: Arc<AtomicBool>,
-    updater: crate::update::Updater,
-    /// The live pipeline's models at start, for the status before it runs.
-    video_models: Vec<crate::model::ModelRef>,
-    live: Arc<std::sync::OnceLock<crate::live::LiveUpdater>>,
-}
-
 /// The models serving now: the image worker's, then the live pipeline's others.
 fn current_models(
     processor: &Processor,
@@ -622,184 +590,4 @@ fn current_models(
         }
     }
     models
-}
-
-impl Worker {
-    /// Files already waiting first, then files as they complete.
-    fn run(mut self, rx: Receiver<PathBuf>) {
-        self.process_waiting();
-        while !self.stopping() {
-            self.heartbeat.beat();
-            if self.reload.swap(false, Ordering::SeqCst) {
-                self.take_updates();
-            }
-            if self.deferred.is_some() {
-                // Files wait in the inbox while the outbox is full; events are dropped
-                // because the rescan below finds every file anyway.
-                while rx.try_recv().is_ok() {}
-                if self.publisher.is_full() || self.dicom_out.as_ref().is_some_and(|o| o.is_full())
-                {
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-                info!("the outbox has room again: processing the files left in the inbox");
-                self.deferred = None;
-                self.process_waiting();
-                continue;
-            }
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(file) => self.handle_file(&file),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-    }
-
-    fn process_waiting(&mut self) {
-        let mut waiting = Vec::new();
-        for inbox in &self.inboxes {
-            let files = inbox.scan().unwrap_or_else(|e| {
-                error!("cannot list {}: {e}", inbox.dir.display());
-                Vec::new()
-            });
-            if !files.is_empty() {
-                info!(files = files.len(), folder = %inbox.dir.display(), "processing files waiting from before");
-            }
-            waiting.extend(files);
-        }
-        for file in waiting {
-            if self.stopping() || self.deferred.is_some() {
-                return;
-            }
-            self.handle_file(&file);
-        }
-    }
-
-    /// Takes the staged model updates that pass every check; the old model keeps serving
-    /// when one fails, and the status and the log say why.
-    fn take_updates(&mut self) {
-        let outcomes = self.updater.take(&mut self.processor, self.live.get());
-        if outcomes.is_empty() {
-            info!("no staged model update differs from the models serving");
-        }
-        for o in &outcomes {
-            match o {
-                crate::update::Outcome::Taken { old, new } => info!(
-                    model = %new.id, version = %new.version, sha256 = %new.sha256,
-                    replaced_version = %old.version, replaced_sha256 = %old.sha256,
-                    "model updated: the next image runs on the new version"
-                ),
-                crate::update::Outcome::Refused { id, dir, reason } => warn!(
-                    model = %id, staged = %dir.display(),
-                    "model update refused, the old model keeps serving: {reason}"
-                ),
-            }
-            let video = self
-                .live
-                .get()
-                .map_or_else(|| self.video_models.clone(), |l| l.models());
-            let models = current_models(&self.processor, &video);
-            self.publisher.set_models(models, o.to_json());
-        }
-    }
-
-    fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    fn handle_file(&mut self, file: &Path) {
-        self.heartbeat.beat();
-        if !file.exists() {
-            return; // seen twice (scan and event): already handled
-        }
-        if self.deferred.is_some() {
-            return; // picked up by the rescan once the outbox has room
-        }
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Some(inbox) = self
-            .inboxes
-            .iter()
-            .find(|i| file.parent() == Some(i.dir.as_path()))
-            .cloned()
-        else {
-            warn!(file = %file.display(), "a file from no known folder; ignored");
-            return;
-        };
-        let metrics = self.publisher.metrics();
-        match self.processor.process(file, inbox.kind) {
-            Ok(processed) => {
-                if let Some(e) = &processed.results_error {
-                    warn!(file = %name, "no DICOM results for this image: {e}");
-                }
-                // The results first: once they are on disk (and the findings recorded) the
-                // file may go. Made again after a crash, they are the same instances.
-                if let Some(out) = &self.dicom_out
-                    && !processed.results.is_empty()
-                {
-                    if let Err(e) = out.put(&processed.results) {
-                        if e.is_full() {
-                            warn!(file = %name, "{e}; the file stays in the inbox until the DICOM outbox has room");
-                        } else {
-                            error!(file = %name, "cannot keep the DICOM results ({e}); the file stays in the inbox");
-                        }
-                        metrics.inputs_deferred.fetch_add(1, Ordering::Relaxed);
-                        self.deferred = Some(file.to_owned());
-                        return;
-                    }
-                    let kinds: Vec<_> = processed.results.iter().map(|m| m.kind.name()).collect();
-                    info!(file = %name, results = ?kinds, "DICOM results queued for every destination");
-                }
-                let findings = processed.findings;
-                for f in &findings {
-                    if let Err(e) = self.publisher.record(Class::Image, f) {
-                        if e.is_full() {
-                            warn!(file = %name, "{e}; the file stays in the inbox until the outbox has room");
-                        } else {
-                            error!(file = %name, "cannot record the finding ({e}); the file stays in the inbox");
-                        }
-                        metrics.inputs_deferred.fetch_add(1, Ordering::Relaxed);
-                        self.deferred = Some(file.to_owned());
-                        return;
-                    }
-                    info!(
-                        file = %name,
-                        id = %f.id,
-                        model = %f.model.id,
-                        over_threshold = ?f.over_threshold,
-                        total_ms = f.timings_ms.total,
-                        "finding made"
-                    );
-                    self.made += 1;
-                }
-                metrics.inputs_processed.fetch_add(1, Ordering::Relaxed);
-                // Only now: a file leaves the inbox once its findings are on disk.
-                if let Err(e) = inbox.mark_done(file) {
-                    error!(file = %name, "processed, but cannot move it out of {}: {e}", inbox.dir.display());
-                }
-            }
-            Err(e) => {
-                self.failed += 1;
-                metrics.inputs_failed.fetch_add(1, Ordering::Relaxed);
-                warn!(file = %name, "no finding: {e}");
-                if let Err(m) = inbox.mark_failed(file, &e.to_string()) {
-                    error!(file = %name, "cannot move it to {}: {m}", inbox.failed.display());
-                }
-            }
-        }
-        self.heartbeat.beat();
-        service::status(&format!(
-            "{} findings made, {} files failed, {} waiting in the outbox; broker {}",
-            self.made,
-            self.failed,
-            self.publisher.depth(),
-            if self.publisher.is_connected() {
-                "connected"
-            } else {
-                "unreachable"
-            }
-        ));
-    }
 }
