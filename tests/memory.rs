@@ -361,7 +361,13 @@ fn a_budget_ten_percent_too_small_stops_the_daemon_at_start() {
     // run beside another test, that free showed up there as the heap shrinking by 6,863 B.
     let _one = hold();
     let dir = tempfile::tempdir().unwrap();
-    let board = write_board(dir.path(), 1);
+    // One image worker, set: without it the daemon would lower its default worker count to
+    // fit the budget instead of refusing (tests/boards.rs tests that).
+    let board = write_board_with(
+        dir.path(),
+        "url = \"mqtt://127.0.0.1:1\"",
+        "[images]\nworkers = 1\n",
+    );
     let text = bedside_ok(&["check".as_ref(), "--board".as_ref(), board.as_os_str()]);
     let total_mib: f64 = text
         .lines()
