@@ -251,19 +251,47 @@ fn forced_kernel() -> Option<String> {
     })
 }
 
-/// The fastest candidate on a 64 × 256 × 256 matmul (4 M multiply-adds, about 0.5 ms on the
-/// kernels worth having), best of three runs each; measured once per process.
+/// A probe matmul: (m, k, n) and how many runs (the best counts).
+type Probe = ((usize, usize, usize), usize);
+
+/// Every candidate runs this once: a kernel that is slow here is slow at size too, and a
+/// slow one costs about 0.2 ms here instead of 12 ms at the full size (measured: tract's
+/// AVX2 i32 8x8 kernel took 12 ms for the full probe, four times, 48 ms of every start).
+const SMALL: Probe = ((16, 64, 64), 2);
+/// The full probe (4 M multiply-adds, about 0.03–0.5 ms on the kernels worth having), for
+/// the candidates within [`KEEP`] times the best small-probe time.
+const FULL: Probe = ((64, 256, 256), 4);
+const KEEP: f64 = 4.0;
+
+/// The fastest candidate on a 64 × 256 × 256 matmul, best of four runs each, among those
+/// that came within [`KEEP`]× the best on a small matmul first; measured once per process.
 fn fastest_kernel() -> Result<&'static str, Int8Error> {
     static PICK: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
     let pick = PICK.get_or_init(|| {
-        let mut best: Option<(f64, String)> = None;
+        let time = |imp: &Imp, probe: Probe| match imp {
+            Imp::Tract { mmm, packing } => time_kernel(&**mmm, *packing, probe),
+            Imp::Pairs => time_pairs(probe),
+        };
         let mut seen = vec![];
+        let mut small = vec![];
         for imp in choices() {
-            let timed = match &imp {
-                Imp::Tract { mmm, packing } => time_kernel(&**mmm, *packing),
-                Imp::Pairs => time_pairs(),
-            };
-            match timed {
+            match time(&imp, SMALL) {
+                Ok(t) => small.push((t, imp)),
+                Err(e) => seen.push(format!("{} failed: {e:#}", imp.name())),
+            }
+        }
+        let fastest_small = small.iter().map(|(t, _)| *t).fold(f64::MAX, f64::min);
+        let mut best: Option<(f64, String)> = None;
+        for (t_small, imp) in small {
+            if t_small > KEEP * fastest_small {
+                seen.push(format!(
+                    "{} left out ({:.1}x the best on 16x64x64)",
+                    imp.name(),
+                    t_small / fastest_small
+                ));
+                continue;
+            }
+            match time(&imp, FULL) {
                 Ok(t) => {
                     seen.push(format!("{} {:.3} ms", imp.name(), t * 1e3));
                     if best.as_ref().is_none_or(|(b, _)| t < *b) {
@@ -286,8 +314,7 @@ fn fastest_kernel() -> Result<&'static str, Int8Error> {
         .map_err(|e| Int8Error::Unsupported(e.clone()))
 }
 
-fn time_pairs() -> TractResult<f64> {
-    let (m, k, n): (usize, usize, usize) = (64, 256, 256);
+fn time_pairs(((m, k, n), runs): Probe) -> TractResult<f64> {
     let a: Vec<i8> = (0..m * k).map(|i| (i % 251) as i8).collect();
     let a = pairs::PackedA::new(&a, m, k);
     let b: Vec<u8> = (0..n.div_ceil(pairs::NR) * pairs::panel_bytes(k))
@@ -295,7 +322,7 @@ fn time_pairs() -> TractResult<f64> {
         .collect();
     let mut c = vec![0i32; m * n];
     let mut best = f64::MAX;
-    for _ in 0..4 {
+    for _ in 0..runs {
         let t = std::time::Instant::now();
         pairs::matmul(&a, &b, n, &mut c, n);
         best = best.min(t.elapsed().as_secs_f64());
@@ -303,8 +330,7 @@ fn time_pairs() -> TractResult<f64> {
     Ok(best)
 }
 
-fn time_kernel(mmm: &dyn MatMatMul, packing: usize) -> TractResult<f64> {
-    let (m, k, n) = (64, 256, 256);
+fn time_kernel(mmm: &dyn MatMatMul, packing: usize, ((m, k, n), runs): Probe) -> TractResult<f64> {
     let (pa, pb) = &mmm.packings()[packing];
     let a: Vec<i8> = (0..m * k).map(|i| (i % 251) as i8).collect();
     let b: Vec<i8> = (0..k * n).map(|i| (i % 241) as i8).collect();
@@ -314,7 +340,7 @@ fn time_kernel(mmm: &dyn MatMatMul, packing: usize) -> TractResult<f64> {
     let mut scratch = unsafe { mmm.allocate_scratch_space() };
     let spec = unsafe { mmm.c_from_data_and_strides(4, n as isize, 1) };
     let mut best = f64::MAX;
-    for _ in 0..4 {
+    for _ in 0..runs {
         let store = unsafe { spec.wrap(&c.view()) };
         let specs = [
             FusedSpec::AddMatMul {
