@@ -219,6 +219,10 @@ enum Command {
         /// The bedside binary to measure (an older build, to compare); default: this one.
         #[arg(long)]
         bedside: Option<PathBuf>,
+        /// A Python with benches/python/requirements.txt (benches/python/setup.sh makes
+        /// one): its pipeline is timed beside, one-shot and per image in a warm process.
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
     /// Results per second from the durable DICOM outbox to a C-STORE SCP, against DCMTK's
     /// storescu sending the same files to the same SCP in the same run (benches/pacs.sh).
@@ -418,7 +422,15 @@ fn main() -> ExitCode {
             rounds,
             dir,
             bedside,
-        } => cmd::bench_dicom::bench_dicom(&files, &model, rounds, &dir, bedside.as_deref()),
+            python,
+        } => cmd::bench_dicom::bench_dicom(
+            &files,
+            &model,
+            rounds,
+            &dir,
+            bedside.as_deref(),
+            python.as_deref(),
+        ),
         Command::BenchDicomSend {
             files,
             host,

@@ -7,6 +7,11 @@
 //! RSS from the kernel's accounting of that child (`wait4`). bedside's run is `bedside infer`
 //! (read, decode, prepare, each model, the finding printed); its own decode / prepare /
 //! infer times come from the finding it prints.
+//!
+//! With `--python`, the Python pipeline a clinic engineer would write
+//! (`benches/python/pipeline.py`: pydicom + pylibjpeg + numpy + Pillow + onnxruntime) is a
+//! third child in each round, and a second reference afterwards: per image in a warm
+//! process, against bedside's per-image time (the finding's own total, as in the daemon).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -25,6 +30,7 @@ pub fn bench_dicom(
     rounds: usize,
     scratch: &Path,
     bedside: Option<&Path>,
+    python: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!files.is_empty(), "no files to measure");
     anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
@@ -38,6 +44,25 @@ pub fn bench_dicom(
         "{} file(s), {rounds} rounds each, the DCMTK decoder first in each round; wall time from spawn to exit, peak RSS by wait4",
         files.len()
     );
+    let script = Path::new("benches/python/pipeline.py");
+    if python.is_some() {
+        anyhow::ensure!(
+            script.is_file(),
+            "--python needs {} (run bench-dicom from the repository root)",
+            script.display()
+        );
+    }
+    let pipeline = |rounds: usize, file: &Path| {
+        // The Python pipeline runs the first model (the one a single-model bench names).
+        let model = models
+            .first()
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("models/cxr-tiny-cls"));
+        let mut c = Command::new(python.expect("checked"));
+        c.arg(script).arg("--rounds").arg(rounds.to_string());
+        c.arg("--model").arg(model).arg(file);
+        c
+    };
     let mut worst = 0.0f64;
     for file in files {
         let obj = bedside::dicom::decode::open_file(file)?;
@@ -62,16 +87,24 @@ pub fn bench_dicom(
         infer.arg(file);
         let mut reference = Command::new(tool);
         reference.arg(file).arg(out.0.join("decoded.dcm"));
+        let mut py = python.map(|_| pipeline(1, file));
         let (mut ours, mut theirs, mut stages) = (Vec::new(), Vec::new(), Vec::new());
-        // One unmeasured run of each: page cache and dynamic loader warm for both.
+        let mut pys = Vec::new();
+        // One unmeasured run of each: page cache and dynamic loader warm for all.
         let log = out.0.join("stderr.txt");
         measure(&mut reference, &log)?;
         measure(&mut infer, &log)?;
+        if let Some(p) = &mut py {
+            measure(p, &log)?;
+        }
         for _ in 0..rounds {
             theirs.push(measure(&mut reference, &log)?.0);
             let (run, stdout) = measure(&mut infer, &log)?;
             stages.push(timings(&stdout)?);
             ours.push(run);
+            if let Some(p) = &mut py {
+                pys.push(measure(p, &log)?.0);
+            }
         }
         let ms = |v: &[Run]| stats(&v.iter().map(|r| r.ms).collect::<Vec<_>>());
         let rss = |v: &[Run]| stats(&v.iter().map(|r| r.rss_kib / 1024.0).collect::<Vec<_>>());
@@ -92,11 +125,38 @@ pub fn bench_dicom(
             om.0 / tm.0,
             or.0 / tr.0
         );
-        let (d, p, i) = (stage(0), stage(1), stage(2));
+        let (d, p, i, t) = (stage(0), stage(1), stage(2), stage(3));
         println!(
-            "  bedside stages (median, min-max ms): decode {:.1} ({:.1}-{:.1}), prepare {:.1} ({:.1}-{:.1}), models {:.1} ({:.1}-{:.1})",
-            d.0, d.1, d.2, p.0, p.1, p.2, i.0, i.1, i.2
+            "  bedside stages (median, min-max ms): decode {:.1} ({:.1}-{:.1}), prepare {:.1} ({:.1}-{:.1}), models {:.1} ({:.1}-{:.1}); per image {:.1}",
+            d.0, d.1, d.2, p.0, p.1, p.2, i.0, i.1, i.2, t.0
         );
+        if python.is_some() {
+            let (pm, pr) = (ms(&pys), rss(&pys));
+            println!(
+                "  Python one-shot median {:7.1} ms (min {:.1}, max {:.1})  peak RSS {:.1} MiB; bedside infer / Python: time {:.2}x, peak RSS {:.2}x",
+                pm.0,
+                pm.1,
+                pm.2,
+                pr.0,
+                om.0 / pm.0,
+                or.0 / pr.0
+            );
+            // Per image in a warm process: the first round warms the session and caches.
+            let (_, stdout) = measure(&mut pipeline(rounds + 1, file), &log)?;
+            let warm = python_stages(&stdout)?;
+            let stage = |i: usize| stats(&warm.iter().map(|s| s[i]).collect::<Vec<_>>());
+            let (d, p, i, pt) = (stage(0), stage(1), stage(2), stage(3));
+            println!(
+                "  Python warm, per image (median ms): decode {:.1}, prepare {:.1}, model {:.1}, total {:.1} (min {:.1}, max {:.1}); bedside / Python per image: {:.2}x (issue 17's goal: at most 0.33x)",
+                d.0,
+                p.0,
+                i.0,
+                pt.0,
+                pt.1,
+                pt.2,
+                t.0 / pt.0
+            );
+        }
         worst = worst.max(om.0 / tm.0);
     }
     println!("worst time ratio: {worst:.2}x (issue 17's goal: at most 1.0x)");
@@ -166,19 +226,42 @@ fn measure(cmd: &mut Command, log: &Path) -> anyhow::Result<(Run, Vec<u8>)> {
     ))
 }
 
-/// The slowest finding's decode, prepare and model times from `bedside infer`'s output.
-fn timings(stdout: &[u8]) -> anyhow::Result<[f64; 3]> {
-    let mut out = [0.0f64; 3];
+/// The slowest finding's decode, prepare, model and total times from `bedside infer`'s
+/// output.
+fn timings(stdout: &[u8]) -> anyhow::Result<[f64; 4]> {
+    let mut out = [0.0f64; 4];
     let mut any = false;
     for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let v: serde_json::Value = serde_json::from_slice(line)?;
         let t = &v["timings_ms"];
-        for (o, k) in out.iter_mut().zip(["decode", "prepare", "infer"]) {
+        for (o, k) in out.iter_mut().zip(["decode", "prepare", "infer", "total"]) {
             *o = o.max(t[k].as_f64().unwrap_or(0.0));
         }
         any = true;
     }
     anyhow::ensure!(any, "bedside infer printed no finding");
+    Ok(out)
+}
+
+/// Each image's decode, prepare, model and total times from `pipeline.py`, its first
+/// round (the warm-up) left out.
+fn python_stages(stdout: &[u8]) -> anyhow::Result<Vec<[f64; 4]>> {
+    let mut out = Vec::new();
+    for line in stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_slice(line)?;
+        if v["round"].as_u64() == Some(0) {
+            continue;
+        }
+        let mut s = [0.0f64; 4];
+        for (o, k) in s
+            .iter_mut()
+            .zip(["decode_ms", "prepare_ms", "infer_ms", "total_ms"])
+        {
+            *o = v[k].as_f64().unwrap_or(0.0);
+        }
+        out.push(s);
+    }
+    anyhow::ensure!(!out.is_empty(), "the Python pipeline printed no timings");
     Ok(out)
 }
 
