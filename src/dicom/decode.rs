@@ -9,7 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use dicom_dictionary_std::tags;
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::{tags, uids};
 use dicom_object::{DefaultDicomObject, InMemDicomObject};
 use dicom_pixeldata::{
     ConvertOptions, ModalityLutOption, PhotometricInterpretation, PixelDecoder,
@@ -204,28 +205,35 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
     if let Some(image) = native_ybr_422(obj, frame, rows, cols)? {
         return Ok(image);
     }
-    if super::turbo::applies(obj) {
-        // libjpeg-turbo decodes straight into the samples; the attributes come from a
-        // stand-in of the header (see `turbo::header`), so nothing full-size is copied.
-        let (r, c, samples) = contain_panic(|| super::turbo::decode(obj, frame, frames))
-            .map_err(|msg| DecodeError::Pixels {
-                path: None,
-                reason: format!("the JPEG decoder failed on this object ({msg})"),
-            })?
-            .map_err(|reason| DecodeError::Pixels { path: None, reason })?;
+    // libjpeg-turbo (grey lossless and 12-bit JPEG) and bedside's RLE decoder write
+    // straight into the samples; the attributes come from a stand-in of the header
+    // (`stand_in`), so nothing full-size is copied.
+    let direct = if super::turbo::applies(obj) {
+        Some(contained("the JPEG decoder", || {
+            super::turbo::decode(obj, frame, frames)
+        })?)
+    } else if super::rle::applies(obj) {
+        Some(contained("the RLE decoder", || {
+            super::rle::decode(obj, frame, rows as usize, cols as usize)
+                .map(|samples| (rows as u32, cols as u32, samples))
+        })?)
+    } else {
+        None
+    };
+    if let Some(decoded) = direct {
+        let (r, c, samples) =
+            decoded.map_err(|reason| DecodeError::Pixels { path: None, reason })?;
         if r as u64 != rows || c as u64 != cols {
             return Err(DecodeError::Pixels {
                 path: None,
-                reason: format!("the JPEG stream is {r}x{c}, the header says {rows}x{cols}"),
+                reason: format!("the stream is {r}x{c}, the header says {rows}x{cols}"),
             });
         }
-        let header = super::turbo::header(obj, frames);
-        let attrs = contain_panic(|| header.decode_pixel_data_frame(frame))
-            .map_err(|msg| DecodeError::Pixels {
-                path: None,
-                reason: format!("the pixel decoder failed on this object ({msg})"),
-            })?
-            .map_err(pixels_err)?;
+        let header = stand_in(obj, frames);
+        let attrs = contained("the pixel decoder", || {
+            header.decode_pixel_data_frame(frame)
+        })?
+        .map_err(pixels_err)?;
         let (pixels, photometric, voi) = grey(obj, &attrs, frame, samples)?;
         return Ok(Image {
             rows: r,
@@ -241,11 +249,7 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
 
     // A decoder must never take the daemon down with it: a panic inside a codec on a
     // hostile or broken file becomes an ordinary decode error.
-    let decoded = contain_panic(|| obj.decode_pixel_data_frame(frame))
-        .map_err(|msg| DecodeError::Pixels {
-            path: None,
-            reason: format!("the pixel decoder failed on this object ({msg})"),
-        })?
+    let decoded = contained("the pixel decoder", || obj.decode_pixel_data_frame(frame))?
         .map_err(pixels_err)?;
     let (rows, cols) = (decoded.rows(), decoded.columns());
     if rows == 0 || cols == 0 {
@@ -673,6 +677,44 @@ fn number_of_frames(obj: &InMemDicomObject) -> u32 {
 
 thread_local! {
     static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A stand-in of `obj` for reading its pixel attributes through dicom-pixeldata (which
+/// gives rescale, windows and VOI LUTs, per frame where the object has them, only from a
+/// decoded frame): every element but the pixel data, which becomes `frames` uncompressed
+/// 1×1 frames. Costs a few bytes per frame instead of a second full-size copy.
+fn stand_in(obj: &DefaultDicomObject, frames: u32) -> DefaultDicomObject {
+    let bits_allocated = obj
+        .element(tags::BITS_ALLOCATED)
+        .ok()
+        .and_then(|e| e.to_int::<u16>().ok())
+        .unwrap_or(16);
+    let mut header = InMemDicomObject::from_element_iter(
+        obj.iter()
+            .filter(|e| e.header().tag != tags::PIXEL_DATA)
+            .cloned(),
+    );
+    let bytes = frames as usize * if bits_allocated <= 8 { 1 } else { 2 };
+    let vr = if bits_allocated <= 8 { VR::OB } else { VR::OW };
+    header.put(DataElement::new(
+        tags::PIXEL_DATA,
+        vr,
+        PrimitiveValue::from(vec![0u8; bytes.next_multiple_of(2)]),
+    ));
+    for tag in [tags::ROWS, tags::COLUMNS] {
+        header.put(DataElement::new(tag, VR::US, PrimitiveValue::from(1u16)));
+    }
+    let mut meta = obj.meta().clone();
+    meta.transfer_syntax = uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned();
+    header.with_exact_meta(meta)
+}
+
+/// [`contain_panic`], a panic becoming the decode error "`what` failed on this object".
+fn contained<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, DecodeError> {
+    contain_panic(f).map_err(|msg| DecodeError::Pixels {
+        path: None,
+        reason: format!("{what} failed on this object ({msg})"),
+    })
 }
 
 /// Runs `f`, turning a panic into `Err(message)`. The panic hook installed by

@@ -11,6 +11,7 @@ pub mod derived;
 pub mod dimse;
 pub mod outbox;
 pub mod results;
+mod rle;
 pub mod seg;
 pub mod send;
 pub mod sr;

@@ -7,9 +7,8 @@
 //! windows, padding, signedness) still goes through the one path in [`super::decode`].
 
 use dicom_core::value::Value;
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::{tags, uids};
-use dicom_object::{DefaultDicomObject, InMemDicomObject};
+use dicom_dictionary_std::tags;
+use dicom_object::DefaultDicomObject;
 
 /// Transfer syntax JPEG Extended (Process 2 & 4).
 pub const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
@@ -154,33 +153,3 @@ pub fn decode(obj: &DefaultDicomObject, frame: u32, frames: u32) -> Result<Sampl
 
 /// (rows, cols, one stored sample per pixel).
 pub type Samples = (u32, u32, Vec<u16>);
-
-/// A stand-in of `obj` for reading its pixel attributes through dicom-pixeldata (which
-/// gives rescale, windows and VOI LUTs, per frame where the object has them, only from a
-/// decoded frame): every element but the pixel data, which becomes `frames` uncompressed
-/// 1×1 frames. Costs a few bytes per frame instead of a second full-size copy.
-pub fn header(obj: &DefaultDicomObject, frames: u32) -> DefaultDicomObject {
-    let bits_allocated = obj
-        .element(tags::BITS_ALLOCATED)
-        .ok()
-        .and_then(|e| e.to_int::<u16>().ok())
-        .unwrap_or(16);
-    let mut header = InMemDicomObject::from_element_iter(
-        obj.iter()
-            .filter(|e| e.header().tag != tags::PIXEL_DATA)
-            .cloned(),
-    );
-    let bytes = frames as usize * if bits_allocated <= 8 { 1 } else { 2 };
-    let vr = if bits_allocated <= 8 { VR::OB } else { VR::OW };
-    header.put(DataElement::new(
-        tags::PIXEL_DATA,
-        vr,
-        PrimitiveValue::from(vec![0u8; bytes.next_multiple_of(2)]),
-    ));
-    for tag in [tags::ROWS, tags::COLUMNS] {
-        header.put(DataElement::new(tag, VR::US, PrimitiveValue::from(1u16)));
-    }
-    let mut meta = obj.meta().clone();
-    meta.transfer_syntax = uids::EXPLICIT_VR_LITTLE_ENDIAN.to_owned();
-    header.with_exact_meta(meta)
-}
