@@ -212,9 +212,13 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
         Some(contained("the JPEG decoder", || {
             super::turbo::decode(obj, frame, frames)
         })?)
+    } else if super::jpegls::applies(obj) {
+        Some(contained("the JPEG-LS decoder", || {
+            super::jpegls::decode(obj, frame, frames)
+        })?)
     } else if super::rle::applies(obj) {
         Some(contained("the RLE decoder", || {
-            super::rle::decode(obj, frame, rows as usize, cols as usize)
+            super::rle::decode(obj, frame, frames, rows as usize, cols as usize)
                 .map(|samples| (rows as u32, cols as u32, samples))
         })?)
     } else {

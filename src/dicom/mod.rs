@@ -9,6 +9,8 @@
 pub mod decode;
 pub mod derived;
 pub mod dimse;
+mod encapsulated;
+mod jpegls;
 pub mod outbox;
 pub mod results;
 mod rle;

@@ -8,7 +8,6 @@
 //! segment offsets, then one PackBits segment per byte of each sample, most significant
 //! first. Colour RLE stays with dicom-pixeldata.
 
-use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
 
@@ -30,6 +29,7 @@ pub fn applies(obj: &DefaultDicomObject) -> bool {
 pub fn decode(
     obj: &DefaultDicomObject,
     frame: u32,
+    frames: u32,
     rows: usize,
     cols: usize,
 ) -> Result<Vec<u16>, String> {
@@ -38,18 +38,9 @@ pub fn decode(
         .ok()
         .and_then(|e| e.to_int::<u16>().ok())
         .unwrap_or(16);
-    let element = obj
-        .element(tags::PIXEL_DATA)
-        .map_err(|_| "no Pixel Data".to_string())?;
-    let Value::PixelSequence(seq) = element.value() else {
-        return Err("RLE Lossless pixel data is not encapsulated".into());
-    };
     // One fragment per frame (PS3.5 A.4.2).
-    let fragment = seq
-        .fragments()
-        .get(frame as usize)
-        .ok_or_else(|| format!("no RLE fragment for frame {frame}"))?;
-    decode_fragment(fragment, rows * cols, if bits <= 8 { 1 } else { 2 })
+    let fragment = super::encapsulated::frame_bytes(obj, frame, frames)?;
+    decode_fragment(&fragment, rows * cols, if bits <= 8 { 1 } else { 2 })
 }
 
 /// One frame's fragment of `pixels` samples of `bytes` bytes each (1 or 2).
@@ -181,7 +172,11 @@ mod tests {
                     .chunks_exact(2)
                     .map(|c| u16::from_le_bytes([c[0], c[1]]))
                     .collect();
-                assert_eq!(decode(&obj, f, rows, cols).unwrap(), theirs, "{name} frame {f}");
+                assert_eq!(
+                    decode(&obj, f, n, rows, cols).unwrap(),
+                    theirs,
+                    "{name} frame {f}"
+                );
                 frames += 1;
             }
         }

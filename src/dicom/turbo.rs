@@ -6,7 +6,6 @@
 //! The frame is decoded here straight into the stored samples; every attribute (rescale,
 //! windows, padding, signedness) still goes through the one path in [`super::decode`].
 
-use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
 use dicom_object::DefaultDicomObject;
 
@@ -28,35 +27,6 @@ pub fn applies(obj: &DefaultDicomObject) -> bool {
     };
     let grey = int(tags::SAMPLES_PER_PIXEL) <= 1;
     grey && ((ts == JPEG_EXTENDED && int(tags::BITS_STORED) > 8) || JPEG_LOSSLESS.contains(&ts))
-}
-
-/// The compressed bytes of one frame: one fragment per frame, or every fragment of a
-/// single-frame object (borrowed when there is only one).
-fn frame_bytes(
-    obj: &DefaultDicomObject,
-    frame: u32,
-    frames: u32,
-) -> Result<std::borrow::Cow<'_, [u8]>, String> {
-    let element = obj
-        .element(tags::PIXEL_DATA)
-        .map_err(|_| "no Pixel Data".to_string())?;
-    let Value::PixelSequence(seq) = element.value() else {
-        return Err("JPEG Extended pixel data is not encapsulated".into());
-    };
-    let fragments = seq.fragments();
-    if frames == 1 && fragments.len() == 1 {
-        return Ok(std::borrow::Cow::Borrowed(&fragments[0]));
-    }
-    if frames == 1 {
-        return Ok(std::borrow::Cow::Owned(fragments.concat()));
-    }
-    if fragments.len() == frames as usize {
-        return Ok(std::borrow::Cow::Borrowed(&fragments[frame as usize]));
-    }
-    Err(format!(
-        "{} fragments for {frames} frames: only one fragment per frame is read",
-        fragments.len()
-    ))
 }
 
 /// Owns a TurboJPEG decompressor (also used by the live video path for MJPEG frames).
@@ -147,7 +117,7 @@ fn decode_gray(jpeg: &[u8]) -> Result<(u32, u32, Vec<u16>), String> {
 
 /// Decodes frame `frame` of `obj` into (rows, cols, stored samples).
 pub fn decode(obj: &DefaultDicomObject, frame: u32, frames: u32) -> Result<Samples, String> {
-    let jpeg = frame_bytes(obj, frame, frames)?;
+    let jpeg = super::encapsulated::frame_bytes(obj, frame, frames)?;
     decode_gray(&jpeg)
 }
 
