@@ -84,6 +84,17 @@ impl Decoder {
         Err(format!("JPEG-LS {what}: {msg}"))
     }
 
+    /// Decodes the frame whose header was read into `size` bytes at `dst`, rows packed.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `size` bytes.
+    unsafe fn decode_into(&self, dst: *mut std::ffi::c_void, size: usize) -> Result<(), String> {
+        // SAFETY: the decoder is valid and its source set; the caller vouches for `dst`.
+        Self::check("decode", unsafe {
+            charls_sys::charls_jpegls_decoder_decode_to_buffer(self.0, dst, size, 0)
+        })
+    }
+
     /// Decodes `stream` (one grey frame) into (rows, cols, samples).
     fn samples(&self, stream: &[u8]) -> Result<super::turbo::Samples, String> {
         use charls_sys as c;
@@ -129,34 +140,14 @@ impl Decoder {
         }
         let samples = if bytes == 2 {
             let mut out = vec![0u16; n];
-            // SAFETY: `out` holds exactly `size` bytes, which CharLS fills with native-endian
-            // 16-bit samples (stride 0: rows packed).
-            unsafe {
-                Self::check(
-                    "decode",
-                    c::charls_jpegls_decoder_decode_to_buffer(
-                        self.0,
-                        out.as_mut_ptr().cast(),
-                        size,
-                        0,
-                    ),
-                )?;
-            }
+            // SAFETY: `out` holds exactly `size` bytes (n samples of 2 bytes), which CharLS
+            // fills with native-endian 16-bit samples.
+            unsafe { self.decode_into(out.as_mut_ptr().cast(), size)? };
             out
         } else {
             let mut out = vec![0u8; n];
-            // SAFETY: as above, one byte per sample.
-            unsafe {
-                Self::check(
-                    "decode",
-                    c::charls_jpegls_decoder_decode_to_buffer(
-                        self.0,
-                        out.as_mut_ptr().cast(),
-                        size,
-                        0,
-                    ),
-                )?;
-            }
+            // SAFETY: `out` holds exactly `size` bytes, one per sample.
+            unsafe { self.decode_into(out.as_mut_ptr().cast(), size)? };
             out.into_iter().map(u16::from).collect()
         };
         Ok((info.height, info.width, samples))
