@@ -205,8 +205,8 @@ pub fn decode_frame(obj: &DefaultDicomObject, frame: u32) -> Result<Image, Decod
     if let Some(image) = native_ybr_422(obj, frame, rows, cols)? {
         return Ok(image);
     }
-    // libjpeg-turbo (grey lossless and 12-bit JPEG) and bedside's RLE decoder write
-    // straight into the samples; the attributes come from a stand-in of the header
+    // libjpeg-turbo (grey lossless and 12-bit JPEG), CharLS (grey JPEG-LS) and bedside's
+    // RLE decoder write straight into the samples; the attributes come from a stand-in of the header
     // (`stand_in`), so nothing full-size is copied.
     let direct = if super::turbo::applies(obj) {
         Some(contained("the JPEG decoder", || {
