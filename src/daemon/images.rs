@@ -408,9 +408,7 @@ impl Worker {
                         } else {
                             error!(file = %name, "cannot keep the DICOM results ({e}); the file stays in the inbox");
                         }
-                        metrics.inputs_deferred.fetch_add(1, Ordering::Relaxed);
-                        shared.deferred.store(true, Ordering::SeqCst);
-                        return;
+                        return shared.defer(metrics);
                     }
                     let kinds: Vec<_> = processed.results.iter().map(|m| m.kind.name()).collect();
                     info!(file = %name, results = ?kinds, "DICOM results queued for every destination");
@@ -422,9 +420,7 @@ impl Worker {
                         } else {
                             error!(file = %name, "cannot record the finding ({e}); the file stays in the inbox");
                         }
-                        metrics.inputs_deferred.fetch_add(1, Ordering::Relaxed);
-                        shared.deferred.store(true, Ordering::SeqCst);
-                        return;
+                        return shared.defer(metrics);
                     }
                     info!(
                         file = %name,
@@ -475,6 +471,13 @@ impl Shared {
     /// The outbox or the DICOM outbox refuses new records.
     fn full(&self) -> bool {
         self.publisher.is_full() || self.dicom_out.as_ref().is_some_and(|o| o.is_full())
+    }
+
+    /// A file stays in its folder because an outbox refused what it made: counted, and
+    /// every worker leaves its file too until the dispatcher has seen room.
+    fn defer(&self, metrics: &crate::publish::mqtt::Metrics) {
+        metrics.inputs_deferred.fetch_add(1, Ordering::Relaxed);
+        self.deferred.store(true, Ordering::SeqCst);
     }
 
     fn in_flight(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
