@@ -57,6 +57,11 @@ impl Spool {
         })
     }
 
+    /// The largest object accepted (`dicom.max_object_mib`).
+    pub fn max_object(&self) -> u64 {
+        self.max_object
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

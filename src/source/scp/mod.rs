@@ -1,10 +1,18 @@
 //! The DICOM C-STORE SCP: how a portable X-ray unit or an ultrasound cart pushes images to
 //! bedside. Built on dicom-ul's async associations, on the daemon's tokio runtime.
 //!
+//! - Before the association ([`gate`]): a connection has the ACSE timeout (10 s, or
+//!   `timeout_s` if shorter) to send an A-ASSOCIATE-RQ header; another PDU type or an
+//!   oversized request is answered with an A-ABORT at once. At most `max_associations + 64`
+//!   connections are open at once; a further one is closed on arrival.
 //! - Association: the called AE title must be ours; optional allow-lists of calling AE
 //!   titles and source addresses; anyone else is rejected at association time and the log
-//!   says who and why. At most `max_associations` at once — a further caller waits for a
-//!   free slot (up to 30 s) before it is rejected.
+//!   says who and why. At most `max_associations` at once ([`slots`]) — a further caller
+//!   takes the slot of an association idle for 5 s or more (which is aborted), or waits for a
+//!   free one (up to 30 s) before it is rejected.
+//! - Inside an association: a peer silent for `timeout_s` is aborted; so is one whose
+//!   command grows past 64 KiB, that sends data without a command, that sends more than
+//!   `max_object_mib` of a refused object, or whose PDUs cannot be read.
 //! - Presentation contexts: Verification and the storage SOP classes of X-ray and
 //!   ultrasound (plus the profile's), in every transfer syntax this build can decode.
 //! - C-STORE: the data set streams into the [`Spool`]; success is answered only after the
@@ -12,9 +20,12 @@
 //!   resources" (A700). Nothing is acknowledged that is not kept.
 //! - C-ECHO answers success; any other command is answered "unrecognized operation".
 
+mod gate;
+mod slots;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -26,11 +37,23 @@ use dicom_ul::pdu::{
     AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, UserIdentity,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use self::gate::{AbortReason, Refused};
+use self::slots::{Slot, Slots};
 use super::spool::{Incoming, Spool};
 use crate::dicom::dimse::{self, Request, status};
+
+/// An association that has received no PDU for this long gives its slot to a newcomer when
+/// all are taken.
+const EVICT_IDLE: Duration = Duration::from_secs(5);
+/// How long a caller waits for a slot before it is rejected.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+/// Connections beyond `max_associations` (at the door or waiting for a slot) kept open.
+const EXTRA_CONNECTIONS: usize = 64;
+/// A DIMSE command is a few hundred bytes; one larger than this is not a command.
+const MAX_COMMAND: usize = 64 * 1024;
 
 /// Storage SOP classes accepted by default.
 pub const STORAGE_SOP_CLASSES: [(&str, &str); 9] = [
@@ -217,14 +240,17 @@ impl Scp {
 
     /// Accepts associations until `stop` turns true; associations in progress finish.
     pub async fn serve(self, mut stop: watch::Receiver<bool>) {
-        let slots = Arc::new(Semaphore::new(self.config.max_associations));
+        let slots = Slots::new(self.config.max_associations, EVICT_IDLE);
+        let acse = gate::acse_timeout(self.config.timeout);
+        let max_connections = self.config.max_associations + EXTRA_CONNECTIONS;
+        let mut turned_away: (u64, Option<Instant>) = (0, None);
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
                 _ = stop.changed() => break,
             };
-            let (socket, peer) = match accepted {
+            let (mut socket, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     warn!("DICOM listener: cannot accept a connection: {e}");
@@ -232,6 +258,19 @@ impl Scp {
                     continue;
                 }
             };
+            while tasks.try_join_next().is_some() {}
+            if tasks.len() >= max_connections {
+                // A flood: close at once, and say so at most every 10 s.
+                turned_away.0 += 1;
+                if turned_away
+                    .1
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+                {
+                    warn!(%peer, open = tasks.len(), closed = turned_away.0, "DICOM connection closed on arrival: {max_connections} connections already open");
+                    turned_away = (0, Some(Instant::now()));
+                }
+                continue;
+            }
             let job = Association {
                 config: self.config.clone(),
                 spool: self.spool.clone(),
@@ -240,15 +279,22 @@ impl Scp {
             };
             let slots = slots.clone();
             tasks.spawn(async move {
-                // Wait for a free slot rather than turn a modality away at once: it
-                // would only retry.
-                let permit =
-                    tokio::time::timeout(Duration::from_secs(30), slots.acquire_owned()).await;
-                let busy = !matches!(permit, Ok(Ok(_)));
-                job.run(socket, busy).await;
-                drop(permit);
+                match gate::first_pdu(&mut socket, acse).await {
+                    Ok(()) => {}
+                    Err(Refused::Silent) => {
+                        debug!(%peer, "DICOM connection closed: no A-ASSOCIATE-RQ within {acse:?}");
+                        return;
+                    }
+                    Err(Refused::Aborted(_, why)) => {
+                        warn!(%peer, "DICOM connection aborted: {why}");
+                        return;
+                    }
+                }
+                // Wait for a slot rather than turn a modality away at once: it would only
+                // retry.
+                let slot = slots.take(SLOT_WAIT).await;
+                job.run(socket, slot).await;
             });
-            while tasks.try_join_next().is_some() {}
         }
         // Let associations in progress finish (bounded by their timeouts).
         while tasks.join_next().await.is_some() {}
@@ -334,6 +380,8 @@ enum Receiving<'a> {
         context: u8,
         status: u16,
         command_field: Option<u16>,
+        /// Bytes of the data set read and thrown away so far.
+        drained: u64,
     },
 }
 
@@ -345,20 +393,52 @@ struct Association {
 }
 
 impl Association {
-    async fn run(self, socket: TcpStream, busy: bool) {
+    async fn run(self, socket: TcpStream, slot: Option<Slot>) {
         let gate = Gate {
             config: self.config.clone(),
             peer: self.peer,
-            busy,
+            busy: slot.is_none(),
         };
-        let options = self.options.clone().ae_access_control(gate);
-        let mut assoc = match options.establish_async(socket).await {
-            Ok(a) => a,
+        // A second handle on the connection, to answer a request dicom-ul could not read
+        // (it drops the socket on that error without a word).
+        let (socket, spare) = match spare_handle(socket) {
+            Ok(pair) => pair,
             Err(e) => {
-                debug!(peer = %self.peer, "DICOM association not established: {e}");
+                warn!(peer = %self.peer, "DICOM connection dropped: {e}");
                 return;
             }
         };
+        let options = self.options.clone().ae_access_control(gate);
+        let established = match &slot {
+            Some(slot) => tokio::select! {
+                a = options.establish_async(socket) => Some(a),
+                _ = slot.evicted() => None,
+            },
+            None => Some(options.establish_async(socket).await),
+        };
+        let mut assoc = match established {
+            Some(Ok(a)) => a,
+            Some(Err(dicom_ul::association::Error::ReceivePdu { source, .. })) => {
+                warn!(peer = %self.peer, "DICOM association request unreadable ({source}); aborting");
+                write_abort(spare, AbortReason::InvalidParameter);
+                return;
+            }
+            Some(Err(e)) => {
+                debug!(peer = %self.peer, "DICOM association not established: {e}");
+                return;
+            }
+            None => {
+                warn!(peer = %self.peer, "DICOM connection closed before its association: its slot went to a newcomer");
+                return;
+            }
+        };
+        drop(spare);
+        let Some(slot) = slot else {
+            // Not reached: the gate rejects every caller without a slot.
+            let _ = assoc.abort().await;
+            return;
+        };
+        slot.touch();
         let caller = assoc.peer_ae_title().to_owned();
         let contexts: Vec<(u8, String)> = assoc
             .presentation_contexts()
@@ -370,10 +450,23 @@ impl Association {
         let mut state = Receiving::Nothing;
         let (mut stored, mut refused) = (0u32, 0u32);
         loop {
-            let pdu = match tokio::time::timeout(self.config.timeout, assoc.receive()).await {
+            let received = tokio::select! {
+                r = tokio::time::timeout(self.config.timeout, assoc.receive()) => r,
+                _ = slot.evicted() => {
+                    warn!(calling_ae = %caller, peer = %self.peer, stored, "DICOM association idle for {EVICT_IDLE:?} or more aborted: its slot went to a newcomer");
+                    let _ = assoc.abort().await;
+                    return;
+                }
+            };
+            let pdu = match received {
                 Ok(Ok(pdu)) => pdu,
+                Ok(Err(dicom_ul::association::Error::ConnectionClosed { .. })) => {
+                    warn!(calling_ae = %caller, peer = %self.peer, stored, "DICOM connection closed by the peer without a release");
+                    return;
+                }
                 Ok(Err(e)) => {
-                    warn!(calling_ae = %caller, peer = %self.peer, "DICOM association broken: {e}");
+                    warn!(calling_ae = %caller, peer = %self.peer, "DICOM association broken ({e}); aborting");
+                    let _ = assoc.abort().await;
                     return;
                 }
                 Err(_) => {
@@ -382,11 +475,17 @@ impl Association {
                     return;
                 }
             };
+            slot.touch();
             match pdu {
                 Pdu::PData { data } => {
                     for value in data {
                         let reply = match value.value_type {
                             PDataValueType::Command => {
+                                if command.len() + value.data.len() > MAX_COMMAND {
+                                    warn!(calling_ae = %caller, peer = %self.peer, "a DIMSE command longer than {MAX_COMMAND} bytes; aborting the association");
+                                    let _ = assoc.abort().await;
+                                    return;
+                                }
                                 command.extend_from_slice(&value.data);
                                 if !value.is_last {
                                     continue;
@@ -407,17 +506,22 @@ impl Association {
                                     }
                                 }
                             }
-                            PDataValueType::Data => {
-                                let reply = self.on_data(&value, &mut state).await;
-                                if let Some((_, _, s)) = &reply {
-                                    if *s == status::SUCCESS {
+                            PDataValueType::Data => match self.on_data(&value, &mut state).await {
+                                Data::More => None,
+                                Data::Reply(context, bytes, s) => {
+                                    if s == status::SUCCESS {
                                         stored += 1;
                                     } else {
                                         refused += 1;
                                     }
+                                    Some((context, bytes))
                                 }
-                                reply.map(|(ctx, bytes, _)| (ctx, bytes))
-                            }
+                                Data::Violation(why) => {
+                                    warn!(calling_ae = %caller, peer = %self.peer, stored, "{why}; aborting the association");
+                                    let _ = assoc.abort().await;
+                                    return;
+                                }
+                            },
                         };
                         if let Some((context, bytes)) = reply {
                             let pdu = Pdu::PData {
@@ -476,6 +580,7 @@ impl Association {
                         context,
                         status: status::CANNOT_UNDERSTAND,
                         command_field: None,
+                        drained: 0,
                     };
                     return None;
                 };
@@ -496,6 +601,7 @@ impl Association {
                             context,
                             status: status::OUT_OF_RESOURCES,
                             command_field: None,
+                            drained: 0,
                         }
                     }
                 };
@@ -514,6 +620,7 @@ impl Association {
                         context,
                         status: status::UNRECOGNIZED_OPERATION,
                         command_field: Some(command_field),
+                        drained: 0,
                     };
                     None
                 } else {
@@ -526,39 +633,48 @@ impl Association {
         }
     }
 
-    /// Takes a data fragment; on the last one, returns the reply and its status.
-    async fn on_data<'a>(
-        &'a self,
-        value: &PDataValue,
-        state: &mut Receiving<'a>,
-    ) -> Option<(u8, Vec<u8>, u16)> {
-        if let Receiving::Object {
-            message_id,
-            sop_class,
-            sop_instance,
-            context,
-            into,
-        } = state
-            && let Err(e) = tokio::task::block_in_place(|| into.write(&value.data))
-        {
-            warn!("C-STORE refused (out of resources): {e}");
-            *state = Receiving::Refused {
-                message_id: *message_id,
-                sop_class: std::mem::take(sop_class),
-                sop_instance: std::mem::take(sop_instance),
-                context: *context,
-                status: status::OUT_OF_RESOURCES,
-                command_field: None,
-            };
+    /// Takes a data fragment; on the last one, the reply and its status.
+    async fn on_data<'a>(&'a self, value: &PDataValue, state: &mut Receiving<'a>) -> Data {
+        match state {
+            Receiving::Nothing => {
+                return Data::Violation("DICOM data without a C-STORE command".into());
+            }
+            Receiving::Object {
+                message_id,
+                sop_class,
+                sop_instance,
+                context,
+                into,
+            } => {
+                if let Err(e) = tokio::task::block_in_place(|| into.write(&value.data)) {
+                    warn!("C-STORE refused (out of resources): {e}");
+                    *state = Receiving::Refused {
+                        message_id: *message_id,
+                        sop_class: std::mem::take(sop_class),
+                        sop_instance: std::mem::take(sop_instance),
+                        context: *context,
+                        status: status::OUT_OF_RESOURCES,
+                        command_field: None,
+                        drained: 0,
+                    };
+                }
+            }
+            Receiving::Refused { drained, .. } => {
+                // Read and thrown away so that the answer can be given, but not without end.
+                *drained += value.data.len() as u64;
+                if *drained > self.spool.max_object() {
+                    return Data::Violation(format!(
+                        "a refused data set goes on past {} bytes (dicom.max_object_mib)",
+                        self.spool.max_object()
+                    ));
+                }
+            }
         }
         if !value.is_last {
-            return None;
+            return Data::More;
         }
         match std::mem::replace(state, Receiving::Nothing) {
-            Receiving::Nothing => {
-                warn!("DICOM data without a C-STORE command; ignored");
-                None
-            }
+            Receiving::Nothing => Data::More,
             Receiving::Object {
                 message_id,
                 sop_class,
@@ -581,11 +697,11 @@ impl Association {
                         status::OUT_OF_RESOURCES
                     }
                 };
-                Some((
+                Data::Reply(
                     context,
                     dimse::store_response(message_id, &sop_class, &sop_instance, status),
                     status,
-                ))
+                )
             }
             Receiving::Refused {
                 message_id,
@@ -594,15 +710,42 @@ impl Association {
                 context,
                 status,
                 command_field,
+                ..
             } => {
                 let reply = match command_field {
                     Some(field) => dimse::unrecognized_response(field, message_id),
                     None => dimse::store_response(message_id, &sop_class, &sop_instance, status),
                 };
-                Some((context, reply, status))
+                Data::Reply(context, reply, status)
             }
         }
     }
+}
+
+/// What a data fragment led to.
+enum Data {
+    /// More fragments are to come.
+    More,
+    /// The data set is complete: the reply to send, and its status.
+    Reply(u8, Vec<u8>, u16),
+    /// The peer broke the protocol; the association is aborted.
+    Violation(String),
+}
+
+/// Splits a connection into the tokio stream dicom-ul takes and a second (blocking) handle
+/// on the same socket.
+fn spare_handle(socket: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
+    let std = socket.into_std()?;
+    let spare = std.try_clone()?;
+    Ok((TcpStream::from_std(std)?, spare))
+}
+
+/// Writes an A-ABORT on the spare handle. The socket is non-blocking, so a peer that reads
+/// nothing cannot hold this up: ten bytes fit any empty send buffer, and a full one drops them.
+fn write_abort(mut spare: std::net::TcpStream, reason: AbortReason) {
+    use std::io::Write as _;
+    let _ = spare.write_all(&gate::abort_pdu(reason));
+    let _ = spare.shutdown(std::net::Shutdown::Both);
 }
 
 #[cfg(test)]
