@@ -464,12 +464,13 @@ impl Association {
                     warn!(calling_ae = %caller, peer = %self.peer, stored, "DICOM connection closed by the peer without a release");
                     return;
                 }
-                Ok(Err(e)) => {
-                    warn!(calling_ae = %caller, peer = %self.peer, "DICOM association broken ({e}); aborting");
+                Ok(Err(e)) if !matches!(e, dicom_ul::association::Error::Timeout { .. }) => {
+                    warn!(calling_ae = %caller, peer = %self.peer, "DICOM association broken ({}); aborting", chain(&e));
                     let _ = assoc.abort().await;
                     return;
                 }
-                Err(_) => {
+                // dicom-ul's own read timeout (the same `timeout_s`) or ours.
+                Ok(Err(_)) | Err(_) => {
                     warn!(calling_ae = %caller, peer = %self.peer, "DICOM peer silent for {:?}; aborting the association", self.config.timeout);
                     let _ = assoc.abort().await;
                     return;
@@ -730,6 +731,19 @@ enum Data {
     Reply(u8, Vec<u8>, u16),
     /// The peer broke the protocol; the association is aborted.
     Violation(String),
+}
+
+/// An error with its causes, "outer: inner: innermost" (dicom-ul's errors say only their own
+/// level, e.g. "failed to receive pdu").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Splits a connection into the tokio stream dicom-ul takes and a second (blocking) handle
