@@ -58,9 +58,36 @@ pub struct BoardProfile {
     /// The read-only findings page (`crate::web`); off unless `enabled`.
     #[serde(default)]
     pub web: Web,
+    /// The local audit trail (`crate::audit`) under `paths.state`/audit.
+    #[serde(default)]
+    pub audit: Audit,
     /// The file this profile was read from.
     #[serde(skip)]
     pub origin: PathBuf,
+}
+
+/// `[audit]`: every input processed, with the exact model and the delivery, kept on the
+/// device for the quality officer (`bedside audit --since …`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    pub enabled: bool,
+    /// Files whose newest line is older than this many days are removed (1..=3650).
+    pub keep_days: u32,
+    /// Disk budget of the whole trail in MiB (1..=65536); over it, the oldest files go.
+    pub max_mib: u64,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        // A line is ~400 bytes: 128 MiB holds ~330,000 inputs — a year of a busy X-ray room,
+        // or ~4 months of live ultrasound summaries every 10 s around the clock.
+        Audit {
+            enabled: true,
+            keep_days: 365,
+            max_mib: 128,
+        }
+    }
 }
 
 /// `[updates]`: model updates staged under `paths.state`/models.d.
@@ -845,6 +872,18 @@ impl BoardProfile {
                 return Err(self.field(field, format!("{value:?} must be a non-empty MQTT topic level without '/', '+', '#' or outer spaces")));
             }
         }
+        if !(1..=3650).contains(&self.audit.keep_days) {
+            return Err(self.field(
+                "audit.keep_days",
+                format!("{} is not in 1..=3650", self.audit.keep_days),
+            ));
+        }
+        if !(1..=65536).contains(&self.audit.max_mib) {
+            return Err(self.field(
+                "audit.max_mib",
+                format!("{} is not in 1..=65536", self.audit.max_mib),
+            ));
+        }
         if let Some(n) = self.images.workers
             && !(1..=64).contains(&n)
         {
@@ -1161,6 +1200,15 @@ impl BoardProfile {
     }
 
     /// The spool's folder and its limits in bytes (folder, one object).
+    /// The audit trail's settings, when it is enabled.
+    pub fn audit_config(&self) -> Option<crate::audit::AuditConfig> {
+        self.audit.enabled.then(|| crate::audit::AuditConfig {
+            dir: self.paths.state.join("audit"),
+            keep_days: self.audit.keep_days,
+            max_bytes: self.audit.max_mib << 20,
+        })
+    }
+
     pub fn spool_config(&self) -> Option<(PathBuf, u64, u64)> {
         let d = self.dicom.as_ref().filter(|d| d.listen)?;
         Some((

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod alloc;
+pub mod audit;
 pub mod board;
 pub mod daemon;
 pub mod dicom;

@@ -141,6 +141,16 @@ enum Command {
         #[arg(long, requires = "compare")]
         max_drop: Option<f64>,
     },
+    /// Print the audit trail as CSV: every input processed (time, source, UID hash, model id,
+    /// version and sha256, result, timings, delivery), never a patient identifier.
+    Audit {
+        #[arg(long)]
+        board: PathBuf,
+        /// From when: an RFC 3339 time, a date (2026-12-01, UTC), or an age (30m, 12h, 7d);
+        /// absent: everything kept.
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Print the systemd drop-in a board needs (MemoryMax= from its memory budget, access to
     /// its capture device); install as /etc/systemd/system/bedside.service.d/board.conf.
     SystemdDropin {
@@ -379,6 +389,7 @@ fn main() -> ExitCode {
             out,
             max_drop,
         }),
+        Command::Audit { board, since } => cmd::audit::print(&board, since.as_deref()),
         Command::SystemdDropin { board } => BoardProfile::load(&board)
             .map(|p| {
                 print!("{}", bedside::service::dropin(&p, &board));

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
+use crate::audit::AuditTrail;
 use crate::dicom::outbox::DicomOutbox;
 use crate::live::LiveUpdater;
 use crate::model::ModelRef;
@@ -59,6 +60,8 @@ pub(super) struct ImageWork {
     pub video_models: Vec<ModelRef>,
     /// Set once the live pipeline runs: updates of its models are taken with the others.
     pub live: Arc<OnceLock<LiveUpdater>>,
+    /// Where inputs set aside are noted (findings are noted by the publisher).
+    pub audit: Option<Arc<AuditTrail>>,
 }
 
 /// The running dispatcher and workers.
@@ -84,6 +87,7 @@ struct Shared {
     processors: Vec<Mutex<Processor>>,
     made: AtomicU64,
     failed: AtomicU64,
+    audit: Option<Arc<AuditTrail>>,
 }
 
 /// Sends on `ended` when the thread holding it ends, however it ends (a panic included).
@@ -121,6 +125,7 @@ impl ImageWork {
             processors,
             made: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            audit: self.audit,
         });
         // A job waits only while every worker is busy: the dispatcher then blocks, and the
         // files wait where they are safe, in their folders.
@@ -443,6 +448,13 @@ impl Worker {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
                 metrics.inputs_failed.fetch_add(1, Ordering::Relaxed);
                 warn!(file = %name, "no finding: {e}");
+                if let Some(audit) = &shared.audit {
+                    // Without the file's path: an inbox file may be named after the patient.
+                    let reason = e
+                        .to_string()
+                        .replace(&file.display().to_string(), "the input");
+                    audit.failed(inbox.kind, &reason);
+                }
                 if let Err(m) = inbox.mark_failed(file, &e.to_string()) {
                     error!(file = %name, "cannot move it to {}: {m}", inbox.failed.display());
                 }

@@ -56,6 +56,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
     Web(#[from] crate::web::WebError),
     #[error(transparent)]
     OverBudget(#[from] crate::plan::OverBudget),
@@ -188,6 +190,20 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             "findings from an earlier run wait in the outbox; they are sent first"
         );
     }
+    let audit = match profile.audit_config() {
+        Some(config) => {
+            let (trail, recovered) = crate::audit::AuditTrail::open(config)?;
+            info!(
+                dir = %trail.dir().display(),
+                files = recovered.files,
+                cut_bytes = recovered.cut_bytes,
+                removed = recovered.removed,
+                "audit trail open"
+            );
+            Some(Arc::new(trail))
+        }
+        None => None,
+    };
     let video_models: Vec<_> = video_engines
         .iter()
         .map(|e| e.model_ref().clone())
@@ -205,6 +221,9 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
         })?;
     rt.block_on(async move {
         let (publisher, connection) = Publisher::start(config, outbox);
+        if let Some(trail) = &audit {
+            publisher.audit_to(trail.clone());
+        }
         publisher.set_memory_plan(plan.total(), plan.heap(), plan.budget);
         let (web_stop, web_stop_rx) = tokio::sync::watch::channel(false);
         let web = if profile.web.enabled {
@@ -274,6 +293,7 @@ pub fn run(profile: BoardProfile) -> Result<(), DaemonError> {
             updater,
             video_models,
             live: live_updater.clone(),
+            audit: audit.clone(),
         }
         .start(rx, ended)
         .map_err(|source| DaemonError::Io {

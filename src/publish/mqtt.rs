@@ -399,6 +399,8 @@ struct Shared {
     memory_plan: std::sync::OnceLock<(u64, u64, Option<u64>)>,
     /// Told of every finding recorded (the findings page), on the recording thread.
     observer: std::sync::OnceLock<Observer>,
+    /// Where each recorded finding and each delivery is noted, when the trail is on.
+    audit: std::sync::OnceLock<Arc<crate::audit::AuditTrail>>,
     started: Instant,
     /// Set when this process disconnects at shutdown: the connection closing then is ours,
     /// not an outage to report.
@@ -514,6 +516,9 @@ impl Shared {
                             error!(
                                 "delivered, but cannot record it in the outbox ({e}); it may be sent again"
                             );
+                        }
+                        if let Some(audit) = self.audit.get() {
+                            audit.delivered(seq);
                         }
                     }
                     Some(reason) => {
@@ -672,6 +677,7 @@ impl Publisher {
             video_metrics: std::sync::OnceLock::new(),
             memory_plan: std::sync::OnceLock::new(),
             observer: std::sync::OnceLock::new(),
+            audit: std::sync::OnceLock::new(),
             started: Instant::now(),
             disconnecting: std::sync::atomic::AtomicBool::new(false),
         });
@@ -699,6 +705,11 @@ impl Publisher {
         }
         let mut f = self.shared.lock();
         let result = f.outbox.append(class, &payload);
+        let audit = self.shared.audit.get();
+        if let (Ok(seq), Some(audit)) = (&result, audit) {
+            // Under the lock: its "delivered" line cannot come first.
+            audit.finding(finding, *seq);
+        }
         if f.outbox.is_full() && !f.full_reported {
             f.full_reported = true;
             f.status_dirty = true;
@@ -711,10 +722,19 @@ impl Publisher {
         drop(f);
         self.shared.wake.notify_one();
         result.map_err(PublishError::from)?;
+        if let Some(audit) = audit {
+            audit.sync();
+        }
         if let Some(observe) = self.shared.observer.get() {
             observe(finding, &payload);
         }
         Ok(())
+    }
+
+    /// Notes every finding recorded from now on, and its delivery, in `trail` (once; a
+    /// second is ignored).
+    pub fn audit_to(&self, trail: Arc<crate::audit::AuditTrail>) {
+        let _ = self.shared.audit.set(trail);
     }
 
     /// Tells `observer` of every finding recorded from now on (once; a second is ignored).
