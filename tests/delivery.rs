@@ -17,9 +17,6 @@ const STATUS: &str = "bedside/test-site/cart-7/status";
 /// against `autosave_interval`, whose default is 1800), so that what it acknowledged survives
 /// its own SIGKILL as far as Mosquitto can (otherwise the test would measure Mosquitto, not
 /// bedside), and that queues without limit for a consumer that is away.
-const DURABLE_BROKER: &str =
-    "max_queued_messages 0\nautosave_on_changes true\nautosave_interval 1\n";
-
 fn outbox_segments(state: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(state.join("outbox"))
         .map(|d| d.map(|e| e.unwrap().path()).collect())
@@ -34,30 +31,6 @@ fn count(dir: &Path) -> usize {
 }
 
 /// A small xorshift generator: the test prints its seed so that a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn from_time() -> Rng {
-        let seed = std::env::var("BEDSIDE_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("random seed: BEDSIDE_TEST_SEED={seed}");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn two_hundred_findings_made_while_the_broker_is_down_all_arrive_once_each() {
     let tmp = tempfile::tempdir().unwrap();

@@ -758,3 +758,34 @@ impl Pki {
         self.dir.join(file).display().to_string()
     }
 }
+
+/// A Mosquitto that saves its sessions and queues on every change (a SIGKILL still loses
+/// what it acknowledged in the last moment before saving).
+pub const DURABLE_BROKER: &str =
+    "max_queued_messages 0\nautosave_on_changes true\nautosave_interval 1\n";
+
+/// A small xorshift generator for tests that act at random moments: the seed is printed, and
+/// `BEDSIDE_TEST_SEED` replays a run.
+pub struct Rng(u64);
+impl Rng {
+    pub fn from_time() -> Rng {
+        let seed = std::env::var("BEDSIDE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("random seed: BEDSIDE_TEST_SEED={seed}");
+        Rng(seed)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
