@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,18 +45,8 @@ fn sender(port: u16, images: Vec<PathBuf>, stop: Arc<AtomicBool>, acked: Arc<Mut
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            let out = Command::new("storescu")
-                .args([
-                    "-aet", "XRAY-1", "-aec", "BEDSIDE", "-v", "-to", "10", "-ta", "10",
-                ])
-                .arg("127.0.0.1")
-                .arg(port.to_string())
-                .arg(&image)
-                .output()
-                .expect("cannot run storescu (is DCMTK installed?)");
-            let text = String::from_utf8_lossy(&out.stderr).into_owned()
-                + &String::from_utf8_lossy(&out.stdout);
-            if text.contains("Received Store Response (Success)") {
+            let (ok, _) = store_one(port, &image, &["-to", "10", "-ta", "10"]);
+            if ok {
                 acked.lock().unwrap().push(uid);
                 // A steady stream across all the daemon's lives, not a burst in the first.
                 std::thread::sleep(PACE);
@@ -77,23 +66,7 @@ fn sigkills_of_the_daemon_and_the_broker_under_load_lose_no_acknowledged_image()
     let mut broker = Mosquitto::start_with(port, &broker_dir, true, DURABLE_BROKER);
     let consumer = Collector::start(port, FINDINGS, "consumer-chaos");
     let dicom_port = free_port();
-    let facts: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/data/us/fast-clip.json")).unwrap(),
-    )
-    .unwrap();
-    let board = write_board_with(
-        tmp.path(),
-        &format!("url = \"mqtt://127.0.0.1:{port}\""),
-        &format!(
-            "[dicom]\nae_title = \"BEDSIDE\"\nport = {dicom_port}\nbind = \"127.0.0.1\"\n\n\
-             [[models]]\npath = \"{}\"\nsources = [\"video\"]\n\n\
-             [video]\nsource = \"replay\"\ncrop = {}\nthreads = 1\nwindow_frames = 5\n\
-             publish_interval_s = 2\n[video.replay]\npath = \"{}\"\nloop = true\n",
-            repo().join("models/us-fast-fluid").display(),
-            facts["crop"],
-            repo().join("tests/data/us/fast-clip.dcm").display()
-        ),
-    );
+    let board = scp_and_video_board(tmp.path(), port, dicom_port, 2);
     let hasher = UidHasher::new(BoardProfile::load(&board).unwrap().uid_hash_key().unwrap());
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The Debian package, as a device maker's engineer meets it:
 #
-#  1. `cargo deb` (cargo-deb, installed at a pinned version when missing) builds the release
-#     binary and the amd64 package; when tests/aarch64.sh has cross-built the aarch64
+#  1. tools/sbom/sbom.sh makes the SBOM, SOUP list and licence report (and checks licences
+#     and advisories); `cargo auditable build` the release binary, which carries its
+#     dependency list; `cargo deb` (cargo-deb, pinned, installed when missing) the amd64
+#     package; when tests/aarch64.sh has cross-built the aarch64
 #     binary, the arm64 package is made from it too.
 #  2. Both are inspected: architecture, dependencies (from dpkg-shlibdeps), every file that
 #     must be there, maintainer scripts, the binary's architecture and size (goal: < 15 MB).
@@ -29,10 +31,17 @@ if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
   cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 
-echo "== cargo deb (release build, amd64)"
+# The SBOM, the SOUP list and the licence report that go into the package (and the licence
+# and advisory checks); it also installs cargo-auditable.
+[ -f target/sbom/bedside.cdx.json ] && [ -n "${DEB_NO_BUILD:-}" ] || tools/sbom/sbom.sh
+
+echo "== cargo deb (release build with cargo-auditable, amd64)"
 mkdir -p target/debian
 # DEB_NO_BUILD=1 packages the release binary already in target/release (for re-runs).
-cargo deb --locked ${DEB_NO_BUILD:+--no-build} --output target/debian/bedside_amd64.deb
+# cargo auditable: the binary carries its dependency list (`.dep-v0`), for scanners on the
+# device (FDA 524B's SBOM, read from the artefact itself).
+[ -n "${DEB_NO_BUILD:-}" ] || cargo auditable build --locked --release --bin bedside
+cargo deb --locked --no-build --output target/debian/bedside_amd64.deb
 DEBS=(target/debian/bedside_amd64.deb)
 ARM_DIR=target/cross
 # The shipped profile's binary when there is one, else the `cross-check` profile's (what
@@ -66,7 +75,9 @@ for deb in "${DEBS[@]}"; do
            /usr/share/bedside/models/cxr-tiny-cls/model.toml /usr/share/bedside/models/cxr-tiny-cls/model.onnx \
            /usr/share/bedside/models/cxr-tiny-det/model.toml /usr/share/bedside/models/cxr-tiny-det/model.onnx \
            /usr/share/bedside/models/us-fast-fluid/model.toml /usr/share/bedside/models/us-fast-fluid/model.onnx \
-           /usr/share/doc/bedside/copyright /usr/share/doc/bedside/README.md; do
+           /usr/share/doc/bedside/copyright /usr/share/doc/bedside/README.md \
+           /usr/share/doc/bedside/bedside.cdx.json /usr/share/doc/bedside/soup.md \
+           /usr/share/doc/bedside/soup.csv /usr/share/doc/bedside/licenses.txt; do
     grep -qx "$f" "$WORK/files.$arch" || fail "$deb lacks $f"
   done
   # The fp32 forms and test data are not for the device.
@@ -82,6 +93,9 @@ for deb in "${DEBS[@]}"; do
     *) fail "$deb ($arch) holds a binary for another machine: $bin_desc" ;;
   esac
   case "$bin_desc" in *"not stripped"*) fail "$deb: the binary is not stripped" ;; esac
+  # cargo-auditable's dependency list survives stripping, in its own section.
+  readelf -S "$WORK/x.$arch/usr/bin/bedside" | grep -q '\.dep-v0' \
+    || fail "$deb: the binary carries no dependency list (.dep-v0; built without cargo auditable?)"
   size=$(stat -c %s "$WORK/x.$arch/usr/bin/bedside")
   glibc=$(objdump -T "$WORK/x.$arch/usr/bin/bedside" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
   if [ "$arch" = arm64 ] && [ "$ARM_PROFILE" != release ]; then

@@ -9,8 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,6 +56,40 @@ fn rig(consumer_id: &str, dicom: &str) -> Rig {
     }
 }
 
+impl Rig {
+    /// Starts the well-behaved modality, lets a first image through (so that the baseline
+    /// includes a served association) and takes the baseline.
+    fn serving(&self, patience: Duration) -> (Modality, Use) {
+        let modality = Modality::start(self.port, &self.tmp.path().join("made"), patience);
+        std::thread::sleep(Duration::from_secs(2));
+        (modality, usage(&self.daemon))
+    }
+
+    /// After the attack: the modality was served throughout (at least `min_sent` images,
+    /// each with its finding), the resources are back to `base`, nothing panicked. The log.
+    fn served_throughout(
+        &self,
+        modality: Modality,
+        base: Use,
+        min_sent: usize,
+        what: &str,
+    ) -> String {
+        let sent = modality.finish();
+        assert!(sent >= min_sent, "only {sent} images sent meanwhile");
+        assert!(
+            self.consumer.wait_unique(sent, Duration::from_secs(60)),
+            "{} of {sent} findings\n{}",
+            self.consumer.unique(),
+            self.daemon.log()
+        );
+        let after = assert_back_to(&self.daemon, base, 16.0);
+        eprintln!("{what}: {sent} images served meanwhile; before {base:?}, after {after:?}");
+        let log = self.daemon.log();
+        assert!(!log.contains("panicked"), "{log}");
+        log
+    }
+}
+
 // ---- the daemon's resources ----
 
 #[derive(Debug, Clone, Copy)]
@@ -67,16 +100,7 @@ struct Use {
 }
 
 fn usage(daemon: &Daemon) -> Use {
-    let pid = daemon.pid();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let threads = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let (fds, threads) = fds_and_threads(daemon.pid());
     Use {
         fds,
         threads,
@@ -129,20 +153,9 @@ impl Modality {
                         break;
                     }
                     let started = Instant::now();
-                    let out = Command::new("storescu")
-                        .args(["-aet", "XRAY-1", "-aec", "BEDSIDE", "-v", "-to", "60"])
-                        .arg("127.0.0.1")
-                        .arg(port.to_string())
-                        .arg(&image)
-                        .output()
-                        .expect("cannot run storescu (is DCMTK installed?)");
+                    let (ok, text) = store_one(port, &image, &["-to", "60"]);
                     let took = started.elapsed();
-                    let text = format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    if !text.contains("Received Store Response (Success)") || took > patience {
+                    if !ok || took > patience {
                         failures
                             .lock()
                             .unwrap()
@@ -231,6 +244,55 @@ fn is_abort(pdu: &Result<Pdu, &'static str>) -> bool {
             source: AbortRQSource::ServiceProvider(_) | AbortRQSource::ServiceUser
         })
     )
+}
+
+/// Whether the SCP has said something (or closed) on `s`, without waiting.
+fn answered(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut peek = [0u8; 1];
+    // Ok(0): closed; Ok(n): a PDU is there; Err(WouldBlock): nothing yet.
+    let answered = s.peek(&mut peek).is_ok();
+    s.set_nonblocking(false).unwrap();
+    answered
+}
+
+/// Writes `chunk` again and again until the SCP answers; its answer and the bytes this side
+/// wrote (at most `limit`, or the test fails). Every `pause_every` bytes it gives the SCP (a
+/// debug build on a busy machine) 20 ms to read.
+fn flood(
+    s: &mut TcpStream,
+    chunk: &[u8],
+    limit: usize,
+    pause_every: usize,
+) -> (Result<Pdu, &'static str>, usize) {
+    let mut sent = 0usize;
+    loop {
+        if s.write_all(chunk).is_err() {
+            return (next_pdu(s), sent);
+        }
+        sent += chunk.len();
+        assert!(sent < limit, "{sent} bytes accepted without an answer");
+        if sent % pause_every < chunk.len() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if answered(s) {
+            return (next_pdu(s), sent);
+        }
+    }
+}
+
+/// Writes `bytes` one a second (at most 20) until the SCP answers or closes.
+fn trickle(s: &mut TcpStream, bytes: &[u8]) -> Result<Pdu, &'static str> {
+    for b in bytes.iter().take(20) {
+        if s.write_all(&[*b]).is_err() {
+            return Err("closed");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        if answered(s) {
+            return next_pdu(s);
+        }
+    }
+    Err("timeout")
 }
 
 /// Associates as a modality would; panics unless accepted.
@@ -329,14 +391,7 @@ fn c_store(s: &mut TcpStream, uid: &str, data_set: &[u8]) -> u16 {
 #[test]
 fn malformed_and_out_of_order_pdus_get_an_abort_or_a_rejection() {
     let rig = rig("consumer-hostile-1", "timeout_s = 5");
-    let modality = Modality::start(
-        rig.port,
-        &rig.tmp.path().join("made"),
-        Duration::from_secs(20),
-    );
-    // A first image through, so the baseline includes a served association.
-    std::thread::sleep(Duration::from_secs(2));
-    let base = usage(&rig.daemon);
+    let (modality, base) = rig.serving(Duration::from_secs(20));
 
     let answer = |bytes: &[u8]| {
         let mut s = connect(rig.port);
@@ -379,25 +434,12 @@ fn malformed_and_out_of_order_pdus_get_an_abort_or_a_rejection() {
     assert!(is_abort(&a), "oversized P-DATA: {a:?}");
 
     let mut s = associate(rig.port);
-    let mut sent = 0usize;
-    let a = loop {
-        if s.write_all(&pdata(true, false, &[0x11; 4096])).is_err() {
-            break next_pdu(&mut s);
-        }
-        sent += 4096;
-        assert!(sent < 8 << 20, "8 MiB of command fragments accepted");
-        if sent.is_multiple_of(64 << 10) {
-            // Give the SCP (a debug build on a busy machine) time to read.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s.set_nonblocking(true).unwrap();
-        let mut peek = [0u8; 1];
-        let answered = matches!(s.peek(&mut peek), Ok(n) if n > 0);
-        s.set_nonblocking(false).unwrap();
-        if answered {
-            break next_pdu(&mut s);
-        }
-    };
+    let (a, sent) = flood(
+        &mut s,
+        &pdata(true, false, &[0x11; 4096]),
+        8 << 20,
+        64 << 10,
+    );
     assert!(is_abort(&a), "endless command: {a:?}");
     // The SCP stops at 64 KiB; what this side had written into socket buffers by the time
     // it saw the abort comes on top.
@@ -411,24 +453,7 @@ fn malformed_and_out_of_order_pdus_get_an_abort_or_a_rejection() {
     // A request trickled one byte a second: closed when the ACSE timeout (5 s) runs out.
     let mut s = connect(rig.port);
     let started = Instant::now();
-    let rq = request("BEDSIDE", 1);
-    let mut outcome = Err("timeout");
-    for b in rq.iter().take(20) {
-        if s.write_all(&[*b]).is_err() {
-            outcome = Err("closed");
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        s.set_nonblocking(true).unwrap();
-        let mut peek = [0u8; 16];
-        let closed = matches!(s.peek(&mut peek), Ok(0));
-        let answered = matches!(s.peek(&mut peek), Ok(n) if n > 0);
-        s.set_nonblocking(false).unwrap();
-        if closed || answered {
-            outcome = next_pdu(&mut s);
-            break;
-        }
-    }
+    let outcome = trickle(&mut s, &request("BEDSIDE", 1));
     assert!(
         outcome == Err("closed") || is_abort(&outcome),
         "trickled request: {outcome:?}"
@@ -447,36 +472,11 @@ fn malformed_and_out_of_order_pdus_get_an_abort_or_a_rejection() {
         true,
         &bedside::dicom::dimse::store_request(1, DX, "2.25.1"),
     );
-    let mut outcome = Err("timeout");
-    for b in command.iter().take(20) {
-        if s.write_all(&[*b]).is_err() {
-            outcome = Err("closed");
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        s.set_nonblocking(true).unwrap();
-        let mut peek = [0u8; 16];
-        let answered = matches!(s.peek(&mut peek), Ok(n) if n > 0);
-        s.set_nonblocking(false).unwrap();
-        if answered {
-            outcome = next_pdu(&mut s);
-            break;
-        }
-    }
+    let outcome = trickle(&mut s, &command);
     assert!(is_abort(&outcome), "trickled P-DATA: {outcome:?}");
     assert!(started.elapsed() < Duration::from_secs(12));
 
-    let sent = modality.finish();
-    assert!(sent >= 5, "only {sent} images sent meanwhile");
-    assert!(
-        rig.consumer.wait_unique(sent, Duration::from_secs(60)),
-        "{} of {sent} findings\n{}",
-        rig.consumer.unique(),
-        rig.daemon.log()
-    );
-    let after = assert_back_to(&rig.daemon, base, 16.0);
-    eprintln!("hostile PDUs: {sent} images served meanwhile; before {base:?}, after {after:?}");
-    let log = rig.daemon.log();
+    let log = rig.served_throughout(modality, base, 5, "hostile PDUs");
     for needle in [
         "DICOM connection aborted: an A-ASSOCIATE-RQ of 4294967280 bytes",
         "DICOM connection aborted: a PDU of type 0x04 before any association",
@@ -491,19 +491,12 @@ fn malformed_and_out_of_order_pdus_get_an_abort_or_a_rejection() {
             "the log does not say {needle:?}:\n{log}"
         );
     }
-    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[test]
 fn lying_lengths_and_endless_refused_data_lose_nothing_and_keep_the_scp_serving() {
     let rig = rig("consumer-hostile-2", "timeout_s = 5\nmax_object_mib = 1");
-    let modality = Modality::start(
-        rig.port,
-        &rig.tmp.path().join("made"),
-        Duration::from_secs(20),
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    let base = usage(&rig.daemon);
+    let (modality, base) = rig.serving(Duration::from_secs(20));
 
     // Data sets whose element lengths lie: stored as sent (the SCP does not parse them; its
     // success means "kept"), then set aside by the image worker with the reason.
@@ -538,25 +531,8 @@ fn lying_lengths_and_endless_refused_data_lose_nothing_and_keep_the_scp_serving(
     let mut s = associate(rig.port);
     let command = bedside::dicom::dimse::store_request(1, DX, "2.25.903");
     s.write_all(&pdata(true, true, &command)).unwrap();
-    let mut sent = 0usize;
     let chunk = pdata(false, false, &vec![0x22; 16 * 1024 - 12]);
-    let outcome = loop {
-        if s.write_all(&chunk).is_err() {
-            break next_pdu(&mut s);
-        }
-        sent += chunk.len();
-        assert!(sent < 16 << 20, "16 MiB of an over-large object accepted");
-        if sent % (256 << 10) < chunk.len() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s.set_nonblocking(true).unwrap();
-        let mut peek = [0u8; 1];
-        let answered = matches!(s.peek(&mut peek), Ok(n) if n > 0);
-        s.set_nonblocking(false).unwrap();
-        if answered {
-            break next_pdu(&mut s);
-        }
-    };
+    let (outcome, sent) = flood(&mut s, &chunk, 16 << 20, 256 << 10);
     assert!(is_abort(&outcome), "endless object: {outcome:?}");
     // 1 MiB kept, 1 MiB thrown away, and what this side had buffered.
     assert!(sent <= 4 << 20, "aborted only after {sent} bytes");
@@ -571,22 +547,11 @@ fn lying_lengths_and_endless_refused_data_lose_nothing_and_keep_the_scp_serving(
         "{leftovers:?}"
     );
 
-    let sent = modality.finish();
-    assert!(sent >= 3, "only {sent} images sent meanwhile");
-    assert!(
-        rig.consumer.wait_unique(sent, Duration::from_secs(60)),
-        "{} of {sent} findings\n{}",
-        rig.consumer.unique(),
-        rig.daemon.log()
-    );
-    let after = assert_back_to(&rig.daemon, base, 16.0);
-    eprintln!("lying lengths: {sent} images served meanwhile; before {base:?}, after {after:?}");
-    let log = rig.daemon.log();
+    let log = rig.served_throughout(modality, base, 3, "lying lengths");
     assert!(
         log.contains("a refused data set goes on past 1048576 bytes"),
         "{log}"
     );
-    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[test]
@@ -594,10 +559,7 @@ fn fifty_idle_connections_and_fifty_idle_associations_do_not_keep_a_modality_out
     // A long timeout_s, so that what frees the slots is the eviction of idle associations,
     // not their timeout.
     let rig = rig("consumer-hostile-3", "timeout_s = 60\nmax_associations = 4");
-    let made: PathBuf = rig.tmp.path().join("made");
-    let modality = Modality::start(rig.port, &made, Duration::from_secs(15));
-    std::thread::sleep(Duration::from_secs(2));
-    let base = usage(&rig.daemon);
+    let (modality, base) = rig.serving(Duration::from_secs(15));
 
     // Fifty connections that never say a word: closed when the ACSE timeout (10 s) runs out.
     let started = Instant::now();
@@ -644,17 +606,6 @@ fn fifty_idle_connections_and_fifty_idle_associations_do_not_keep_a_modality_out
     }
     eprintln!("fifty idle associations: {aborted} aborted, {rejected} rejected");
 
-    let sent = modality.finish();
-    assert!(sent >= 10, "only {sent} images sent meanwhile");
-    assert!(
-        rig.consumer.wait_unique(sent, Duration::from_secs(60)),
-        "{} of {sent} findings\n{}",
-        rig.consumer.unique(),
-        rig.daemon.log()
-    );
-    let after = assert_back_to(&rig.daemon, base, 16.0);
-    eprintln!("idle peers: {sent} images served meanwhile; before {base:?}, after {after:?}");
-    let log = rig.daemon.log();
+    let log = rig.served_throughout(modality, base, 10, "idle peers");
     assert!(log.contains("its slot went to a newcomer"), "{log}");
-    assert!(!log.contains("panicked"), "{log}");
 }

@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,19 +64,11 @@ fn take_sample(
     sent: usize,
     findings: usize,
 ) -> Sample {
-    let pid = daemon.pid();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let threads = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
+    let (fds, threads) = fds_and_threads(daemon.pid());
     Sample {
         at_s: at.as_secs_f64(),
         rss_mib: daemon.rss_bytes() as f64 / (1 << 20) as f64,
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count(),
+        fds,
         threads,
         outbox_bytes: dir_bytes(&state.join("outbox")),
         sent,
@@ -105,23 +96,7 @@ fn the_daemon_runs_for_minutes_under_live_video_and_a_trickle_of_c_store_without
     let broker = Mosquitto::start_on(free_port(), &tmp.path().join("broker"), false);
     let consumer = Collector::start(broker.port, FINDINGS, "consumer-soak");
     let dicom_port = free_port();
-    let facts: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("tests/data/us/fast-clip.json")).unwrap(),
-    )
-    .unwrap();
-    let board = write_board_with(
-        tmp.path(),
-        &format!("url = \"mqtt://127.0.0.1:{}\"", broker.port),
-        &format!(
-            "[dicom]\nae_title = \"BEDSIDE\"\nport = {dicom_port}\nbind = \"127.0.0.1\"\n\n\
-             [[models]]\npath = \"{}\"\nsources = [\"video\"]\n\n\
-             [video]\nsource = \"replay\"\ncrop = {}\nthreads = 1\nwindow_frames = 5\n\
-             publish_interval_s = 10\n[video.replay]\npath = \"{}\"\nloop = true\n",
-            repo().join("models/us-fast-fluid").display(),
-            facts["crop"],
-            repo().join("tests/data/us/fast-clip.dcm").display()
-        ),
-    );
+    let board = scp_and_video_board(tmp.path(), broker.port, dicom_port, 10);
     let daemon = Daemon::start(&board, tmp.path());
     assert!(
         daemon.wait_log("DICOM C-STORE SCP listening", Duration::from_secs(60)),
@@ -146,16 +121,8 @@ fn the_daemon_runs_for_minutes_under_live_video_and_a_trickle_of_c_store_without
                     if stop.load(Ordering::Relaxed) {
                         break 'outer;
                     }
-                    let out = Command::new("storescu")
-                        .args(["-aet", "XRAY-1", "-aec", "BEDSIDE", "-v"])
-                        .arg("127.0.0.1")
-                        .arg(dicom_port.to_string())
-                        .arg(&image)
-                        .output()
-                        .expect("cannot run storescu (is DCMTK installed?)");
-                    let text = String::from_utf8_lossy(&out.stderr).into_owned()
-                        + &String::from_utf8_lossy(&out.stdout);
-                    if text.contains("Received Store Response (Success)") {
+                    let (ok, text) = store_one(dicom_port, &image, &[]);
+                    if ok {
                         sent.fetch_add(1, Ordering::Relaxed);
                     } else {
                         failures.lock().unwrap().push(text);

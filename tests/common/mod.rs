@@ -789,3 +789,62 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// `storescu` sends one file to BEDSIDE on 127.0.0.1:`port` in its own association (as
+/// XRAY-1, with `-v` so that the response is printed); whether it was acknowledged with
+/// success, and what storescu said.
+pub fn store_one(port: u16, file: &Path, extra: &[&str]) -> (bool, String) {
+    let out = Command::new("storescu")
+        .args(["-aet", "XRAY-1", "-aec", "BEDSIDE", "-v"])
+        .args(extra)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .arg(file)
+        .output()
+        .expect("cannot run storescu (is DCMTK installed?)");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (text.contains("Received Store Response (Success)"), text)
+}
+
+/// A process's open files and threads, from /proc.
+pub fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads: in /proc/PID/status");
+    (fds, threads)
+}
+
+/// A board with the SCP on `dicom_port` (AE BEDSIDE) for cxr-tiny-cls, and the ultrasound
+/// clip replayed in a loop into us-fast-fluid, publishing a summary every
+/// `publish_interval_s`.
+pub fn scp_and_video_board(
+    dir: &Path,
+    mqtt_port: u16,
+    dicom_port: u16,
+    publish_interval_s: u32,
+) -> PathBuf {
+    let facts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/data/us/fast-clip.json")).unwrap(),
+    )
+    .unwrap();
+    write_board_with(
+        dir,
+        &format!("url = \"mqtt://127.0.0.1:{mqtt_port}\""),
+        &format!(
+            "[dicom]\nae_title = \"BEDSIDE\"\nport = {dicom_port}\nbind = \"127.0.0.1\"\n\n\
+             [[models]]\npath = \"{}\"\nsources = [\"video\"]\n\n\
+             [video]\nsource = \"replay\"\ncrop = {}\nthreads = 1\nwindow_frames = 5\n\
+             publish_interval_s = {publish_interval_s}\n[video.replay]\npath = \"{}\"\nloop = true\n",
+            repo().join("models/us-fast-fluid").display(),
+            facts["crop"],
+            repo().join("tests/data/us/fast-clip.dcm").display()
+        ),
+    )
+}
