@@ -135,6 +135,13 @@ pub struct ScpConfig {
     pub timeout: Duration,
 }
 
+impl ScpConfig {
+    /// Whether `allowed_addresses` (empty: any) lets this source in.
+    fn address_allowed(&self, ip: IpAddr) -> bool {
+        self.allowed_networks.is_empty() || self.allowed_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
 /// An IP network: an address and how many leading bits must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
@@ -291,8 +298,13 @@ impl Scp {
                     }
                 }
                 // Wait for a slot rather than turn a modality away at once: it would only
-                // retry.
-                let slot = slots.take(SLOT_WAIT).await;
+                // retry. A source outside `allowed_addresses` takes none: it is rejected at
+                // once, so a flood from elsewhere cannot crowd out the modalities.
+                let slot = if job.config.address_allowed(peer.ip()) {
+                    slots.take(SLOT_WAIT).await
+                } else {
+                    None
+                };
                 job.run(socket, slot).await;
             });
         }
@@ -338,12 +350,7 @@ impl AccessControl for Gate {
                 AssociationRJServiceUserReason::CallingAETitleNotRecognized,
             );
         }
-        if !c.allowed_networks.is_empty()
-            && !c
-                .allowed_networks
-                .iter()
-                .any(|n| n.contains(self.peer.ip()))
-        {
+        if !c.address_allowed(self.peer.ip()) {
             return refuse(
                 "source address is not in dicom.allowed_addresses".into(),
                 AssociationRJServiceUserReason::NoReasonGiven,
