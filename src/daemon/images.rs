@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -354,13 +354,18 @@ impl Worker {
     fn run(self) {
         while !self.shared.stopping() {
             self.heartbeat.beat();
-            // One worker waits on the queue at a time; the others wait for the lock, which
-            // is held at most one tick.
-            let job = self
-                .jobs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .recv_timeout(TICK);
+            // One worker waits on the queue at a time (for at most one tick); the others
+            // look again every quarter tick, beating each time. Blocking on the lock instead
+            // would leave them silent for as long as the (unfair) lock keeps going to the
+            // same worker, and the watchdog would take the pool for wedged.
+            let job = match self.jobs.try_lock() {
+                Ok(queue) => queue.recv_timeout(TICK),
+                Err(TryLockError::Poisoned(p)) => p.into_inner().recv_timeout(TICK),
+                Err(TryLockError::WouldBlock) => {
+                    std::thread::sleep(TICK / 4);
+                    continue;
+                }
+            };
             match job {
                 Ok(file) => {
                     if !self.shared.stopping() {
