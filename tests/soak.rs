@@ -30,10 +30,13 @@ const FDS_SLACK: usize = 4;
 const THREADS_SLACK: usize = 4;
 /// With the broker up, the outbox holds at most the findings not yet acknowledged.
 const OUTBOX_MAX_BYTES: u64 = 2 << 20;
-/// And nothing may creep: the median of the last quarter after warm-up at most this over the
-/// first quarter's.
+/// And nothing may creep: RSS, the median of the last quarter after warm-up at most this over
+/// the first quarter's; threads, whose count steps by two (14 ↔ 16 in CI's run) as tokio's
+/// blocking threads come and go, the last quarter's highest at most one such step over the
+/// first quarter's highest — a leak keeps raising the ceiling (and over the hour's run meets
+/// THREADS_SLACK), the steps do not.
 const RSS_CREEP_MIB: f64 = 4.0;
-const THREADS_CREEP: f64 = 1.0;
+const THREADS_CREEP: usize = 2;
 
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -201,18 +204,16 @@ fn the_daemon_runs_for_minutes_under_live_video_and_a_trickle_of_c_store_without
             .map(|s| s.rss_mib)
             .collect(),
     );
-    let threads_first = median(
-        after[..quarter.max(1)]
-            .iter()
-            .map(|s| s.threads as f64)
-            .collect(),
-    );
-    let threads_last = median(
-        after[after.len() - quarter.max(1)..]
-            .iter()
-            .map(|s| s.threads as f64)
-            .collect(),
-    );
+    let threads_first = after[..quarter.max(1)]
+        .iter()
+        .map(|s| s.threads)
+        .max()
+        .unwrap();
+    let threads_last = after[after.len() - quarter.max(1)..]
+        .iter()
+        .map(|s| s.threads)
+        .max()
+        .unwrap();
     eprintln!(
         "soak {minutes} min: {sent} images by C-STORE, {video_findings} live-video findings; \
          after a {:.0} s warm-up: RSS {:.1} MiB warm max, {:.1} after max, creep {:+.2} MiB; \
@@ -243,7 +244,7 @@ fn the_daemon_runs_for_minutes_under_live_video_and_a_trickle_of_c_store_without
         "RSS creeps: {second_quarter:.1} → {last_quarter:.1} MiB\n{csv}"
     );
     assert!(
-        threads_last - threads_first <= THREADS_CREEP,
+        threads_last <= threads_first + THREADS_CREEP,
         "threads creep: {threads_first} → {threads_last}\n{csv}"
     );
     assert!(
