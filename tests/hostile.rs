@@ -517,12 +517,7 @@ fn lying_lengths_and_endless_refused_data_lose_nothing_and_keep_the_scp_serving(
         "the lying objects are not set aside:\n{}",
         rig.daemon.log()
     );
-    let reasons: Vec<String> = std::fs::read_dir(&failed)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "reason"))
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect();
+    let reasons = failed_reasons(&failed);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     eprintln!("lying lengths set aside: {reasons:?}");
 

@@ -343,12 +343,7 @@ fn strangers_and_broken_objects_get_clear_failures_and_the_scp_keeps_serving() {
         "{}",
         daemon.log()
     );
-    let reasons: Vec<String> = std::fs::read_dir(&failed)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "reason"))
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .collect();
+    let reasons = failed_reasons(&failed);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(
         reasons

@@ -848,3 +848,13 @@ pub fn scp_and_video_board(
         ),
     )
 }
+
+/// The reasons (`*.reason` files) of what was set aside in a `failed/` folder.
+pub fn failed_reasons(failed: &Path) -> Vec<String> {
+    std::fs::read_dir(failed)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "reason"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect()
+}
