@@ -149,10 +149,23 @@ pub fn check_limits(obj: &DefaultDicomObject, limits: &ImageLimits) -> Result<()
 
 /// Reads a Part-10 file (its pixel data still encoded), to decode frames one by one.
 pub fn open_file(path: &Path) -> Result<DefaultDicomObject, DecodeError> {
-    dicom_object::open_file(path).map_err(|e| DecodeError::Read {
+    let read = |reason: String| DecodeError::Read {
         path: path.to_owned(),
-        reason: error_chain(&e),
-    })
+        reason,
+    };
+    // Read whole (the memory plan counts memory.max_file_mib for it), every length checked
+    // against the bytes there are before dicom-rs sizes a buffer from it (dicom::lengths).
+    let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+    super::lengths::check_file(&bytes).map_err(|e| read(e.to_string()))?;
+    let preamble = if bytes.get(128..132) == Some(b"DICM") {
+        128
+    } else {
+        0
+    };
+    dicom_object::OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Never)
+        .from_reader(&bytes[preamble..])
+        .map_err(|e| read(error_chain(&e)))
 }
 
 /// Decodes the first frame of a DICOM object into modality units.
@@ -743,6 +756,18 @@ pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         if !CONTAINED.with(|c| c.get()) {
             eprintln!("bedside: internal error: {info}");
+        }
+    }));
+}
+
+/// Wraps the panic hook in place so that it is not called for the panics bedside contains (a
+/// decoder's, turned into a decode error) — for harnesses whose own hook takes every panic for
+/// a crash, as libFuzzer's does (it aborts). Uncontained panics still reach that hook.
+pub fn skip_contained_panics_in_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !CONTAINED.with(|c| c.get()) {
+            previous(info);
         }
     }));
 }

@@ -113,10 +113,18 @@ fn u16_of(obj: &InMemDicomObject, tag: Tag) -> Result<u16, DimseError> {
         .map_err(|e| DimseError(format!("{tag}: {e}")))
 }
 
+/// A command set, its lengths checked first: a peer's 100-byte command can claim a 2 GiB
+/// element, and dicom-parser would zero-fill a buffer that size before reading it.
+fn read_command(bytes: &[u8]) -> Result<InMemDicomObject, DimseError> {
+    super::lengths::check_data_set(bytes, super::lengths::Encoding::IMPLICIT_LE)
+        .map_err(|e| DimseError(e.to_string()))?;
+    InMemDicomObject::read_dataset_with_ts(bytes, implicit_vr_le())
+        .map_err(|e| DimseError(e.to_string()))
+}
+
 /// Reads a whole command set.
 pub fn parse_request(bytes: &[u8]) -> Result<Request, DimseError> {
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, implicit_vr_le())
-        .map_err(|e| DimseError(e.to_string()))?;
+    let obj = read_command(bytes)?;
     let command_field = u16_of(&obj, tags::COMMAND_FIELD)?;
     let message_id = u16_of(&obj, tags::MESSAGE_ID)?;
     Ok(match command_field {
@@ -166,8 +174,7 @@ pub fn store_request(message_id: u16, sop_class: &str, sop_instance: &str) -> Ve
 
 /// Reads a C-STORE-RSP command set.
 pub fn parse_store_response(bytes: &[u8]) -> Result<StoreResponse, DimseError> {
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, implicit_vr_le())
-        .map_err(|e| DimseError(e.to_string()))?;
+    let obj = read_command(bytes)?;
     let field = u16_of(&obj, tags::COMMAND_FIELD)?;
     if field != C_STORE_RSP {
         return Err(DimseError(format!(

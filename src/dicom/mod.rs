@@ -11,6 +11,7 @@ pub mod derived;
 pub mod dimse;
 mod encapsulated;
 mod jpegls;
+pub mod lengths;
 pub mod outbox;
 pub mod results;
 mod rle;

@@ -21,6 +21,7 @@
 //! - C-ECHO answers success; any other command is answered "unrecognized operation".
 
 mod gate;
+pub mod session;
 mod slots;
 
 use std::net::{IpAddr, SocketAddr};
@@ -33,17 +34,16 @@ use dicom_ul::association::Association as _;
 use dicom_ul::association::server::{
     AcceptAny, AccessControl, DefaultNegotiation, ServerAssociationOptions,
 };
-use dicom_ul::pdu::{
-    AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, UserIdentity,
-};
+use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use self::gate::{AbortReason, Refused};
+use self::session::{Next, Session};
 use self::slots::{Slot, Slots};
-use super::spool::{Incoming, Spool};
-use crate::dicom::dimse::{self, Request, status};
+use super::spool::Spool;
+use crate::dicom::dimse;
 
 /// An association that has received no PDU for this long gives its slot to a newcomer when
 /// all are taken.
@@ -52,8 +52,6 @@ const EVICT_IDLE: Duration = Duration::from_secs(5);
 const SLOT_WAIT: Duration = Duration::from_secs(30);
 /// Connections beyond `max_associations` (at the door or waiting for a slot) kept open.
 const EXTRA_CONNECTIONS: usize = 64;
-/// A DIMSE command is a few hundred bytes; one larger than this is not a command.
-const MAX_COMMAND: usize = 64 * 1024;
 
 /// Storage SOP classes accepted by default.
 pub const STORAGE_SOP_CLASSES: [(&str, &str); 9] = [
@@ -369,29 +367,6 @@ impl AccessControl for Gate {
     }
 }
 
-/// What happens to the data set of the C-STORE in progress.
-enum Receiving<'a> {
-    Nothing,
-    Object {
-        message_id: u16,
-        sop_class: String,
-        sop_instance: String,
-        context: u8,
-        into: Box<Incoming<'a>>,
-    },
-    /// Read and thrown away; answered with `status`.
-    Refused {
-        message_id: u16,
-        sop_class: String,
-        sop_instance: String,
-        context: u8,
-        status: u16,
-        command_field: Option<u16>,
-        /// Bytes of the data set read and thrown away so far.
-        drained: u64,
-    },
-}
-
 struct Association {
     config: Arc<ScpConfig>,
     spool: Arc<Spool>,
@@ -453,14 +428,12 @@ impl Association {
             .map(|pc| (pc.id, pc.transfer_syntax.clone()))
             .collect();
         info!(calling_ae = %caller, peer = %self.peer, contexts = contexts.len(), "DICOM association accepted");
-        let mut command = Vec::new();
-        let mut state = Receiving::Nothing;
-        let (mut stored, mut refused) = (0u32, 0u32);
+        let mut session = Session::new(&self.spool, contexts);
         loop {
             let received = tokio::select! {
                 r = tokio::time::timeout(self.config.timeout, assoc.receive()) => r,
                 _ = slot.evicted() => {
-                    warn!(calling_ae = %caller, peer = %self.peer, stored, "DICOM association idle for {EVICT_IDLE:?} or more aborted: its slot went to a newcomer");
+                    warn!(calling_ae = %caller, peer = %self.peer, stored = session.stored, "DICOM association idle for {EVICT_IDLE:?} or more aborted: its slot went to a newcomer");
                     let _ = assoc.abort().await;
                     return;
                 }
@@ -468,7 +441,7 @@ impl Association {
             let pdu = match received {
                 Ok(Ok(pdu)) => pdu,
                 Ok(Err(dicom_ul::association::Error::ConnectionClosed { .. })) => {
-                    warn!(calling_ae = %caller, peer = %self.peer, stored, "DICOM connection closed by the peer without a release");
+                    warn!(calling_ae = %caller, peer = %self.peer, stored = session.stored, "DICOM connection closed by the peer without a release");
                     return;
                 }
                 Ok(Err(e)) if !matches!(e, dicom_ul::association::Error::Timeout { .. }) => {
@@ -484,260 +457,33 @@ impl Association {
                 }
             };
             slot.touch();
-            match pdu {
-                Pdu::PData { data } => {
-                    for value in data {
-                        let reply = match value.value_type {
-                            PDataValueType::Command => {
-                                if command.len() + value.data.len() > MAX_COMMAND {
-                                    warn!(calling_ae = %caller, peer = %self.peer, "a DIMSE command longer than {MAX_COMMAND} bytes; aborting the association");
-                                    let _ = assoc.abort().await;
-                                    return;
-                                }
-                                command.extend_from_slice(&value.data);
-                                if !value.is_last {
-                                    continue;
-                                }
-                                let request = dimse::parse_request(&command);
-                                command.clear();
-                                match request {
-                                    Ok(r) => self.on_command(
-                                        r,
-                                        value.presentation_context_id,
-                                        &contexts,
-                                        &mut state,
-                                    ),
-                                    Err(e) => {
-                                        warn!(calling_ae = %caller, "{e}; aborting the association");
-                                        let _ = assoc.abort().await;
-                                        return;
-                                    }
-                                }
-                            }
-                            PDataValueType::Data => match self.on_data(&value, &mut state).await {
-                                Data::More => None,
-                                Data::Reply(context, bytes, s) => {
-                                    if s == status::SUCCESS {
-                                        stored += 1;
-                                    } else {
-                                        refused += 1;
-                                    }
-                                    Some((context, bytes))
-                                }
-                                Data::Violation(why) => {
-                                    warn!(calling_ae = %caller, peer = %self.peer, stored, "{why}; aborting the association");
-                                    let _ = assoc.abort().await;
-                                    return;
-                                }
-                            },
-                        };
-                        if let Some((context, bytes)) = reply {
-                            let pdu = Pdu::PData {
-                                data: vec![PDataValue {
-                                    presentation_context_id: context,
-                                    value_type: PDataValueType::Command,
-                                    is_last: true,
-                                    data: bytes,
-                                }],
-                            };
-                            if let Err(e) = assoc.send(&pdu).await {
-                                warn!(calling_ae = %caller, "cannot answer on the DICOM association: {e}");
-                                return;
-                            }
-                        }
-                    }
+            // Spool writes and the fsync before an answer block.
+            let step = tokio::task::block_in_place(|| session.on_pdu(pdu));
+            for pdu in &step.send {
+                if let Err(e) = assoc.send(pdu).await {
+                    warn!(calling_ae = %caller, "cannot answer on the DICOM association: {e}");
+                    return;
                 }
-                Pdu::ReleaseRQ => {
-                    let _ = assoc.send(&Pdu::ReleaseRP).await;
+            }
+            let (stored, refused) = (session.stored, session.refused);
+            match step.next {
+                Next::Read => {}
+                Next::Released => {
                     info!(calling_ae = %caller, peer = %self.peer, stored, refused, "DICOM association released");
                     return;
                 }
-                Pdu::AbortRQ { source } => {
+                Next::PeerAborted(source) => {
                     warn!(calling_ae = %caller, peer = %self.peer, stored, "DICOM association aborted by the peer ({source:?}); an object in progress was not kept");
                     return;
                 }
-                other => {
-                    warn!(calling_ae = %caller, "unexpected PDU on a DICOM association: {other:?}; aborting");
+                Next::Abort(why) => {
+                    warn!(calling_ae = %caller, peer = %self.peer, stored, "{why}; aborting the association");
                     let _ = assoc.abort().await;
                     return;
                 }
             }
         }
     }
-
-    /// Acts on a complete command; returns a reply to send now, if any.
-    fn on_command<'a>(
-        &'a self,
-        request: Request,
-        context: u8,
-        contexts: &[(u8, String)],
-        state: &mut Receiving<'a>,
-    ) -> Option<(u8, Vec<u8>)> {
-        match request {
-            Request::Echo { message_id } => Some((context, dimse::echo_response(message_id))),
-            Request::Store {
-                message_id,
-                sop_class,
-                sop_instance,
-            } => {
-                let Some((_, ts)) = contexts.iter().find(|(id, _)| *id == context) else {
-                    *state = Receiving::Refused {
-                        message_id,
-                        sop_class,
-                        sop_instance,
-                        context,
-                        status: status::CANNOT_UNDERSTAND,
-                        command_field: None,
-                        drained: 0,
-                    };
-                    return None;
-                };
-                *state = match self.spool.begin(&sop_class, &sop_instance, ts) {
-                    Ok(into) => Receiving::Object {
-                        message_id,
-                        sop_class,
-                        sop_instance,
-                        context,
-                        into: Box::new(into),
-                    },
-                    Err(e) => {
-                        warn!("C-STORE refused (out of resources): {e}");
-                        Receiving::Refused {
-                            message_id,
-                            sop_class,
-                            sop_instance,
-                            context,
-                            status: status::OUT_OF_RESOURCES,
-                            command_field: None,
-                            drained: 0,
-                        }
-                    }
-                };
-                None
-            }
-            Request::Other {
-                command_field,
-                message_id,
-                has_data_set,
-            } => {
-                if has_data_set {
-                    *state = Receiving::Refused {
-                        message_id,
-                        sop_class: String::new(),
-                        sop_instance: String::new(),
-                        context,
-                        status: status::UNRECOGNIZED_OPERATION,
-                        command_field: Some(command_field),
-                        drained: 0,
-                    };
-                    None
-                } else {
-                    Some((
-                        context,
-                        dimse::unrecognized_response(command_field, message_id),
-                    ))
-                }
-            }
-        }
-    }
-
-    /// Takes a data fragment; on the last one, the reply and its status.
-    async fn on_data<'a>(&'a self, value: &PDataValue, state: &mut Receiving<'a>) -> Data {
-        match state {
-            Receiving::Nothing => {
-                return Data::Violation("DICOM data without a C-STORE command".into());
-            }
-            Receiving::Object {
-                message_id,
-                sop_class,
-                sop_instance,
-                context,
-                into,
-            } => {
-                if let Err(e) = tokio::task::block_in_place(|| into.write(&value.data)) {
-                    warn!("C-STORE refused (out of resources): {e}");
-                    *state = Receiving::Refused {
-                        message_id: *message_id,
-                        sop_class: std::mem::take(sop_class),
-                        sop_instance: std::mem::take(sop_instance),
-                        context: *context,
-                        status: status::OUT_OF_RESOURCES,
-                        command_field: None,
-                        drained: 0,
-                    };
-                }
-            }
-            Receiving::Refused { drained, .. } => {
-                // Read and thrown away so that the answer can be given, but not without end.
-                *drained += value.data.len() as u64;
-                if *drained > self.spool.max_object() {
-                    return Data::Violation(format!(
-                        "a refused data set goes on past {} bytes (dicom.max_object_mib)",
-                        self.spool.max_object()
-                    ));
-                }
-            }
-        }
-        if !value.is_last {
-            return Data::More;
-        }
-        match std::mem::replace(state, Receiving::Nothing) {
-            Receiving::Nothing => Data::More,
-            Receiving::Object {
-                message_id,
-                sop_class,
-                sop_instance,
-                context,
-                into,
-            } => {
-                let bytes = into.bytes();
-                let status = match tokio::task::block_in_place(|| into.commit()) {
-                    Ok(path) => {
-                        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-                        info!(
-                            file = name.as_deref().unwrap_or(""),
-                            bytes, "DICOM object received and spooled"
-                        );
-                        status::SUCCESS
-                    }
-                    Err(e) => {
-                        error!("C-STORE refused: the object could not be made durable: {e}");
-                        status::OUT_OF_RESOURCES
-                    }
-                };
-                Data::Reply(
-                    context,
-                    dimse::store_response(message_id, &sop_class, &sop_instance, status),
-                    status,
-                )
-            }
-            Receiving::Refused {
-                message_id,
-                sop_class,
-                sop_instance,
-                context,
-                status,
-                command_field,
-                ..
-            } => {
-                let reply = match command_field {
-                    Some(field) => dimse::unrecognized_response(field, message_id),
-                    None => dimse::store_response(message_id, &sop_class, &sop_instance, status),
-                };
-                Data::Reply(context, reply, status)
-            }
-        }
-    }
-}
-
-/// What a data fragment led to.
-enum Data {
-    /// More fragments are to come.
-    More,
-    /// The data set is complete: the reply to send, and its status.
-    Reply(u8, Vec<u8>, u16),
-    /// The peer broke the protocol; the association is aborted.
-    Violation(String),
 }
 
 /// An error with its causes, "outer: inner: innermost" (dicom-ul's errors say only their own

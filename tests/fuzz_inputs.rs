@@ -1,0 +1,314 @@
+//! The fuzz targets' bodies (`fuzz/src/lib.rs`) run in the ordinary test suite: every input a
+//! fuzzer ever found a crash or hang with (`fuzz/regressions/<target>/`, committed with its
+//! fix), the natural inputs each target is seeded with, and a burst of mutations of them
+//! (seed printed, `BEDSIDE_TEST_SEED` replays it). libFuzzer itself runs through
+//! `fuzz/run.sh`; this keeps what it found fixed, and the bodies compiling, on every
+//! `cargo test`.
+
+#[path = "../fuzz/src/lib.rs"]
+mod bodies;
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use bedside::dicom::dimse;
+use common::Rng;
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, write_pdu};
+
+/// Counts what each thread allocates (the allocation-bomb regressions are judged by it).
+#[global_allocator]
+static ALLOC: bedside::alloc::Counting = bedside::alloc::Counting;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn files_in(dir: &Path, ext: Option<&str>) -> Vec<(String, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && ext.is_none_or(|x| p.extension().is_some_and(|e| e == x)))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+/// A peer's side of an association after the A-ASSOCIATE-AC: a C-STORE whose data set comes
+/// in two fragments, then A-RELEASE-RQ; the first byte picks the contexts' transfer syntaxes.
+fn scp_stream(pick: u8) -> Vec<u8> {
+    let command = |data: Vec<u8>| Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: 1,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data,
+        }],
+    };
+    let data = |data: Vec<u8>, is_last| Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: 1,
+            value_type: PDataValueType::Data,
+            is_last,
+            data,
+        }],
+    };
+    let object = std::fs::read(root().join("tests/data/cxr-other-8bit.dcm")).unwrap();
+    // The data set without the Part 10 preamble and file meta group, as C-STORE carries it:
+    // (0002,0000) UL at byte 132 gives the group's length after it.
+    let meta = u32::from_le_bytes(object[140..144].try_into().unwrap()) as usize;
+    // Its first 3000 bytes: the SCP keeps data sets as they come, and a short input fuzzes
+    // faster.
+    let body = &object[144 + meta..144 + meta + 3000];
+    let mut out = vec![pick];
+    for pdu in [
+        command(dimse::store_request(
+            2,
+            "1.2.840.10008.5.1.4.1.1.1.1",
+            "2.25.7",
+        )),
+        data(body[..1000].to_vec(), false),
+        data(body[1000..].to_vec(), true),
+        Pdu::ReleaseRQ,
+    ] {
+        write_pdu(&mut out, &pdu).unwrap();
+    }
+    out
+}
+
+/// The natural inputs a target starts from (what `fuzz/seeds.sh` gives libFuzzer).
+fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+    let r = root();
+    match target {
+        "dicom_decode_prepare" => {
+            let mut s = files_in(&r.join("tests/data"), Some("dcm"));
+            s.extend(files_in(&r.join("tests/data/pydicom"), Some("dcm")));
+            s.retain(|(_, b)| b.len() <= 1 << 20);
+            s
+        }
+        "scp_pdus" => (0..3)
+            .map(|i| (format!("store stream {i}"), scp_stream(i)))
+            .collect(),
+        "outbox_recovery" => {
+            // A segment as bedside writes it: made by the outbox itself.
+            let dir = tempfile::tempdir().unwrap();
+            let config = bedside::publish::OutboxConfig {
+                max_bytes: 1 << 20,
+                max_records: 1000,
+                segment_bytes: 64 << 10,
+            };
+            let (mut outbox, _) = bedside::publish::Outbox::open(dir.path(), config).unwrap();
+            for i in 0..5 {
+                let record = format!("{{\"finding\":{i}}}");
+                outbox
+                    .append(bedside::publish::Class::Image, record.as_bytes())
+                    .unwrap();
+            }
+            let mut buf = Vec::new();
+            let first = outbox.take_next(&mut buf).unwrap().unwrap();
+            outbox.settle(first).unwrap();
+            drop(outbox);
+            let mut seg = Vec::new();
+            let mut ack = Vec::new();
+            for (name, bytes) in files_in(dir.path(), None) {
+                if name.ends_with(".seg") {
+                    seg = bytes;
+                } else if name.ends_with(".ack") {
+                    ack = bytes;
+                }
+            }
+            assert!(!seg.is_empty(), "the outbox wrote a segment");
+            let split = (seg.len() / (seg.len() + ack.len()).div_ceil(255).max(1)).min(255) as u8;
+            let mut input = vec![split];
+            input.extend_from_slice(&seg);
+            input.extend_from_slice(&ack);
+            vec![("outbox segment".into(), input)]
+        }
+        "model_manifest" => ["models", "tests/fixtures"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(r.join(d)).unwrap())
+            .filter_map(|e| std::fs::read(e.unwrap().path().join("model.toml")).ok())
+            .enumerate()
+            .map(|(i, b)| (format!("model.toml {i}"), b))
+            .collect(),
+        "board_profile" => files_in(&r.join("board"), Some("toml")),
+        "camera_convert" => {
+            // Every format at a small size, a plain buffer behind the 12-byte layout header.
+            (0..12u8)
+                .map(|f| {
+                    let mut input = vec![f, 64, 0, 48, 0, 0, 1, 0, 0, 255, 255, 0];
+                    input.extend((0..64 * 48 * 4).map(|i| (i % 251) as u8));
+                    (format!("format {f}"), input)
+                })
+                .collect()
+        }
+        other => panic!("no seeds for {other}"),
+    }
+}
+
+/// A mutation as libFuzzer's simplest ones: flip, overwrite with an "interesting" value,
+/// insert, erase, duplicate a chunk, truncate.
+fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..=rng.below(4) {
+        let len = out.len() as u64;
+        let at = |rng: &mut Rng| rng.below(len.max(1)) as usize;
+        match rng.below(6) {
+            0 if len > 0 => {
+                let i = at(rng);
+                out[i] ^= 1 << rng.below(8);
+            }
+            1 if len >= 4 => {
+                let i = at(rng).min(out.len() - 4);
+                let v: [u8; 4] = match rng.below(4) {
+                    0 => [0xff; 4],
+                    1 => [0; 4],
+                    2 => 0x7fff_ffffu32.to_le_bytes(),
+                    _ => 0x8000_0000u32.to_be_bytes(),
+                };
+                out[i..i + 4].copy_from_slice(&v);
+            }
+            2 => {
+                let i = at(rng).min(out.len());
+                let n = rng.below(16) as usize;
+                let bytes: Vec<u8> = (0..n).map(|_| rng.below(256) as u8).collect();
+                out.splice(i..i, bytes);
+            }
+            3 if len > 1 => {
+                let i = at(rng);
+                let n = (rng.below(64) as usize).min(out.len() - i);
+                out.drain(i..i + n);
+            }
+            4 if len > 1 => {
+                let i = at(rng);
+                let n = (rng.below(256) as usize).min(out.len() - i);
+                let chunk = out[i..i + n].to_vec();
+                let j = at(rng).min(out.len());
+                out.splice(j..j, chunk);
+            }
+            _ => {
+                let n = at(rng);
+                out.truncate(n);
+            }
+        }
+    }
+    out
+}
+
+/// Runs `body` on `input`; on a panic, keeps the input where `fuzz/run.sh` would and fails.
+fn run(target: &str, body: fn(&[u8]), name: &str, input: &[u8]) {
+    if catch_unwind(AssertUnwindSafe(|| body(input))).is_err() {
+        let dir = root().join("target/fuzz-failures").join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("crash-{}", input.len()));
+        std::fs::write(&path, input).unwrap();
+        panic!(
+            "{target} panicked on {name}; the input is in {} (replay: fuzz/run.sh or put it in fuzz/regressions/{target}/)",
+            path.display()
+        );
+    }
+}
+
+/// Mutations per seed file per target: enough to walk each parser's error paths, few enough
+/// for CI (the decode target runs whole images).
+fn mutations(target: &str) -> usize {
+    match target {
+        "dicom_decode_prepare" => 15,
+        _ => 400,
+    }
+}
+
+#[test]
+fn the_fuzz_targets_survive_their_regressions_their_seeds_and_a_burst_of_mutations() {
+    let mut rng = Rng::from_time();
+    let mut report = Vec::new();
+    for (target, body) in bodies::TARGETS {
+        let started = std::time::Instant::now();
+        let regressions = files_in(&root().join("fuzz/regressions").join(target), None);
+        for (name, input) in &regressions {
+            run(target, body, name, input);
+        }
+        let seeds = seeds(target);
+        assert!(!seeds.is_empty(), "{target} has seeds");
+        let mut runs = 0;
+        for (name, input) in &seeds {
+            run(target, body, name, input);
+            for _ in 0..mutations(target) {
+                let m = mutate(&mut rng, input);
+                run(target, body, &format!("a mutation of {name}"), &m);
+                runs += 1;
+            }
+        }
+        report.push(format!(
+            "{target}: {} regression inputs, {} seeds, {runs} mutations in {:.1?}",
+            regressions.len(),
+            seeds.len(),
+            started.elapsed()
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn the_scp_seed_stream_stores_an_object_through_the_session() {
+    // The scp_pdus seed must reach the spool, or the target fuzzes only the reader.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = bedside::source::spool::Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+    let syntaxes = bedside::source::scp::decodable_transfer_syntaxes();
+    let ts = syntaxes
+        .iter()
+        .position(|t| *t == "1.2.840.10008.1.2.1")
+        .unwrap();
+    let stream = scp_stream(ts as u8);
+    let mut session =
+        bedside::source::scp::session::Session::new(&spool, vec![(1, syntaxes[ts].to_owned())]);
+    let mut rest = &stream[1..];
+    let mut last = None;
+    while !rest.is_empty() {
+        let mut cursor = std::io::Cursor::new(rest);
+        let pdu = dicom_ul::pdu::read_pdu(&mut cursor, 64 * 1024, true)
+            .unwrap()
+            .unwrap();
+        rest = &rest[cursor.position() as usize..];
+        last = Some(session.on_pdu(pdu).next);
+    }
+    assert_eq!(session.stored, 1, "the C-STORE was answered with success");
+    assert_eq!(
+        last,
+        Some(bedside::source::scp::session::Next::Released),
+        "the stream ends with a release"
+    );
+}
+
+#[test]
+fn the_allocation_bombs_fuzzing_found_are_refused_before_anything_is_allocated_for_them() {
+    // Before dicom::lengths, each of these made dicom-parser zero-fill a 2 GiB buffer
+    // (`bedside infer` peaked at 2.1 GB RSS on the file). The bytes this thread asks for
+    // while refusing each must stay within a few MiB.
+    let file = root().join("fuzz/regressions/dicom_decode_prepare/pixel-data-claims-2gib.dcm");
+    let (result, _, bytes) = bedside::alloc::count(|| bedside::dicom::decode::open_file(&file));
+    assert!(bedside::alloc::installed());
+    let err = result.expect_err("a file whose Pixel Data claims 2 GiB is refused");
+    assert!(err.to_string().contains("a length that lies"), "{err}");
+    assert!(bytes < 4 << 20, "{bytes} bytes allocated to refuse it");
+
+    let input =
+        std::fs::read(root().join("fuzz/regressions/scp_pdus/command-claims-2gib.bin")).unwrap();
+    // The P-DATA PDU's single command fragment: after the pick byte, the 6-byte PDU header
+    // and the 6-byte PDV header.
+    let command = &input[1 + 6 + 6..];
+    let (result, _, bytes) =
+        bedside::alloc::count(|| bedside::dicom::dimse::parse_request(command));
+    let err = result.expect_err("a command claiming 2 GiB is refused");
+    assert!(
+        err.to_string().contains("declares 2147483646 bytes"),
+        "{err}"
+    );
+    assert!(bytes < 1 << 20, "{bytes} bytes allocated to refuse it");
+}
