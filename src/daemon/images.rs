@@ -142,6 +142,11 @@ impl ImageWork {
                 shared: shared.clone(),
                 jobs: jobs_rx.clone(),
                 heartbeat: Heartbeat::new(),
+                stall_switch: if i == 0 {
+                    std::env::var_os(STALL_SWITCH).map(PathBuf::from)
+                } else {
+                    None
+                },
             };
             let name = if n == 1 {
                 "image worker".to_owned()
@@ -342,17 +347,36 @@ impl Dispatcher {
     }
 }
 
+/// Test-only switch: when this variable names a file and the file appears, the first image
+/// worker removes it and stops beating for good, as a worker wedged in a decoder would — so
+/// that a test under a real systemd (tests/vm.sh) can watch the watchdog restart the daemon.
+/// Read once at start; without it nothing is looked at.
+pub const STALL_SWITCH: &str = "BEDSIDE_TEST_STALL_FILE";
+
 /// Runs the images it is handed on its own processor.
 struct Worker {
     index: usize,
     shared: Arc<Shared>,
     jobs: Arc<Mutex<Receiver<PathBuf>>>,
     heartbeat: Heartbeat,
+    /// [`STALL_SWITCH`]'s file, for the first worker when the variable is set.
+    stall_switch: Option<PathBuf>,
 }
 
 impl Worker {
     fn run(self) {
         while !self.shared.stopping() {
+            if let Some(switch) = &self.stall_switch
+                && std::fs::remove_file(switch).is_ok()
+            {
+                warn!(
+                    "{STALL_SWITCH}: {} appeared; this image worker stalls now (test switch)",
+                    switch.display()
+                );
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
             self.heartbeat.beat();
             // One worker waits on the queue at a time (for at most one tick); the others
             // look again every quarter tick, beating each time. Blocking on the lock instead
