@@ -14,17 +14,20 @@ SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v bedside-fuzz)
-if ! cargo install --list | grep -qx "cargo-fuzz v0.13.1:"; then
-  cargo install --locked --quiet cargo-fuzz --version 0.13.1
+if ! cargo fuzz --version 2>/dev/null | grep -q "0\.13\."; then
+  cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1
 ./seeds.sh
 cargo fuzz build --target-dir ../target/fuzz
 for t in "${TARGETS[@]}"; do
-  mkdir -p "corpus/$t" "artifacts/$t"
+  mkdir -p "corpus/$t" "artifacts/$t" "regressions/$t"
   log="../target/fuzz/$t.log"
-  cargo fuzz run --target-dir ../target/fuzz "$t" "corpus/$t" "seeds/$t" -- \
+  # Whole radiographs are a few hundred KB; everything else fits in 64 KiB.
+  max_len=65536; [ "$t" = dicom_decode_prepare ] && max_len=300000
+  cargo fuzz run --target-dir ../target/fuzz "$t" "corpus/$t" "seeds/$t" "regressions/$t" -- \
     -max_total_time="$SECONDS_EACH" -rss_limit_mb=512 -malloc_limit_mb=256 -timeout=10 \
+    -max_len=$max_len \
     -artifact_prefix="artifacts/$t/" -print_final_stats=1 > "$log" 2>&1 || {
       tail -40 "$log"; echo "fuzz: $t FAILED (artifact in fuzz/artifacts/$t)"; exit 1; }
   runs=$(grep -m1 -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$')

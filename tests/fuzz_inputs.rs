@@ -236,6 +236,14 @@ fn the_fuzz_targets_survive_their_regressions_their_seeds_and_a_burst_of_mutatio
         }
         let seeds = seeds(target);
         assert!(!seeds.is_empty(), "{target} has seeds");
+        // fuzz/seeds.sh hands libFuzzer the same starting points.
+        if let Some(out) = std::env::var_os("BEDSIDE_FUZZ_SEEDS_OUT") {
+            let dir = Path::new(&out).join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (i, (_, input)) in seeds.iter().enumerate() {
+                std::fs::write(dir.join(format!("suite-{i}")), input).unwrap();
+            }
+        }
         let mut runs = 0;
         for (name, input) in &seeds {
             run(target, body, name, input);

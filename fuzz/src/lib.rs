@@ -29,8 +29,12 @@ pub const TARGETS: [(&str, fn(&[u8])); 6] = [
     ("camera_convert", camera_convert),
 ];
 
-/// The repository's root, from either crate that compiles this file.
+/// The repository's root: `BEDSIDE_REPO` when set (a fuzz binary run on another machine),
+/// else where either crate that compiles this file was built.
 fn repo() -> PathBuf {
+    if let Some(root) = std::env::var_os("BEDSIDE_REPO") {
+        return PathBuf::from(root);
+    }
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     if here.join("models").is_dir() {
         here
