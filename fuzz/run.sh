@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 SECONDS_EACH="${1:-60}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v bedside-fuzz)
+[ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v -e bedside-fuzz -e by_name)
 if ! cargo fuzz --version 2>/dev/null | grep -q "0\.13\."; then
   cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi
