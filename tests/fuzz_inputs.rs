@@ -322,6 +322,26 @@ fn the_allocation_bombs_fuzzing_found_are_refused_before_anything_is_allocated_f
 }
 
 #[test]
+fn no_regression_input_makes_its_target_allocate_more_than_the_fuzzers_limit_allows() {
+    // libFuzzer ran with -malloc_limit_mb=256 and -rss_limit_mb=512; every OOM it reported is
+    // in fuzz/regressions/. Here each must stay far under: what the thread allocates in all
+    // while its body runs (a sum, so an upper bound of its peak) under 64 MiB, except for
+    // the deflated-data-set cap, reserved whole and never touched past what inflates.
+    for (target, body) in bodies::TARGETS {
+        for (name, input) in files_in(&root().join("fuzz/regressions").join(target), None) {
+            let ((), _, bytes) = bedside::alloc::count(|| body(&input));
+            let limit = (64 << 20) + bedside::dicom::lengths::MAX_INFLATED;
+            assert!(
+                bytes < limit,
+                "{target}: {name} made its body allocate {} MiB",
+                bytes >> 20
+            );
+            eprintln!("{target}: {name}: {} KiB allocated", bytes >> 10);
+        }
+    }
+}
+
+#[test]
 fn every_fuzz_target_is_declared_and_calls_its_body() {
     // What CI cannot build (an instrumented tree takes ~40 min on 2 cores; fuzz/run.sh does),
     // checked here: each body has its [[bin]] in fuzz/Cargo.toml and its libFuzzer entry

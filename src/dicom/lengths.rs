@@ -8,7 +8,10 @@
 //! `fuzz/regressions/dicom_decode_prepare/`).
 //!
 //! The walk reads only element headers: tag, VR (explicit syntaxes; the standard dictionary's
-//! for implicit ones, which only needs to know sequences), length. Sequences and items are
+//! for implicit ones), length — exactly as dicom-rs reads them, so that both stand on the same
+//! header each time. A numeric value whose length is no multiple of its size is refused too:
+//! dicom-parser would read whole numbers only and take the next header from inside the value
+//! (a 60-byte P-DATA made it allocate 170 MB that way; found by `scp_pdus`). Sequences and items are
 //! walked into, so nested lengths are checked too; encapsulated Pixel Data's fragments are
 //! skipped by their lengths. A length that runs past the end of the input is refused with the
 //! element named. The walk judges nothing else: structure errors are dicom-parser's to report.
@@ -20,8 +23,10 @@ use dicom_core::dictionary::{DataDictionary, VirtualVr};
 use dicom_core::{Tag, VR};
 use dicom_dictionary_std::StandardDataDictionary;
 
-/// A deflated data set may grow to this much and no more (a deflate bomb is refused).
-pub const MAX_INFLATED: u64 = 256 << 20;
+/// A deflated data set may grow to this much and no more (a deflate bomb is refused): what a
+/// board reads whole by default (`memory.max_file_mib`), so a deflated object is never more
+/// than an uncompressed one could be.
+pub const MAX_INFLATED: u64 = 64 << 20;
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
@@ -39,6 +44,16 @@ pub enum LengthError {
         offset: usize,
         declared: u32,
         available: usize,
+    },
+    #[error(
+        "element {tag} at byte {offset} ({vr}) declares {declared} bytes, not a multiple of its {size}-byte values"
+    )]
+    NotMultiple {
+        tag: Tag,
+        offset: usize,
+        vr: String,
+        declared: u32,
+        size: usize,
     },
     #[error("the deflated data set inflates past {} MiB", MAX_INFLATED >> 20)]
     Inflated,
@@ -92,7 +107,9 @@ pub fn check_file(bytes: &[u8]) -> Result<(), LengthError> {
             },
         ),
         DEFLATED => {
-            let mut inflated = Vec::new();
+            // Reserved at once (untouched pages cost nothing) so that growing never doubles
+            // past the cap.
+            let mut inflated = Vec::with_capacity(MAX_INFLATED as usize + 1);
             flate2::read::DeflateDecoder::new(rest)
                 .take(MAX_INFLATED + 1)
                 .read_to_end(&mut inflated)
@@ -105,6 +122,44 @@ pub fn check_file(bytes: &[u8]) -> Result<(), LengthError> {
         // Every other syntax (encapsulated ones included) is explicit VR little endian; an
         // unknown one is dicom-rs's to refuse.
         _ => check_data_set(rest, Encoding::EXPLICIT_LE),
+    }
+}
+
+/// VRs whose explicit header has a 2-byte length (PS3.5 7.1.2), as dicom-rs reads them.
+fn short_length(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::AE
+            | VR::AS
+            | VR::AT
+            | VR::CS
+            | VR::DA
+            | VR::DS
+            | VR::DT
+            | VR::FL
+            | VR::FD
+            | VR::IS
+            | VR::LO
+            | VR::LT
+            | VR::PN
+            | VR::SH
+            | VR::SL
+            | VR::SS
+            | VR::ST
+            | VR::TM
+            | VR::UI
+            | VR::UL
+            | VR::US
+    )
+}
+
+/// The size of one value of a numeric VR.
+fn numeric_size(vr: VR) -> Option<usize> {
+    match vr {
+        VR::OW | VR::SS | VR::US => Some(2),
+        VR::AT | VR::FL | VR::OF | VR::OL | VR::SL | VR::UL => Some(4),
+        VR::FD | VR::OD | VR::OV | VR::SV | VR::UV => Some(8),
+        _ => None,
     }
 }
 
@@ -173,37 +228,41 @@ fn walk(
             continue;
         }
         let (vr, len, header) = if enc.explicit_vr {
-            let vr = VR::from_binary([bytes[pos + 4], bytes[pos + 5]]);
-            match vr {
-                Some(
-                    VR::OB
-                    | VR::OD
-                    | VR::OF
-                    | VR::OL
-                    | VR::OV
-                    | VR::OW
-                    | VR::SQ
-                    | VR::SV
-                    | VR::UC
-                    | VR::UN
-                    | VR::UR
-                    | VR::UT
-                    | VR::UV,
-                ) => {
-                    if pos + 12 > bytes.len() {
-                        break;
-                    }
-                    (vr, u32_at(pos + 8), 12)
+            // As dicom-rs reads it: an unknown VR is UN, with the 4-byte length.
+            let vr = VR::from_binary([bytes[pos + 4], bytes[pos + 5]]).unwrap_or(VR::UN);
+            if short_length(vr) {
+                (vr, u32::from(u16_at(pos + 6)), 8)
+            } else {
+                if pos + 12 > bytes.len() {
+                    break;
                 }
-                _ => (vr, u32::from(u16_at(pos + 6)), 8),
+                (vr, u32_at(pos + 8), 12)
             }
         } else {
             let vr = match StandardDataDictionary.by_tag(tag).map(|e| e.vr) {
-                Some(VirtualVr::Exact(VR::SQ)) => Some(VR::SQ),
-                _ => None,
+                Some(VirtualVr::Exact(vr)) => vr,
+                // US or SS; OB or OW (even lengths either way).
+                Some(VirtualVr::Xs | VirtualVr::Lt) => VR::US,
+                Some(VirtualVr::Px | VirtualVr::Ox) => VR::OW,
+                _ => VR::UN,
             };
             (vr, u32_at(pos + 4), 8)
         };
+        // dicom-parser reads a numeric value as length / size numbers and moves on by that
+        // many: a length that is no multiple of the size would leave it reading the next
+        // header from inside this value, where no length was checked.
+        if len != UNDEFINED
+            && let Some(size) = numeric_size(vr)
+            && len as usize % size != 0
+        {
+            return Err(LengthError::NotMultiple {
+                tag,
+                offset,
+                vr: vr.to_string().to_owned(),
+                declared: len,
+                size,
+            });
+        }
         pos += header;
         past_end(len, pos)?;
         if let Some(syntax) = meta.as_deref_mut()
@@ -216,7 +275,7 @@ fn walk(
             // A sequence (or UN holding one), or encapsulated Pixel Data: what follows is
             // items, walked in turn.
             fragments = tag == PIXEL_DATA;
-        } else if vr != Some(VR::SQ) {
+        } else if vr != VR::SQ {
             pos += len as usize;
         }
         // A sequence of defined length: its items follow, walked in turn.
@@ -290,6 +349,32 @@ mod tests {
         ]);
         ds.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         assert_eq!(check_data_set(&ds, Encoding::EXPLICIT_LE), Ok(()));
+    }
+
+    #[test]
+    fn a_numeric_value_of_a_length_no_multiple_of_its_size_is_refused() {
+        // (0000,0000) UL of length 2: dicom-parser would read no number, stay put, and take
+        // the next header from the value's bytes.
+        let mut ds = vec![0x00, 0x00, 0x00, 0x00, 2, 0, 0, 0, 0xAB, 0xCD];
+        ds.extend([0, 0, 0, 0, 0, 0, 0x24, 0x0A]);
+        let err = check_data_set(&ds, Encoding::IMPLICIT_LE).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LengthError::NotMultiple {
+                    size: 4,
+                    declared: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The same in explicit VR, OW of odd length.
+        let ow = explicit((0x0009, 0x1010), b"OW", &[1, 2, 3]);
+        assert!(matches!(
+            check_data_set(&ow, Encoding::EXPLICIT_LE),
+            Err(LengthError::NotMultiple { size: 2, .. })
+        ));
     }
 
     #[test]
