@@ -19,8 +19,12 @@ use bedside::source::scp::session::{Next, Session};
 use bedside::source::spool::Spool;
 use dicom_ul::pdu::{Pdu, read_pdu};
 
+/// A target's body: the fuzzer's bytes in, nothing out (a panic or a sanitizer report is the
+/// finding).
+pub type Body = fn(&[u8]);
+
 /// The targets, by name, as `fuzz/Cargo.toml` and `fuzz/run.sh` know them.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Body); 6] = [
     ("dicom_decode_prepare", dicom_decode_prepare),
     ("scp_pdus", scp_pdus),
     ("outbox_recovery", outbox_recovery),

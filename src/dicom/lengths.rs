@@ -7,21 +7,28 @@
 //! from one file or one peer. The fuzz target `dicom_decode_prepare` found it (its input is
 //! `fuzz/regressions/dicom_decode_prepare/`).
 //!
-//! The walk reads only element headers: tag, VR (explicit syntaxes; the standard dictionary's
-//! for implicit ones), length — exactly as dicom-rs reads them, so that both stand on the same
-//! header each time. A numeric value whose length is no multiple of its size is refused too:
-//! dicom-parser would read whole numbers only and take the next header from inside the value
-//! (a 60-byte P-DATA made it allocate 170 MB that way; found by `scp_pdus`). Sequences and items are
-//! walked into, so nested lengths are checked too; encapsulated Pixel Data's fragments are
-//! skipped by their lengths. A length that runs past the end of the input is refused with the
-//! element named. The walk judges nothing else: structure errors are dicom-parser's to report.
+//! The file meta group is walked by hand (explicit VR little endian, as its reader reads it);
+//! the data set by dicom-rs's own `DataSetReader` over a decoder that skips values instead
+//! of reading them ([`check_data_set`]), so that the check stands on exactly the headers the
+//! real read will (a hand-written walk that did not was led astray twice by the fuzzer: a UL
+//! of length 2, read as no number at all, and an element of group FFFE where an element was
+//! expected, each leaving dicom-parser reading a 170 MB length from inside a value). Every
+//! declared length that runs past the end of the input is refused, naming the element.
 //! Deflated data sets are inflated first, at most [`MAX_INFLATED`] bytes.
 
+use std::cell::Cell;
 use std::io::Read;
+use std::rc::Rc;
 
-use dicom_core::dictionary::{DataDictionary, VirtualVr};
-use dicom_core::{Tag, VR};
-use dicom_dictionary_std::StandardDataDictionary;
+use dicom_core::header::{DataElementHeader, SequenceItemHeader};
+use dicom_core::{PrimitiveValue, Tag, VR};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_encoding::text::SpecificCharacterSet;
+use dicom_parser::dataset::read::DataSetReaderOptions;
+use dicom_parser::dataset::{DataSetReader, DataToken};
+use dicom_parser::stateful::decode::Result as ParseResult;
+use dicom_parser::{DynStatefulDecoder, StatefulDecode};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 /// A deflated data set may grow to this much and no more (a deflate bomb is refused): what a
 /// board reads whole by default (`memory.max_file_mib`), so a deflated object is never more
@@ -29,9 +36,7 @@ use dicom_dictionary_std::StandardDataDictionary;
 pub const MAX_INFLATED: u64 = 64 << 20;
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
-const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 const ITEM: Tag = Tag(0xFFFE, 0xE000);
-const SEQUENCE_END: Tag = Tag(0xFFFE, 0xE0DD);
 
 /// A length the input cannot hold, or a deflated data set too large to read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,16 +49,6 @@ pub enum LengthError {
         offset: usize,
         declared: u32,
         available: usize,
-    },
-    #[error(
-        "element {tag} at byte {offset} ({vr}) declares {declared} bytes, not a multiple of its {size}-byte values"
-    )]
-    NotMultiple {
-        tag: Tag,
-        offset: usize,
-        vr: String,
-        declared: u32,
-        size: usize,
     },
     #[error("the deflated data set inflates past {} MiB", MAX_INFLATED >> 20)]
     Inflated,
@@ -93,7 +88,7 @@ pub fn check_file(bytes: &[u8]) -> Result<(), LengthError> {
         return Ok(());
     };
     let mut syntax = None;
-    let meta_end = walk(bytes, start, Encoding::EXPLICIT_LE, Some(&mut syntax))?;
+    let meta_end = walk_meta(bytes, start, &mut syntax)?;
     let syntax = syntax.unwrap_or_default();
     let syntax = syntax.trim_end_matches(['\0', ' ']);
     let rest = &bytes[meta_end..];
@@ -164,121 +159,201 @@ fn numeric_size(vr: VR) -> Option<usize> {
 }
 
 /// Checks a data set (a DIMSE command set, or a file's data set after its meta group).
+///
+/// Walked by dicom-rs's own reader (`DataSetReader`), over a decoder that passes headers
+/// through and skips the values the reader would read whole: the walk stands on exactly the
+/// header dicom-rs will stand on, whatever the input does — an element of group FFFE where
+/// an element is expected, a numeric value whose length is no multiple of its size (read as
+/// whole numbers, leaving the next header inside the value), an item outside a sequence.
+/// Each declared length is checked before the reader would read that value.
 pub fn check_data_set(bytes: &[u8], encoding: Encoding) -> Result<(), LengthError> {
-    walk(bytes, 0, encoding, None).map(|_| ())
+    let uid = match encoding {
+        Encoding {
+            explicit_vr: false, ..
+        } => "1.2.840.10008.1.2",
+        Encoding {
+            big_endian: true, ..
+        } => "1.2.840.10008.1.2.2",
+        _ => "1.2.840.10008.1.2.1",
+    };
+    let Some(ts) = TransferSyntaxRegistry.get(uid) else {
+        return Ok(());
+    };
+    let Ok(decoder) = DynStatefulDecoder::new_with_override(
+        bytes,
+        ts,
+        SpecificCharacterSet::default(),
+        Default::default(),
+        0,
+    ) else {
+        return Ok(()); // dicom-rs refuses it the same way, before reading anything
+    };
+    let position = Rc::new(Cell::new(0u64));
+    let skipping = Skipping {
+        inner: decoder,
+        position: position.clone(),
+    };
+    let total = bytes.len() as u64;
+    for token in DataSetReader::new(skipping, DataSetReaderOptions::default()) {
+        let (tag, len) = match token {
+            Ok(DataToken::ElementHeader(h)) => (h.tag, h.len),
+            Ok(DataToken::SequenceStart { tag, len }) => (tag, len),
+            Ok(DataToken::ItemStart { len }) => (ITEM, len),
+            Ok(_) => continue,
+            // dicom-rs stops at the same place, having read nothing more.
+            Err(_) => return Ok(()),
+        };
+        let at = position.get();
+        let available = total.saturating_sub(at);
+        if let Some(declared) = len.get()
+            && u64::from(declared) > available
+        {
+            return Err(LengthError::PastEnd {
+                tag,
+                offset: at as usize,
+                declared,
+                available: available as usize,
+            });
+        }
+    }
+    Ok(())
 }
 
-/// Walks element headers from `pos`; returns where it stopped: the end of the input, or —
-/// when `meta` is given — the first element past group 0002, whose Transfer Syntax UID it
-/// stores there.
-fn walk(
+/// A decoder that reads headers as dicom-rs's does and skips the values it would read whole,
+/// moving on exactly as far as the real read would. Shares its position with the walk.
+struct Skipping<D> {
+    inner: D,
+    position: Rc<Cell<u64>>,
+}
+
+impl<D: StatefulDecode> Skipping<D> {
+    fn moved<T>(&mut self, r: ParseResult<T>) -> ParseResult<T> {
+        self.position.set(self.inner.position());
+        r
+    }
+
+    /// A value: skipped when the real read consumes exactly its length (bytes, text, whole
+    /// numbers); read for real otherwise (its length was checked before this is called).
+    fn value(
+        &mut self,
+        header: &DataElementHeader,
+        read: impl FnOnce(&mut D) -> ParseResult<PrimitiveValue>,
+    ) -> ParseResult<PrimitiveValue> {
+        let r = match header.len.get() {
+            Some(len)
+                if numeric_size(header.vr).is_none_or(|s| (len as usize).is_multiple_of(s)) =>
+            {
+                self.inner.skip_bytes(len).map(|()| PrimitiveValue::Empty)
+            }
+            _ => read(&mut self.inner),
+        };
+        self.moved(r)
+    }
+}
+
+impl<D: StatefulDecode> StatefulDecode for Skipping<D> {
+    type Reader = D::Reader;
+
+    fn decode_header(&mut self) -> ParseResult<DataElementHeader> {
+        let r = self.inner.decode_header();
+        self.moved(r)
+    }
+
+    fn decode_item_header(&mut self) -> ParseResult<SequenceItemHeader> {
+        let r = self.inner.decode_item_header();
+        self.moved(r)
+    }
+
+    fn read_value(&mut self, header: &DataElementHeader) -> ParseResult<PrimitiveValue> {
+        self.value(header, |d| d.read_value(header))
+    }
+
+    fn read_value_preserved(&mut self, header: &DataElementHeader) -> ParseResult<PrimitiveValue> {
+        self.value(header, |d| d.read_value_preserved(header))
+    }
+
+    fn read_value_bytes(&mut self, header: &DataElementHeader) -> ParseResult<PrimitiveValue> {
+        self.value(header, |d| d.read_value_bytes(header))
+    }
+
+    fn read_to_vec(&mut self, length: u32, _vec: &mut Vec<u8>) -> ParseResult<()> {
+        let r = self.inner.skip_bytes(length);
+        self.moved(r)
+    }
+
+    fn read_u32_to_vec(&mut self, length: u32, vec: &mut Vec<u32>) -> ParseResult<()> {
+        // The offset table: read for real (its item's length was checked).
+        let r = self.inner.read_u32_to_vec(length, vec);
+        self.moved(r)
+    }
+
+    fn read_to<W>(&mut self, length: u32, _out: W) -> ParseResult<()>
+    where
+        Self: Sized,
+        W: std::io::Write,
+    {
+        let r = self.inner.skip_bytes(length);
+        self.moved(r)
+    }
+
+    fn skip_bytes(&mut self, length: u32) -> ParseResult<()> {
+        let r = self.inner.skip_bytes(length);
+        self.moved(r)
+    }
+
+    fn seek(&mut self, position: u64) -> ParseResult<()>
+    where
+        Self::Reader: std::io::Seek,
+    {
+        let r = self.inner.seek(position);
+        self.moved(r)
+    }
+
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+}
+
+/// Walks the file meta group (explicit VR little endian, group 0002) from `pos` as
+/// dicom-rs's meta reader does; returns where the data set starts and stores the Transfer
+/// Syntax UID.
+fn walk_meta(
     bytes: &[u8],
     mut pos: usize,
-    enc: Encoding,
-    mut meta: Option<&mut Option<String>>,
+    syntax: &mut Option<String>,
 ) -> Result<usize, LengthError> {
-    let u16_at = |p: usize| {
-        let b = [bytes[p], bytes[p + 1]];
-        if enc.big_endian {
-            u16::from_be_bytes(b)
-        } else {
-            u16::from_le_bytes(b)
-        }
-    };
-    let u32_at = |p: usize| {
-        let b = [bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]];
-        if enc.big_endian {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        }
-    };
-    // Inside encapsulated Pixel Data, items are fragments of bytes, not data sets.
-    let mut fragments = false;
+    let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
+    let u32_at =
+        |p: usize| u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
     while pos + 8 <= bytes.len() {
         let offset = pos;
         let tag = Tag(u16_at(pos), u16_at(pos + 2));
-        if meta.is_some() && tag.0 != 0x0002 {
-            return Ok(pos);
+        if tag.0 != 0x0002 {
+            break;
         }
-        let past_end = |declared: u32, from: usize| {
-            let available = bytes.len().saturating_sub(from);
-            if declared != UNDEFINED && declared as usize > available {
-                Err(LengthError::PastEnd {
-                    tag,
-                    offset,
-                    declared,
-                    available,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        if tag.0 == 0xFFFE {
-            // Items and delimiters: tag and a 4-byte length, in every syntax.
-            let len = u32_at(pos + 4);
-            pos += 8;
-            past_end(len, pos)?;
-            if tag == ITEM && fragments && len != UNDEFINED {
-                pos += len as usize;
-            } else if tag == SEQUENCE_END {
-                fragments = false;
-            }
-            // An item of a sequence: its elements follow, walked in turn.
-            continue;
-        }
-        let (vr, len, header) = if enc.explicit_vr {
-            // As dicom-rs reads it: an unknown VR is UN, with the 4-byte length.
-            let vr = VR::from_binary([bytes[pos + 4], bytes[pos + 5]]).unwrap_or(VR::UN);
-            if short_length(vr) {
-                (vr, u32::from(u16_at(pos + 6)), 8)
-            } else {
-                if pos + 12 > bytes.len() {
-                    break;
-                }
-                (vr, u32_at(pos + 8), 12)
-            }
+        // As dicom-rs reads it: an unknown VR is UN, with the 4-byte length.
+        let vr = VR::from_binary([bytes[pos + 4], bytes[pos + 5]]).unwrap_or(VR::UN);
+        let (len, header) = if short_length(vr) {
+            (u32::from(u16_at(pos + 6)), 8)
+        } else if pos + 12 <= bytes.len() {
+            (u32_at(pos + 8), 12)
         } else {
-            let vr = match StandardDataDictionary.by_tag(tag).map(|e| e.vr) {
-                Some(VirtualVr::Exact(vr)) => vr,
-                // US or SS; OB or OW (even lengths either way).
-                Some(VirtualVr::Xs | VirtualVr::Lt) => VR::US,
-                Some(VirtualVr::Px | VirtualVr::Ox) => VR::OW,
-                _ => VR::UN,
-            };
-            (vr, u32_at(pos + 4), 8)
+            break;
         };
-        // dicom-parser reads a numeric value as length / size numbers and moves on by that
-        // many: a length that is no multiple of the size would leave it reading the next
-        // header from inside this value, where no length was checked.
-        if len != UNDEFINED
-            && let Some(size) = numeric_size(vr)
-            && len as usize % size != 0
-        {
-            return Err(LengthError::NotMultiple {
+        pos += header;
+        let available = bytes.len() - pos;
+        if len == UNDEFINED || len as usize > available {
+            return Err(LengthError::PastEnd {
                 tag,
                 offset,
-                vr: vr.to_string().to_owned(),
                 declared: len,
-                size,
+                available,
             });
         }
-        pos += header;
-        past_end(len, pos)?;
-        if let Some(syntax) = meta.as_deref_mut()
-            && tag == Tag(0x0002, 0x0010)
-            && len != UNDEFINED
-        {
+        if tag == Tag(0x0002, 0x0010) {
             *syntax = Some(String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned());
         }
-        if len == UNDEFINED {
-            // A sequence (or UN holding one), or encapsulated Pixel Data: what follows is
-            // items, walked in turn.
-            fragments = tag == PIXEL_DATA;
-        } else if vr != VR::SQ {
-            pos += len as usize;
-        }
-        // A sequence of defined length: its items follow, walked in turn.
+        pos += len as usize;
     }
     Ok(pos.min(bytes.len()))
 }
@@ -315,7 +390,7 @@ mod tests {
         set_len(&mut ds, at, 0x7FFF_FFFE);
         let err = check_data_set(&ds, Encoding::EXPLICIT_LE).unwrap_err();
         assert!(
-            matches!(err, LengthError::PastEnd { tag, declared: 0x7FFF_FFFE, available: 16, .. } if tag == PIXEL_DATA),
+            matches!(err, LengthError::PastEnd { tag, declared: 0x7FFF_FFFE, available: 16, .. } if tag == Tag(0x7FE0, 0x0010)),
             "{err}"
         );
     }
@@ -352,28 +427,39 @@ mod tests {
     }
 
     #[test]
-    fn a_numeric_value_of_a_length_no_multiple_of_its_size_is_refused() {
-        // (0000,0000) UL of length 2: dicom-parser would read no number, stay put, and take
-        // the next header from the value's bytes.
-        let mut ds = vec![0x00, 0x00, 0x00, 0x00, 2, 0, 0, 0, 0xAB, 0xCD];
-        ds.extend([0, 0, 0, 0, 0, 0, 0x24, 0x0A]);
+    fn the_walk_stands_where_dicom_parser_stands_after_a_numeric_value_of_odd_size() {
+        // (0000,0000) UL of length 2: dicom-parser reads no number and stays put, so its next
+        // header starts inside the value and claims 170 MB; a walk that skipped the declared
+        // 2 bytes would have seen an honest header instead.
+        let mut ds = vec![0x00, 0x00, 0x00, 0x00, 2, 0, 0, 0];
+        ds.extend([0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x24, 0x0A]);
+        ds.extend([0; 6]);
         let err = check_data_set(&ds, Encoding::IMPLICIT_LE).unwrap_err();
         assert!(
             matches!(
                 err,
-                LengthError::NotMultiple {
-                    size: 4,
-                    declared: 2,
+                LengthError::PastEnd {
+                    declared: 0x0A24_0000,
                     ..
                 }
             ),
             "{err}"
         );
-        // The same in explicit VR, OW of odd length.
-        let ow = explicit((0x0009, 0x1010), b"OW", &[1, 2, 3]);
+    }
+
+    #[test]
+    fn an_element_of_group_fffe_outside_a_sequence_is_a_plain_element() {
+        // (FFFE,FFFF) of length 3 where an element is expected: dicom-parser reads its 3
+        // bytes as a value and takes the next header after them.
+        let mut ds = vec![0xFE, 0xFF, 0xFF, 0xFF, 3, 0, 0, 0, 0, 0, 0];
+        ds.extend([0x00, 0x00, 0x00, 0x00, 0x00, 0xFE, 0xFF, 0xFF]);
+        ds.extend([0; 4]);
         assert!(matches!(
-            check_data_set(&ow, Encoding::EXPLICIT_LE),
-            Err(LengthError::NotMultiple { size: 2, .. })
+            check_data_set(&ds, Encoding::IMPLICIT_LE),
+            Err(LengthError::PastEnd {
+                declared: 0xFFFF_FE00,
+                ..
+            })
         ));
     }
 
