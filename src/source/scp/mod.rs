@@ -10,9 +10,10 @@
 //!   says who and why. At most `max_associations` at once ([`slots`]) — a further caller
 //!   takes the slot of an association idle for 5 s or more (which is aborted), or waits for a
 //!   free one (up to 30 s) before it is rejected.
-//! - Inside an association: a peer silent for `timeout_s` is aborted; so is one whose
-//!   command grows past 64 KiB, that sends data without a command, that sends more than
-//!   `max_object_mib` of a refused object, or whose PDUs cannot be read.
+//! - Inside an association: a peer silent for `timeout_s` is aborted; so is one whose PDUs
+//!   cannot be read. What each PDU means is [`session`]'s, without I/O (the fuzz target
+//!   `scp_pdus` drives it): a command growing past 64 KiB, data without a command, more than
+//!   `max_object_mib` of a refused object or a command whose lengths lie end the association.
 //! - Presentation contexts: Verification and the storage SOP classes of X-ray and
 //!   ultrasound (plus the profile's), in every transfer syntax this build can decode.
 //! - C-STORE: the data set streams into the [`Spool`]; success is answered only after the
