@@ -7,7 +7,8 @@
 //! from one file or one peer. The fuzz target `dicom_decode_prepare` found it (its input is
 //! `fuzz/regressions/dicom_decode_prepare/`).
 //!
-//! The file meta group is walked by hand (explicit VR little endian, as its reader reads it);
+//! The file meta group is walked by hand, as dicom-rs's meta reader walks it (its group
+//! length decides where the data set starts);
 //! the data set by dicom-rs's own `DataSetReader` over a decoder that skips values instead
 //! of reading them ([`check_data_set`]), so that the check stands on exactly the headers the
 //! real read will (a hand-written walk that did not was led astray twice by the fuzzer: a UL
@@ -314,9 +315,10 @@ impl<D: StatefulDecode> StatefulDecode for Skipping<D> {
     }
 }
 
-/// Walks the file meta group (explicit VR little endian, group 0002) from `pos` as
-/// dicom-rs's meta reader does; returns where the data set starts and stores the Transfer
-/// Syntax UID.
+/// Walks the file meta group (explicit VR little endian) from `pos` exactly as dicom-rs's
+/// meta reader does: (0002,0000) first, then elements of any group while the bytes read stay
+/// under the length it gives. Returns where the data set starts (where dicom-rs will start
+/// it, whatever the group length says) and stores the Transfer Syntax UID.
 fn walk_meta(
     bytes: &[u8],
     mut pos: usize,
@@ -325,12 +327,19 @@ fn walk_meta(
     let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
     let u32_at =
         |p: usize| u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
-    while pos + 8 <= bytes.len() {
+    // dicom-rs refuses anything but (0002,0000) UL of length 4 first, having read nothing
+    // more: the data set is never read.
+    if pos + 12 > bytes.len()
+        || (u16_at(pos), u16_at(pos + 2), u16_at(pos + 6)) != (0x0002, 0x0000, 4)
+    {
+        return Ok(bytes.len());
+    }
+    let group_length = u32_at(pos + 8) as usize;
+    pos += 12;
+    let mut read = 0;
+    while read < group_length && pos + 8 <= bytes.len() {
         let offset = pos;
         let tag = Tag(u16_at(pos), u16_at(pos + 2));
-        if tag.0 != 0x0002 {
-            break;
-        }
         // As dicom-rs reads it: an unknown VR is UN, with the 4-byte length.
         let vr = VR::from_binary([bytes[pos + 4], bytes[pos + 5]]).unwrap_or(VR::UN);
         let (len, header) = if short_length(vr) {
@@ -338,11 +347,14 @@ fn walk_meta(
         } else if pos + 12 <= bytes.len() {
             (u32_at(pos + 8), 12)
         } else {
-            break;
+            return Ok(bytes.len());
         };
+        if len == UNDEFINED {
+            return Ok(bytes.len()); // refused by dicom-rs
+        }
         pos += header;
         let available = bytes.len() - pos;
-        if len == UNDEFINED || len as usize > available {
+        if len as usize > available {
             return Err(LengthError::PastEnd {
                 tag,
                 offset,
@@ -354,6 +366,7 @@ fn walk_meta(
             *syntax = Some(String::from_utf8_lossy(&bytes[pos..pos + len as usize]).into_owned());
         }
         pos += len as usize;
+        read += header + len as usize;
     }
     Ok(pos.min(bytes.len()))
 }
@@ -475,6 +488,25 @@ mod tests {
         ds.extend((item.len() as u32).to_le_bytes());
         ds.extend(&item);
         assert!(check_data_set(&ds, Encoding::IMPLICIT_LE).is_err());
+    }
+
+    #[test]
+    fn the_data_set_starts_where_dicom_rs_meta_reader_stops() {
+        // dicom-rs reads whole meta elements while the bytes read are under the group length:
+        // with a group length of 10, it stops after the first 14-byte element, whatever group
+        // the next one has — and so does the walk.
+        let mut f = vec![0u8; 128];
+        f.extend(b"DICM");
+        f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0, 10, 0, 0, 0]);
+        f.extend(explicit((0x0002, 0x0001), b"OB", &[0, 1]));
+        f.extend(explicit((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2\0"));
+        let mut syntax = None;
+        assert_eq!(walk_meta(&f, 132, &mut syntax), Ok(132 + 12 + 14));
+        assert_eq!(syntax, None, "the syntax element is already the data set's");
+        // The group length honest: both elements are meta.
+        f[140] = 14 + 8 + 18;
+        assert_eq!(walk_meta(&f, 132, &mut syntax), Ok(f.len()));
+        assert_eq!(syntax.as_deref(), Some("1.2.840.10008.1.2\0"));
     }
 
     #[test]
