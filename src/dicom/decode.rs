@@ -157,14 +157,11 @@ pub fn open_file(path: &Path) -> Result<DefaultDicomObject, DecodeError> {
     // against the bytes there are before dicom-rs sizes a buffer from it (dicom::lengths).
     let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
     super::lengths::check_file(&bytes).map_err(|e| read(e.to_string()))?;
-    let preamble = if bytes.get(128..132) == Some(b"DICM") {
-        128
-    } else {
-        0
-    };
+    // From the magic code on (dicom-rs refuses a file without one, as before).
+    let magic = super::lengths::magic_code_at(&bytes).unwrap_or(0);
     dicom_object::OpenFileOptions::new()
         .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(&bytes[preamble..])
+        .from_reader(&bytes[magic..])
         .map_err(|e| read(error_chain(&e)))
 }
 

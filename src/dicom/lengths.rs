@@ -77,17 +77,26 @@ impl Encoding {
 
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 
+/// Where a Part 10 file's "DICM" magic code is: after the 128-byte preamble, or at the start
+/// of a file written without one; `None` for neither (dicom-rs refuses it unread).
+pub fn magic_code_at(bytes: &[u8]) -> Option<usize> {
+    if bytes.get(128..132) == Some(b"DICM") {
+        Some(128)
+    } else if bytes.get(..4) == Some(b"DICM") {
+        Some(0)
+    } else {
+        None
+    }
+}
+
 /// Checks a Part 10 file held in memory: the file meta group, then the data set in the
 /// transfer syntax the meta group names. Input without the "DICM" magic is left to dicom-rs
 /// (it reads nothing before refusing it).
 pub fn check_file(bytes: &[u8]) -> Result<(), LengthError> {
-    let start = if bytes.get(128..132) == Some(b"DICM") {
-        132
-    } else if bytes.get(..4) == Some(b"DICM") {
-        4
-    } else {
+    let Some(magic) = magic_code_at(bytes) else {
         return Ok(());
     };
+    let start = magic + 4;
     let mut syntax = None;
     let meta_end = walk_meta(bytes, start, &mut syntax)?;
     let syntax = syntax.unwrap_or_default();
