@@ -373,11 +373,15 @@ impl MemoryPlan {
                 true,
             );
         }
-        // main, the image dispatcher, 2 tokio workers, the image workers
+        // main, the image dispatcher, 2 tokio workers, the image workers, the SCP's spool
+        // threads
         let threads = 3
             + n
             + profile.video.as_ref().map_or(0, |v| v.threads + 2) as u64
-            + profile.dicom.as_ref().map_or(0, |_| 1);
+            + profile.dicom.as_ref().map_or(0, |_| 1)
+            + profile.dicom.as_ref().filter(|d| d.listen).map_or(0, |d| {
+                crate::source::scp::disk::threads_for(d.max_associations)
+            }) as u64;
         add(
             format!("thread stacks: {threads} x {} MiB", THREAD_STACK >> 20),
             threads * THREAD_STACK as u64,

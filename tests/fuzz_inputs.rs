@@ -267,7 +267,9 @@ fn the_fuzz_targets_survive_their_regressions_their_seeds_and_a_burst_of_mutatio
 fn the_scp_seed_stream_stores_an_object_through_the_session() {
     // The scp_pdus seed must reach the spool, or the target fuzzes only the reader.
     let dir = tempfile::tempdir().unwrap();
-    let spool = bedside::source::spool::Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+    let spool = std::sync::Arc::new(
+        bedside::source::spool::Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap(),
+    );
     let syntaxes = bedside::source::scp::decodable_transfer_syntaxes();
     let ts = syntaxes
         .iter()
@@ -275,7 +277,7 @@ fn the_scp_seed_stream_stores_an_object_through_the_session() {
         .unwrap();
     let stream = scp_stream(ts as u8);
     let mut session =
-        bedside::source::scp::session::Session::new(&spool, vec![(1, syntaxes[ts].to_owned())]);
+        bedside::source::scp::session::Session::new(spool, vec![(1, syntaxes[ts].to_owned())]);
     let mut rest = &stream[1..];
     let mut last = None;
     while !rest.is_empty() {

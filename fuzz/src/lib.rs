@@ -126,7 +126,7 @@ pub fn scp_pdus(data: &[u8]) {
     let dir = scratch().join("spool");
     let _ = std::fs::remove_dir_all(&dir);
     let spool = Spool::open(&dir, 4 << 20, 1 << 20).expect("spool");
-    let mut session = Session::new(&spool, contexts);
+    let mut session = Session::new(std::sync::Arc::new(spool), contexts);
     for _ in 0..256 {
         let mut cursor = std::io::Cursor::new(rest);
         let pdu: Pdu = match read_pdu(&mut cursor, 64 * 1024, true) {

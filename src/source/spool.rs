@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::warn;
@@ -85,12 +86,14 @@ impl Spool {
 
     /// Starts receiving an object: a temporary file holding the Part 10 header built from
     /// the C-STORE request and the presentation context's transfer syntax.
+    /// The object holds the spool (an `Arc`), so that it can move to the thread that writes
+    /// it.
     pub fn begin(
-        &self,
+        self: &Arc<Self>,
         sop_class: &str,
         sop_instance: &str,
         transfer_syntax: &str,
-    ) -> Result<Incoming<'_>, SpoolError> {
+    ) -> Result<Incoming, SpoolError> {
         let used = self.usage();
         if used >= self.max_bytes {
             return Err(SpoolError::Full {
@@ -102,7 +105,7 @@ impl Spool {
         let tmp = self.dir.join(format!(".rx-{}-{n}.tmp", std::process::id()));
         let file = File::create(&tmp).map_err(self.io(&tmp))?;
         let mut incoming = Incoming {
-            spool: self,
+            spool: self.clone(),
             tmp,
             file: Some(BufWriter::with_capacity(64 * 1024, file)),
             bytes: 0,
@@ -134,8 +137,8 @@ impl Spool {
 }
 
 /// An object being received. Dropped without [`Incoming::commit`], its file is removed.
-pub struct Incoming<'a> {
-    spool: &'a Spool,
+pub struct Incoming {
+    spool: Arc<Spool>,
     tmp: PathBuf,
     file: Option<BufWriter<File>>,
     bytes: u64,
@@ -144,7 +147,7 @@ pub struct Incoming<'a> {
     n: u64,
 }
 
-impl Incoming<'_> {
+impl Incoming {
     /// Appends a fragment of the data set.
     pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
         self.bytes += data.len() as u64;
@@ -205,7 +208,7 @@ impl Incoming<'_> {
     }
 }
 
-impl Drop for Incoming<'_> {
+impl Drop for Incoming {
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {
             drop(self.file.take());
@@ -225,7 +228,7 @@ mod tests {
     fn an_object_is_durable_under_its_own_name_and_limits_refuse() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".rx-1-0.tmp"), b"interrupted").unwrap();
-        let spool = Spool::open(dir.path(), 100_000, 50_000).unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), 100_000, 50_000).unwrap());
         assert!(
             !dir.path().join(".rx-1-0.tmp").exists(),
             "stale receives are removed"
@@ -245,7 +248,7 @@ mod tests {
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files, 1, "a refused object leaves nothing behind");
 
-        let small = Spool::open(dir.path(), 400, 50_000).unwrap();
+        let small = Arc::new(Spool::open(dir.path(), 400, 50_000).unwrap());
         let e = small.begin(CR, "1.2.5", EXPLICIT_LE).err().unwrap();
         assert!(matches!(e, SpoolError::Full { .. }), "{e}");
     }

@@ -21,6 +21,7 @@
 //!   resources" (A700). Nothing is acknowledged that is not kept.
 //! - C-ECHO answers success; any other command is answered "unrecognized operation".
 
+pub mod disk;
 mod gate;
 pub mod session;
 mod slots;
@@ -38,8 +39,9 @@ use dicom_ul::association::server::{
 use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use self::disk::DiskThreads;
 use self::gate::{AbortReason, Refused};
 use self::session::{Next, Session};
 use self::slots::{Slot, Slots};
@@ -205,6 +207,7 @@ pub struct Scp {
     listener: TcpListener,
     config: Arc<ScpConfig>,
     spool: Arc<Spool>,
+    disk: Arc<DiskThreads>,
     options: ServerAssociationOptions<'static, AcceptAny, DefaultNegotiation>,
 }
 
@@ -232,10 +235,13 @@ impl Scp {
         for ts in decodable_transfer_syntaxes() {
             options = options.with_transfer_syntax(ts);
         }
+        let disk = DiskThreads::start(disk::threads_for(config.max_associations))
+            .expect("a thread can be started at start-up");
         Ok(Scp {
             listener,
             config: Arc::new(config),
             spool,
+            disk: Arc::new(disk),
             options,
         })
     }
@@ -280,6 +286,7 @@ impl Scp {
             let job = Association {
                 config: self.config.clone(),
                 spool: self.spool.clone(),
+                disk: self.disk.clone(),
                 options: self.options.clone(),
                 peer,
             };
@@ -371,6 +378,7 @@ impl AccessControl for Gate {
 struct Association {
     config: Arc<ScpConfig>,
     spool: Arc<Spool>,
+    disk: Arc<DiskThreads>,
     options: ServerAssociationOptions<'static, AcceptAny, DefaultNegotiation>,
     peer: SocketAddr,
 }
@@ -429,7 +437,7 @@ impl Association {
             .map(|pc| (pc.id, pc.transfer_syntax.clone()))
             .collect();
         info!(calling_ae = %caller, peer = %self.peer, contexts = contexts.len(), "DICOM association accepted");
-        let mut session = Session::new(&self.spool, contexts);
+        let mut session = Session::new(self.spool.clone(), contexts);
         loop {
             let received = tokio::select! {
                 r = tokio::time::timeout(self.config.timeout, assoc.receive()) => r,
@@ -458,8 +466,26 @@ impl Association {
                 }
             };
             slot.touch();
-            // Spool writes and the fsync before an answer block.
-            let step = tokio::task::block_in_place(|| session.on_pdu(pdu));
+            // Spool writes and the fsync before an answer block: the session moves to a
+            // spool thread for its PDU and comes back with what to send.
+            let handled = self
+                .disk
+                .run(move || {
+                    let step = session.on_pdu(pdu);
+                    (session, step)
+                })
+                .await;
+            let step = match handled {
+                Ok((back, step)) => {
+                    session = back;
+                    step
+                }
+                Err(disk::Panicked) => {
+                    error!(calling_ae = %caller, peer = %self.peer, "DICOM association's spool work panicked; aborting the association (an object in progress was not kept)");
+                    let _ = assoc.abort().await;
+                    return;
+                }
+            };
             for pdu in &step.send {
                 if let Err(e) = assoc.send(pdu).await {
                     warn!(calling_ae = %caller, "cannot answer on the DICOM association: {e}");

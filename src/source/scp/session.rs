@@ -11,7 +11,10 @@
 //!   data set, or a PDU that has no place in an association end it with an A-ABORT.
 //!
 //! Spool writes block (file I/O and fsync): the caller runs [`Session::on_pdu`] where blocking
-//! is allowed.
+//! is allowed — the SCP on its spool threads ([`super::disk`]), to which a session moves
+//! whole (it owns everything it holds).
+
+use std::sync::Arc;
 
 use dicom_ul::pdu::{AbortRQSource, PDataValue, PDataValueType, Pdu};
 use tracing::{error, info, warn};
@@ -23,12 +26,12 @@ use crate::dicom::dimse::{self, Request, status};
 pub const MAX_COMMAND: usize = 64 * 1024;
 
 /// The state of one established association.
-pub struct Session<'a> {
-    spool: &'a Spool,
+pub struct Session {
+    spool: Arc<Spool>,
     /// Accepted presentation contexts: id and transfer syntax.
     contexts: Vec<(u8, String)>,
     command: Vec<u8>,
-    state: Receiving<'a>,
+    state: Receiving,
     /// C-STOREs answered with success / with another status.
     pub stored: u32,
     pub refused: u32,
@@ -56,11 +59,11 @@ pub enum Next {
 }
 
 /// What happens to the data set of the C-STORE in progress.
-enum Receiving<'a> {
+enum Receiving {
     Nothing,
     Object {
         reply: Reply,
-        into: Box<Incoming<'a>>,
+        into: Box<Incoming>,
     },
     /// Read and thrown away; answered with `status`.
     Refused {
@@ -81,9 +84,9 @@ struct Reply {
     context: u8,
 }
 
-impl<'a> Session<'a> {
+impl Session {
     /// `contexts`: the accepted presentation contexts (id, transfer syntax).
-    pub fn new(spool: &'a Spool, contexts: Vec<(u8, String)>) -> Self {
+    pub fn new(spool: Arc<Spool>, contexts: Vec<(u8, String)>) -> Self {
         Session {
             spool,
             contexts,
@@ -306,9 +309,9 @@ impl<'a> Session<'a> {
 mod tests {
     use super::*;
 
-    fn spool() -> (tempfile::TempDir, Spool) {
+    fn spool() -> (tempfile::TempDir, Arc<Spool>) {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap();
+        let spool = Arc::new(Spool::open(dir.path(), 1 << 20, 1 << 16).unwrap());
         (dir, spool)
     }
 
@@ -337,7 +340,7 @@ mod tests {
     #[test]
     fn a_store_is_answered_once_its_object_is_spooled() {
         let (dir, spool) = spool();
-        let mut s = Session::new(&spool, vec![(1, "1.2.840.10008.1.2.1".into())]);
+        let mut s = Session::new(spool.clone(), vec![(1, "1.2.840.10008.1.2.1".into())]);
         let step = s.on_pdu(value(PDataValueType::Command, true, store_command()));
         assert!(step.send.is_empty() && step.next == Next::Read);
         let step = s.on_pdu(value(PDataValueType::Data, false, vec![0; 100]));
@@ -359,7 +362,7 @@ mod tests {
     #[test]
     fn an_unknown_context_is_refused_and_its_data_drained_within_bounds() {
         let (_dir, spool) = spool();
-        let mut s = Session::new(&spool, vec![(3, "1.2.840.10008.1.2.1".into())]);
+        let mut s = Session::new(spool.clone(), vec![(3, "1.2.840.10008.1.2.1".into())]);
         s.on_pdu(value(PDataValueType::Command, true, store_command()));
         let step = s.on_pdu(value(PDataValueType::Data, true, vec![0; 10]));
         assert_eq!(answered_status(&step), status::CANNOT_UNDERSTAND);
@@ -372,7 +375,7 @@ mod tests {
     #[test]
     fn protocol_violations_abort() {
         let (_dir, spool) = spool();
-        let mut s = Session::new(&spool, vec![(1, "1.2.840.10008.1.2.1".into())]);
+        let mut s = Session::new(spool.clone(), vec![(1, "1.2.840.10008.1.2.1".into())]);
         let step = s.on_pdu(value(PDataValueType::Data, true, vec![1, 2, 3]));
         assert!(matches!(step.next, Next::Abort(ref why) if why.contains("without a C-STORE")));
         let long = vec![0; MAX_COMMAND / 2 + 1];
