@@ -210,9 +210,21 @@ impl UidHasher {
     }
 
     pub fn hash(&self, uid: &SopInstanceUid) -> String {
+        self.keyed(b"", uid.expose().as_bytes())
+    }
+
+    /// A short tag for a file name the modality chose (a watch folder's files may be named
+    /// after the patient): the same name gives the same tag, so log lines about one file can
+    /// be followed, but the name cannot be confirmed without the key.
+    pub fn name_tag(&self, name: &str) -> String {
+        self.keyed(b"file-name:", name.as_bytes())[..12].to_string()
+    }
+
+    fn keyed(&self, domain: &[u8], text: &[u8]) -> String {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        mac.update(uid.expose().as_bytes());
+        mac.update(domain);
+        mac.update(text);
         hex::encode(mac.finalize().into_bytes())
     }
 }

@@ -128,6 +128,22 @@ fn every_input_is_audited_with_its_model_and_delivery_and_a_torn_tail_is_cut() {
         text.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
     }
     assert_no_identifiers(&text, "the audit trail");
+    // Nor in the daemon's log: the set-aside file is named there by a keyed tag, and the
+    // reason kept beside it in failed/ says which tag, so the two can be matched.
+    let log = daemon.log();
+    assert_no_identifiers(&log, "the daemon's log");
+    let reason = std::fs::read_to_string(tmp.path().join("state/failed/DOE_JANE.dcm.reason"))
+        .expect("the reason is kept beside the set-aside file");
+    let tag = reason
+        .split("in the log as ")
+        .nth(1)
+        .and_then(|t| t.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("the reason names no log tag: {reason:?}"));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("no finding") && l.contains(tag)),
+        "no log line names {tag}:\n{log}"
+    );
 
     // SIGKILL, and a last line torn as by a power cut: cut at the next start, the lines
     // before it kept, and the trail goes on.

@@ -32,11 +32,13 @@ use tracing::{error, info, warn};
 
 use crate::audit::AuditTrail;
 use crate::dicom::outbox::DicomOutbox;
+use crate::finding::UidHasher;
 use crate::live::LiveUpdater;
 use crate::model::ModelRef;
 use crate::pipeline::Processor;
 use crate::publish::{Class, Publisher};
 use crate::service::{self, Heartbeat};
+use crate::source::SourceKind;
 use crate::source::watch::Inbox;
 use crate::update::{Outcome, Updater};
 
@@ -88,6 +90,25 @@ struct Shared {
     made: AtomicU64,
     failed: AtomicU64,
     audit: Option<Arc<AuditTrail>>,
+    /// Tags the names of watch-folder files in the log (see [`Shared::log_name`]).
+    names: UidHasher,
+}
+
+impl Shared {
+    /// How the log names `file`. The spool's files are named by bedside (time, process,
+    /// sequence) and are logged as they are; a watch folder's are named by whatever wrote
+    /// them — often after the patient — so they are logged as a keyed tag. The file itself,
+    /// and for a failed one its reason, are in the folder under their own names.
+    fn log_name(&self, inbox: &Inbox, file: &Path) -> String {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match inbox.kind {
+            SourceKind::DicomScp => name,
+            _ => format!("file-{}", self.names.name_tag(&name)),
+        }
+    }
 }
 
 /// Sends on `ended` when the thread holding it ends, however it ends (a panic included).
@@ -112,6 +133,7 @@ impl ImageWork {
         for _ in 1..n {
             processors.push(Mutex::new(self.processor.fork()));
         }
+        let names = self.processor.identity().uid_hasher.clone();
         processors.insert(0, Mutex::new(self.processor));
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
@@ -126,6 +148,7 @@ impl ImageWork {
             made: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             audit: self.audit,
+            names,
         });
         // A job waits only while every worker is busy: the dispatcher then blocks, and the
         // files wait where they are safe, in their folders.
@@ -409,18 +432,15 @@ impl Worker {
         if shared.deferred.load(Ordering::SeqCst) || !file.exists() {
             return; // picked up by the scan once the outbox has room; or already handled
         }
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let Some(inbox) = shared
             .inboxes
             .iter()
             .find(|i| file.parent() == Some(i.dir.as_path()))
         else {
-            warn!(file = %file.display(), "a file from no known folder; ignored");
+            warn!("a file from no known folder; ignored");
             return;
         };
+        let name = shared.log_name(inbox, file);
         let metrics = shared.publisher.metrics();
         let result = shared.processors[self.index]
             .lock()
@@ -476,15 +496,15 @@ impl Worker {
             Err(e) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
                 metrics.inputs_failed.fetch_add(1, Ordering::Relaxed);
-                warn!(file = %name, "no finding: {e}");
+                // Without the file's path: an inbox file may be named after the patient.
+                let reason = e
+                    .to_string()
+                    .replace(&file.display().to_string(), "the input");
+                warn!(file = %name, "no finding: {reason}");
                 if let Some(audit) = &shared.audit {
-                    // Without the file's path: an inbox file may be named after the patient.
-                    let reason = e
-                        .to_string()
-                        .replace(&file.display().to_string(), "the input");
                     audit.failed(inbox.kind, &reason);
                 }
-                if let Err(m) = inbox.mark_failed(file, &e.to_string()) {
+                if let Err(m) = inbox.mark_failed(file, &format!("{e}\n(in the log as {name})")) {
                     error!(file = %name, "cannot move it to {}: {m}", inbox.failed.display());
                 }
             }
