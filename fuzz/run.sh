@@ -18,6 +18,9 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "0\.13\."; then
   cargo install --locked --quiet cargo-fuzz --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1
+# ASan's default 256 MiB quarantine counts against -rss_limit_mb: with a grown corpus (board_profile
+# at ~3,000 inputs) loading it alone passed 512 MB and was reported as an OOM of the empty input.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=32}"
 ./seeds.sh
 cargo fuzz build --target-dir ../target/fuzz
 for t in "${TARGETS[@]}"; do
