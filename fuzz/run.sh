@@ -27,7 +27,7 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t" "regressions/$t"
   log="../target/fuzz/$t.log"
   # Whole radiographs are a few hundred KB; everything else fits in 64 KiB.
-  max_len=65536; [ "$t" = dicom_decode_prepare ] && max_len=300000
+  max_len=65536; case "$t" in dicom_*) max_len=300000 ;; esac
   cargo fuzz run --target-dir ../target/fuzz "$t" "corpus/$t" "seeds/$t" "regressions/$t" -- \
     -max_total_time="$SECONDS_EACH" -rss_limit_mb=512 -malloc_limit_mb=256 -timeout=10 \
     -max_len=$max_len \

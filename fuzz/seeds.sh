@@ -3,14 +3,14 @@
 # committed twice): fuzz/seeds/<target>/. Run by fuzz/run.sh; safe to run again.
 #   dicom_decode_prepare: the test radiographs, pydicom's files (every transfer syntax), the
 #                         ultrasound clip's first 4 MiB, and DCMTK's JPEG/JPEG-LS/RLE of one
-#                         radiograph when DCMTK is installed;
+#                         radiograph when DCMTK is installed (dicom_parse: the same files);
 #   every target:         the seeds tests/fuzz_inputs.rs starts from (it writes them here);
 #   camera_convert:       also the recorded camera buffers behind a 12-byte layout header.
 set -euo pipefail
 cd "$(dirname "$0")"
 R=..
 S=seeds
-mkdir -p $S/{dicom_decode_prepare,scp_pdus,outbox_recovery,model_manifest,board_profile,camera_convert}
+mkdir -p $S/{dicom_decode_prepare,dicom_parse,scp_pdus,outbox_recovery,model_manifest,board_profile,camera_convert}
 
 for f in $R/tests/data/*.dcm $R/tests/data/pydicom/*.dcm; do
   [ "$(stat -c %s "$f")" -le $((4 << 20)) ] && cp "$f" $S/dicom_decode_prepare/
@@ -22,6 +22,9 @@ if command -v dcmcjpeg >/dev/null; then
   dcmcjpls "$src" $S/dicom_decode_prepare/dcmtk-jpeg-ls.dcm 2>/dev/null || true
   dcmcrle "$src" $S/dicom_decode_prepare/dcmtk-rle.dcm 2>/dev/null || true
 fi
+
+# The parse target starts from the same files.
+cp $S/dicom_decode_prepare/* $S/dicom_parse/
 
 # The seeds bedside's own test suite starts from (tests/fuzz_inputs.rs): for scp_pdus a
 # C-STORE and release as a peer sends them after the association, for outbox_recovery a

@@ -13,9 +13,10 @@
 //! of reading them ([`check_data_set`]), so that the check stands on exactly the headers the
 //! real read will (a hand-written walk that did not was led astray twice by the fuzzer: a UL
 //! of length 2, read as no number at all, and an element of group FFFE where an element was
-//! expected, each leaving dicom-parser reading a 170 MB length from inside a value). Every
-//! declared length that runs past the end of the input is refused, naming the element.
-//! Deflated data sets are inflated first, at most [`MAX_INFLATED`] bytes.
+//! expected, each leaving dicom-parser reading a 170 MB length from inside a value; and a
+//! third time by a value it skipped that dicom-parser's decoder learns from — see
+//! [`STATEFUL`]). Every declared length that runs past the end of the input is refused,
+//! naming the element. Deflated data sets are inflated first, at most [`MAX_INFLATED`] bytes.
 
 use std::cell::Cell;
 use std::io::Read;
@@ -43,10 +44,12 @@ const ITEM: Tag = Tag(0xFFFE, 0xE000);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LengthError {
     #[error(
-        "element {tag} at byte {offset} declares {declared} bytes but only {available} follow (a length that lies)"
+        "element {tag} declares {declared} bytes from byte {offset} but only {available} follow (a length that lies)"
     )]
     PastEnd {
         tag: Tag,
+        /// Where its value starts: in the file for [`check_file`] (in the inflated data set
+        /// for a deflated one), in the data set for [`check_data_set`].
         offset: usize,
         declared: u32,
         available: usize,
@@ -102,15 +105,31 @@ pub fn check_file(bytes: &[u8]) -> Result<(), LengthError> {
     let syntax = syntax.unwrap_or_default();
     let syntax = syntax.trim_end_matches(['\0', ' ']);
     let rest = &bytes[meta_end..];
+    // Offsets in the file, not in the data set, so that a hex editor finds the element.
+    let in_file = |e: LengthError| match e {
+        LengthError::PastEnd {
+            tag,
+            offset,
+            declared,
+            available,
+        } => LengthError::PastEnd {
+            tag,
+            offset: offset + meta_end,
+            declared,
+            available,
+        },
+        other => other,
+    };
     match syntax {
-        "1.2.840.10008.1.2" => check_data_set(rest, Encoding::IMPLICIT_LE),
+        "1.2.840.10008.1.2" => check_data_set(rest, Encoding::IMPLICIT_LE).map_err(in_file),
         "1.2.840.10008.1.2.2" => check_data_set(
             rest,
             Encoding {
                 explicit_vr: true,
                 big_endian: true,
             },
-        ),
+        )
+        .map_err(in_file),
         DEFLATED => {
             // Reserved at once (untouched pages cost nothing) so that growing never doubles
             // past the cap.
@@ -126,7 +145,7 @@ pub fn check_file(bytes: &[u8]) -> Result<(), LengthError> {
         }
         // Every other syntax (encapsulated ones included) is explicit VR little endian; an
         // unknown one is dicom-rs's to refuse.
-        _ => check_data_set(rest, Encoding::EXPLICIT_LE),
+        _ => check_data_set(rest, Encoding::EXPLICIT_LE).map_err(in_file),
     }
 }
 
@@ -168,14 +187,33 @@ fn numeric_size(vr: VR) -> Option<usize> {
     }
 }
 
+/// Elements whose values dicom-parser's decoder keeps and decodes later headers by, so the
+/// walk reads them for real instead of skipping them (their lengths are checked first):
+/// - (0028,0103) Pixel Representation: once it is read as non-zero, every later element whose
+///   dictionary VR is "US or SS" (Smallest Image Pixel Value, Pixel Padding Value, LUT
+///   Descriptor…) is read as SS, whatever VR its header says. A skipping walk that missed it
+///   saw an OV of length 2 read as no number (nothing consumed) where dicom-parser read one
+///   SS (2 bytes consumed); the two stood on different headers from there, and dicom-rs
+///   zero-filled 273,678,376 bytes for a 77 KB file the check had passed (the fuzzer found
+///   it: `fuzz/regressions/dicom_decode_prepare/ov-length-2-…`).
+/// - (0008,0005) Specific Character Set: it changes how text is decoded, not how much is
+///   read, but a walk that does not share the decoder's state is a walk that can drift.
+///
+/// From dicom-parser 0.10.1's `stateful/decode.rs` (`signed_pixeldata`, `set_character_set`);
+/// `the_walk_reads_what_the_decoder_learns_from` pins the first.
+pub const STATEFUL: [Tag; 2] = [Tag(0x0028, 0x0103), Tag(0x0008, 0x0005)];
+
 /// Checks a data set (a DIMSE command set, or a file's data set after its meta group).
 ///
 /// Walked by dicom-rs's own reader (`DataSetReader`), over a decoder that passes headers
 /// through and skips the values the reader would read whole: the walk stands on exactly the
 /// header dicom-rs will stand on, whatever the input does — an element of group FFFE where
 /// an element is expected, a numeric value whose length is no multiple of its size (read as
-/// whole numbers, leaving the next header inside the value), an item outside a sequence.
-/// Each declared length is checked before the reader would read that value.
+/// whole numbers, leaving the next header inside the value), an item outside a sequence, a
+/// header whose VR the decoder replaces ([`STATEFUL`]). Each declared length is checked
+/// against the bytes after where the reader really is (bytes consumed, not dicom-parser's
+/// count, which runs ahead of them after such a numeric value) before the reader would read
+/// that value.
 pub fn check_data_set(bytes: &[u8], encoding: Encoding) -> Result<(), LengthError> {
     let uid = match encoding {
         Encoding {
@@ -189,8 +227,13 @@ pub fn check_data_set(bytes: &[u8], encoding: Encoding) -> Result<(), LengthErro
     let Some(ts) = TransferSyntaxRegistry.get(uid) else {
         return Ok(());
     };
-    let Ok(decoder) = DynStatefulDecoder::new_with_override(
+    let position = Rc::new(Cell::new(0u64));
+    let source = Counting {
         bytes,
+        consumed: position.clone(),
+    };
+    let Ok(decoder) = DynStatefulDecoder::new_with_override(
+        source,
         ts,
         SpecificCharacterSet::default(),
         Default::default(),
@@ -198,11 +241,7 @@ pub fn check_data_set(bytes: &[u8], encoding: Encoding) -> Result<(), LengthErro
     ) else {
         return Ok(()); // dicom-rs refuses it the same way, before reading anything
     };
-    let position = Rc::new(Cell::new(0u64));
-    let skipping = Skipping {
-        inner: decoder,
-        position: position.clone(),
-    };
+    let skipping = Skipping { inner: decoder };
     let total = bytes.len() as u64;
     for token in DataSetReader::new(skipping, DataSetReaderOptions::default()) {
         let (tag, len) = match token {
@@ -229,35 +268,44 @@ pub fn check_data_set(bytes: &[u8], encoding: Encoding) -> Result<(), LengthErro
     Ok(())
 }
 
-/// A decoder that reads headers as dicom-rs's does and skips the values it would read whole,
-/// moving on exactly as far as the real read would. Shares its position with the walk.
+/// The input, counting the bytes read from it: where the walk really is.
+struct Counting<'a> {
+    bytes: &'a [u8],
+    consumed: Rc<Cell<u64>>,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.bytes.read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// A decoder that reads headers as dicom-rs's does and skips the values it would read whole
+/// and learn nothing from, moving on exactly as far as the real read would.
 struct Skipping<D> {
     inner: D,
-    position: Rc<Cell<u64>>,
 }
 
 impl<D: StatefulDecode> Skipping<D> {
-    fn moved<T>(&mut self, r: ParseResult<T>) -> ParseResult<T> {
-        self.position.set(self.inner.position());
-        r
-    }
-
     /// A value: skipped when the real read consumes exactly its length (bytes, text, whole
-    /// numbers); read for real otherwise (its length was checked before this is called).
+    /// numbers) and the decoder keeps nothing of it; read for real otherwise (its length was
+    /// checked before this is called).
     fn value(
         &mut self,
         header: &DataElementHeader,
         read: impl FnOnce(&mut D) -> ParseResult<PrimitiveValue>,
     ) -> ParseResult<PrimitiveValue> {
-        let r = match header.len.get() {
+        match header.len.get() {
             Some(len)
-                if numeric_size(header.vr).is_none_or(|s| (len as usize).is_multiple_of(s)) =>
+                if !STATEFUL.contains(&header.tag)
+                    && numeric_size(header.vr).is_none_or(|s| (len as usize).is_multiple_of(s)) =>
             {
                 self.inner.skip_bytes(len).map(|()| PrimitiveValue::Empty)
             }
             _ => read(&mut self.inner),
-        };
-        self.moved(r)
+        }
     }
 }
 
@@ -265,13 +313,11 @@ impl<D: StatefulDecode> StatefulDecode for Skipping<D> {
     type Reader = D::Reader;
 
     fn decode_header(&mut self) -> ParseResult<DataElementHeader> {
-        let r = self.inner.decode_header();
-        self.moved(r)
+        self.inner.decode_header()
     }
 
     fn decode_item_header(&mut self) -> ParseResult<SequenceItemHeader> {
-        let r = self.inner.decode_item_header();
-        self.moved(r)
+        self.inner.decode_item_header()
     }
 
     fn read_value(&mut self, header: &DataElementHeader) -> ParseResult<PrimitiveValue> {
@@ -287,14 +333,12 @@ impl<D: StatefulDecode> StatefulDecode for Skipping<D> {
     }
 
     fn read_to_vec(&mut self, length: u32, _vec: &mut Vec<u8>) -> ParseResult<()> {
-        let r = self.inner.skip_bytes(length);
-        self.moved(r)
+        self.inner.skip_bytes(length)
     }
 
     fn read_u32_to_vec(&mut self, length: u32, vec: &mut Vec<u32>) -> ParseResult<()> {
         // The offset table: read for real (its item's length was checked).
-        let r = self.inner.read_u32_to_vec(length, vec);
-        self.moved(r)
+        self.inner.read_u32_to_vec(length, vec)
     }
 
     fn read_to<W>(&mut self, length: u32, _out: W) -> ParseResult<()>
@@ -302,21 +346,18 @@ impl<D: StatefulDecode> StatefulDecode for Skipping<D> {
         Self: Sized,
         W: std::io::Write,
     {
-        let r = self.inner.skip_bytes(length);
-        self.moved(r)
+        self.inner.skip_bytes(length)
     }
 
     fn skip_bytes(&mut self, length: u32) -> ParseResult<()> {
-        let r = self.inner.skip_bytes(length);
-        self.moved(r)
+        self.inner.skip_bytes(length)
     }
 
     fn seek(&mut self, position: u64) -> ParseResult<()>
     where
         Self::Reader: std::io::Seek,
     {
-        let r = self.inner.seek(position);
-        self.moved(r)
+        self.inner.seek(position)
     }
 
     fn position(&self) -> u64 {
@@ -347,7 +388,6 @@ fn walk_meta(
     pos += 12;
     let mut read = 0;
     while read < group_length && pos + 8 <= bytes.len() {
-        let offset = pos;
         let tag = Tag(u16_at(pos), u16_at(pos + 2));
         // As dicom-rs reads it: an unknown VR is UN, with the 4-byte length.
         let vr = VR::from_binary([bytes[pos + 4], bytes[pos + 5]]).unwrap_or(VR::UN);
@@ -366,7 +406,7 @@ fn walk_meta(
         if len as usize > available {
             return Err(LengthError::PastEnd {
                 tag,
-                offset,
+                offset: pos,
                 declared: len,
                 available,
             });
@@ -467,6 +507,28 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_walk_reads_what_the_decoder_learns_from() {
+        // Pixel Representation 1, then (0028,0106) — "US or SS" in the dictionary — written
+        // as OV of length 2. dicom-parser reads it as SS (2 bytes consumed); a walk that
+        // skipped Pixel Representation reads it as OV, no number, nothing consumed, and from
+        // there sees honest elements where dicom-parser reads (0107,5353) UN claiming the next
+        // element's tag bytes as a length: 0x10500028 bytes (the fuzzer's input, shrunk).
+        let mut ds = explicit((0x0028, 0x0103), b"US", &[1, 0]);
+        ds.extend([0x28, 0x00, 0x06, 0x01, b'O', b'V', b'S', b'S', 2, 0, 0, 0]);
+        ds.extend(explicit((0x0028, 0x0107), b"SS", &[0xA0, 0x0F]));
+        ds.extend(explicit((0x0028, 0x1050), b"DS", b"600 "));
+        let err = check_data_set(&ds, Encoding::EXPLICIT_LE).unwrap_err();
+        assert!(
+            matches!(err, LengthError::PastEnd { tag, declared: 0x1050_0028, .. } if tag == Tag(0x0107, 0x5353)),
+            "{err}"
+        );
+        // Unsigned pixels: the OV stays an OV, nothing consumed, and every header after it is
+        // honest — to dicom-parser too.
+        ds[8] = 0;
+        assert_eq!(check_data_set(&ds, Encoding::EXPLICIT_LE), Ok(()));
     }
 
     #[test]
