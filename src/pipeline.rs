@@ -201,8 +201,7 @@ impl Processor {
     /// [`Self::process_file`], and the DICOM results the models ask for ([`Self::with_results`]).
     pub fn process(&mut self, path: &Path, source: SourceKind) -> Result<Processed, ProcessError> {
         let t0 = Instant::now();
-        dicom::decode::check_file_size(path, self.limits.max_file_bytes)?;
-        let obj = dicom::decode::open_file(path)?;
+        let obj = dicom::decode::open_file_within(path, self.limits.max_file_bytes)?;
         let read_ms = ms(t0.elapsed());
         dicom::decode::check_limits(&obj, &self.limits).map_err(|e| e.with_path(path))?;
         let count = dicom::decode::frame_count(&obj);

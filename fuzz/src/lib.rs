@@ -93,8 +93,7 @@ pub fn dicom_parse(data: &[u8]) {
 fn open(data: &[u8]) -> Option<dicom_object::DefaultDicomObject> {
     let path = scratch().join("input.dcm");
     std::fs::write(&path, data).expect("scratch file");
-    decode::check_file_size(&path, LIMITS.max_file_bytes).ok()?;
-    let obj = decode::open_file(&path).ok()?;
+    let obj = decode::open_file_within(&path, LIMITS.max_file_bytes).ok()?;
     decode::check_limits(&obj, &LIMITS).ok()?;
     Some(obj)
 }

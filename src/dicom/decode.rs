@@ -147,8 +147,18 @@ pub fn check_limits(obj: &DefaultDicomObject, limits: &ImageLimits) -> Result<()
     Ok(())
 }
 
-/// Reads a Part-10 file (its pixel data still encoded), to decode frames one by one.
+/// Reads a Part-10 file (its pixel data still encoded), to decode frames one by one, within
+/// the default limits ([`ImageLimits::default`]: tools on a workstation). The daemon opens
+/// with its board's limit: [`open_file_within`].
 pub fn open_file(path: &Path) -> Result<DefaultDicomObject, DecodeError> {
+    open_file_within(path, ImageLimits::default().max_file_bytes)
+}
+
+/// Reads a Part-10 file of at most `max_bytes` (`memory.max_file_mib`; a deflated data set
+/// may inflate to as much and no more), its pixel data still encoded. Refused before anything
+/// is allocated for it: a larger file, and a declared length the bytes cannot hold.
+pub fn open_file_within(path: &Path, max_bytes: u64) -> Result<DefaultDicomObject, DecodeError> {
+    check_file_size(path, max_bytes)?;
     let read = |reason: String| DecodeError::Read {
         path: path.to_owned(),
         reason,
@@ -156,7 +166,7 @@ pub fn open_file(path: &Path) -> Result<DefaultDicomObject, DecodeError> {
     // Read whole (the memory plan counts memory.max_file_mib for it), every length checked
     // against the bytes there are before dicom-rs sizes a buffer from it (dicom::lengths).
     let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
-    super::lengths::check_file(&bytes).map_err(|e| read(e.to_string()))?;
+    super::lengths::check_file(&bytes, max_bytes).map_err(|e| read(e.to_string()))?;
     // From the magic code on (dicom-rs refuses a file without one, as before).
     let magic = super::lengths::magic_code_at(&bytes).unwrap_or(0);
     dicom_object::OpenFileOptions::new()

@@ -16,7 +16,8 @@
 //! expected, each leaving dicom-parser reading a 170 MB length from inside a value; and a
 //! third time by a value it skipped that dicom-parser's decoder learns from — see
 //! [`STATEFUL`]). Every declared length that runs past the end of the input is refused,
-//! naming the element. Deflated data sets are inflated first, at most [`MAX_INFLATED`] bytes.
+//! naming the element. Deflated data sets are inflated first, to no more than a file may be
+//! (the board's `memory.max_file_mib`): a deflate bomb is refused.
 
 use std::cell::Cell;
 use std::io::Read;
@@ -31,11 +32,6 @@ use dicom_parser::dataset::{DataSetReader, DataToken};
 use dicom_parser::stateful::decode::Result as ParseResult;
 use dicom_parser::{DynStatefulDecoder, StatefulDecode};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-
-/// A deflated data set may grow to this much and no more (a deflate bomb is refused): what a
-/// board reads whole by default (`memory.max_file_mib`), so a deflated object is never more
-/// than an uncompressed one could be.
-pub const MAX_INFLATED: u64 = 64 << 20;
 
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const ITEM: Tag = Tag(0xFFFE, 0xE000);
@@ -54,8 +50,8 @@ pub enum LengthError {
         declared: u32,
         available: usize,
     },
-    #[error("the deflated data set inflates past {} MiB", MAX_INFLATED >> 20)]
-    Inflated,
+    #[error("the deflated data set inflates past {} MiB (memory.max_file_mib)", max_bytes >> 20)]
+    Inflated { max_bytes: u64 },
     #[error("the deflated data set cannot be inflated: {0}")]
     Deflate(String),
 }
@@ -95,7 +91,12 @@ pub fn magic_code_at(bytes: &[u8]) -> Option<usize> {
 /// Checks a Part 10 file held in memory: the file meta group, then the data set in the
 /// transfer syntax the meta group names. Input without the "DICM" magic is left to dicom-rs
 /// (it reads nothing before refusing it).
-pub fn check_file(bytes: &[u8]) -> Result<(), LengthError> {
+///
+/// A deflated data set may inflate to `max_bytes` and no more: the most a board reads whole
+/// (`memory.max_file_mib`), so that a deflated object never costs more than an uncompressed
+/// one may — the memory plan counts that, and a 1 MiB file inflating to 64 MiB on a board that
+/// planned 48 would not be counted.
+pub fn check_file(bytes: &[u8], max_bytes: u64) -> Result<(), LengthError> {
     let Some(magic) = magic_code_at(bytes) else {
         return Ok(());
     };
@@ -133,13 +134,13 @@ pub fn check_file(bytes: &[u8]) -> Result<(), LengthError> {
         DEFLATED => {
             // Reserved at once (untouched pages cost nothing) so that growing never doubles
             // past the cap.
-            let mut inflated = Vec::with_capacity(MAX_INFLATED as usize + 1);
+            let mut inflated = Vec::with_capacity(max_bytes as usize + 1);
             flate2::read::DeflateDecoder::new(rest)
-                .take(MAX_INFLATED + 1)
+                .take(max_bytes + 1)
                 .read_to_end(&mut inflated)
                 .map_err(|e| LengthError::Deflate(e.to_string()))?;
-            if inflated.len() as u64 > MAX_INFLATED {
-                return Err(LengthError::Inflated);
+            if inflated.len() as u64 > max_bytes {
+                return Err(LengthError::Inflated { max_bytes });
             }
             check_data_set(&inflated, Encoding::EXPLICIT_LE)
         }
@@ -581,6 +582,30 @@ mod tests {
     }
 
     #[test]
+    fn a_deflated_data_set_may_inflate_to_what_a_file_may_be_and_no_more() {
+        // 1 MiB of honest data set, deflated to about a kilobyte.
+        let ds = explicit((0x0009, 0x1010), b"OB", &vec![0; 1 << 20]);
+        let mut deflated = flate2::write::DeflateEncoder::new(Vec::new(), Default::default());
+        std::io::Write::write_all(&mut deflated, &ds).unwrap();
+        let deflated = deflated.finish().unwrap();
+        let syntax = explicit((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2.1.99");
+        let mut f = vec![0u8; 128];
+        f.extend(b"DICM");
+        f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        f.extend((syntax.len() as u32).to_le_bytes());
+        f.extend(&syntax);
+        f.extend(&deflated);
+        assert!(f.len() < 8 << 10, "{} bytes", f.len());
+        assert_eq!(check_file(&f, 2 << 20), Ok(()));
+        assert_eq!(
+            check_file(&f, 512 << 10),
+            Err(LengthError::Inflated {
+                max_bytes: 512 << 10
+            })
+        );
+    }
+
+    #[test]
     fn every_test_file_passes() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let mut n = 0;
@@ -594,7 +619,7 @@ mod tests {
                         .from_reader(&bytes[128.min(bytes.len())..])
                         .is_ok();
                     if readable {
-                        assert_eq!(check_file(&bytes), Ok(()), "{}", p.display());
+                        assert_eq!(check_file(&bytes, 64 << 20), Ok(()), "{}", p.display());
                         n += 1;
                     }
                 }
