@@ -102,8 +102,13 @@ pub struct Web {
     pub port: u16,
     /// Findings the page keeps (the latest, all sources together).
     pub max_findings: usize,
-    /// Pages connected at once; one more is answered 503.
+    /// Pages connected at once; one more is answered 503. The page holds at most this many
+    /// connections plus 8 (a page load's parallel requests); the next waits to be accepted.
     pub max_clients: usize,
+    /// A connection on which no byte moves either way for this long is closed: a client that
+    /// connected and said nothing, a page that stopped reading its event stream. Live pages
+    /// get a keep-alive every third of it (at most 15 s), so they never reach it.
+    pub idle_timeout_s: u64,
     /// HTTP basic authentication: a file whose first line is `user:password`, readable by
     /// bedside only (refused when group- or world-readable). Absent: no authentication.
     pub password_file: Option<PathBuf>,
@@ -119,6 +124,7 @@ impl Default for Web {
             port: 8080,
             max_findings: 50,
             max_clients: 32,
+            idle_timeout_s: 45,
             password_file: None,
             tls: None,
         }
@@ -1044,6 +1050,12 @@ impl BoardProfile {
                 return Err(self.field(
                     "web.max_clients",
                     format!("{} is not in 1..=256", w.max_clients),
+                ));
+            }
+            if !(1..=3600).contains(&w.idle_timeout_s) {
+                return Err(self.field(
+                    "web.idle_timeout_s",
+                    format!("{} is not in 1..=3600", w.idle_timeout_s),
                 ));
             }
         }

@@ -350,10 +350,10 @@ impl MemoryPlan {
             let side = profile.overlays.max_side as u64;
             add(
                 format!(
-                    "findings page: {} findings + {} events, {} clients, {} whole reads",
+                    "findings page: {} findings + {} events, {} connections, {} whole reads",
                     w.max_findings,
                     crate::web::EVENT_RING,
-                    w.max_clients,
+                    crate::web::max_connections(w),
                     2
                 ),
                 crate::web::planned_bytes(w, side * side * 3),

@@ -451,6 +451,56 @@ fn twenty_pages_and_two_stuck_ones_never_hold_the_worker() {
     assert!(exit.success(), "{log}");
 }
 
+/// As many clients as the page takes (`max_clients` + 8 connections) connect and say nothing:
+/// the next one waits in the backlog, each silent one is closed after `idle_timeout_s`, and
+/// the one that waited is served — a handful of idle sockets cannot take the page (or, in
+/// their thousands, the daemon's file descriptors) away.
+#[test]
+fn silent_connections_are_closed_and_the_page_serves_the_next_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mqtt = free_port();
+    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
+    let web = free_port();
+    let board = write_board_with(
+        tmp.path(),
+        &format!("url = \"mqtt://127.0.0.1:{mqtt}\""),
+        &format!("\n[web]\nenabled = true\nport = {web}\nmax_clients = 2\nidle_timeout_s = 2\n"),
+    );
+    let daemon = Daemon::start(&board, tmp.path());
+    assert!(
+        wait_port(web, Duration::from_secs(60)),
+        "no page:\n{}",
+        daemon.log()
+    );
+    // wait_port's own connection closes at once and gives its place back.
+    std::thread::sleep(Duration::from_millis(300));
+    let silent: Vec<TcpStream> = (0..2 + 8)
+        .map(|_| TcpStream::connect(("127.0.0.1", web)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let page = get_for(web, "/", Duration::from_secs(15));
+    let waited = t0.elapsed();
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("<html"), "{page}");
+    assert!(
+        waited > Duration::from_secs(1) && waited < Duration::from_secs(10),
+        "served after {waited:?}: it should have waited for a silent connection to be closed"
+    );
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a silent connection was not closed by the page: {other:?}"),
+        }
+    }
+    eprintln!("10 silent connections closed; the next client served after {waited:.1?}");
+    let (exit, log) = daemon.stop();
+    assert!(exit.success(), "{log}");
+}
+
 /// `curl` against the page: the HTTP status, the body.
 fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")

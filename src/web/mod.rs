@@ -16,6 +16,7 @@
 //! from the pixels. Every asset is embedded in the binary; the page makes no other request.
 
 mod auth;
+mod guard;
 mod tls;
 
 use std::convert::Infallible;
@@ -181,14 +182,19 @@ impl Hub {
 }
 
 /// Bytes the page may hold: the findings it keeps and the event ring (each at most one
-/// finding's size), each client's connection buffers, and what is read or written whole
-/// (overlays, `/api/state`), two at a time.
+/// finding's size), each connection's buffers (at most [`max_connections`] of them), and what
+/// is read or written whole (overlays, `/api/state`), two at a time.
 pub fn planned_bytes(web: &Web, overlay_png_bytes: u64) -> u64 {
     let finding = crate::finding::MAX_FINDING_BYTES as u64;
     let state = web.max_findings as u64 * finding;
     (web.max_findings as u64 + EVENT_RING as u64) * finding
-        + web.max_clients as u64 * CLIENT_BYTES
+        + max_connections(web) as u64 * CLIENT_BYTES
         + READS as u64 * overlay_png_bytes.max(state)
+}
+
+/// The connections the page holds at most: one per page and a page load's parallel requests.
+pub fn max_connections(web: &Web) -> usize {
+    guard::connections(web)
 }
 
 struct App {
@@ -196,6 +202,8 @@ struct App {
     overlays: Option<PathBuf>,
     clients: AtomicUsize,
     max_clients: usize,
+    /// How often an event stream sends a keep-alive ([`guard::keep_alive`]).
+    keep_alive: Duration,
     /// Whole reads and writes at once (overlays, `/api/state`).
     reads: Semaphore,
     credentials: Option<Credentials>,
@@ -226,11 +234,14 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| WebError::Bind { addr, source })?;
+    let idle = Duration::from_secs(web.idle_timeout_s);
+    let connections = max_connections(web);
     let app = Arc::new(App {
         hub,
         overlays,
         clients: AtomicUsize::new(0),
         max_clients: web.max_clients,
+        keep_alive: guard::keep_alive(idle),
         reads: Semaphore::new(READS),
         credentials,
     });
@@ -264,14 +275,14 @@ pub async fn serve(
         let served = match tls {
             Some(config) => match tls::TlsListener::new(listener, config) {
                 Ok(listener) => {
-                    axum::serve(listener, router)
+                    axum::serve(guard::Guarded::new(listener, connections, idle), router)
                         .with_graceful_shutdown(shutdown)
                         .await
                 }
                 Err(e) => Err(e),
             },
             None => {
-                axum::serve(listener, router)
+                axum::serve(guard::Guarded::new(listener, connections, idle), router)
                     .with_graceful_shutdown(shutdown)
                     .await
             }
@@ -411,7 +422,7 @@ async fn events(State(app): State<Arc<App>>) -> Response {
         },
     );
     let mut r = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(app.keep_alive))
         .into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -428,6 +439,7 @@ mod tests {
             overlays: None,
             clients: AtomicUsize::new(0),
             max_clients,
+            keep_alive: Duration::from_secs(15),
             reads: Semaphore::new(READS),
             credentials: None,
         })
