@@ -256,11 +256,14 @@ impl DicomOutbox {
                 Ok((file_name(&m.sop_instance_uid, &m.sop_class_uid), m, bytes))
             })
             .collect::<Result<_, DicomOutboxError>>()?;
-        let destinations: Vec<String> = self.lock().queues.keys().cloned().collect();
-        let adding: u64 =
-            encoded.iter().map(|e| e.2.len() as u64).sum::<u64>() * destinations.len() as u64;
-        {
+        // The room is taken (reserved) under the same lock that finds it, so that workers
+        // putting at once cannot each find the same room and together pass `max_bytes`; it
+        // is given back on every way out, and exchanged for what was queued at the end.
+        let (destinations, mut reserved) = {
             let mut s = self.lock();
+            let destinations: Vec<String> = s.queues.keys().cloned().collect();
+            let adding: u64 =
+                encoded.iter().map(|e| e.2.len() as u64).sum::<u64>() * destinations.len() as u64;
             if s.bytes + adding > self.max_bytes {
                 s.need = adding;
                 return Err(DicomOutboxError::Full {
@@ -268,7 +271,15 @@ impl DicomOutbox {
                     max_bytes: self.max_bytes,
                 });
             }
-        }
+            s.bytes += adding;
+            (
+                destinations,
+                Reserved {
+                    outbox: self,
+                    bytes: adding,
+                },
+            )
+        };
         let incoming = self.root.join(INCOMING);
         let mut queued = Vec::new();
         for (name, m, bytes) in &encoded {
@@ -304,6 +315,7 @@ impl DicomOutbox {
         }
         let mut s = self.lock();
         s.need = 0;
+        s.bytes -= std::mem::take(&mut reserved.bytes);
         for (dest, p) in queued {
             s.bytes += p.bytes;
             if let Some(q) = s.queues.get_mut(&dest) {
@@ -541,6 +553,21 @@ fn sync_dir(dir: &Path) -> Result<(), DicomOutboxError> {
         .map_err(io_err(dir))
 }
 
+/// Room taken in the outbox for objects being written; given back when dropped (an error on
+/// the way), unless the put settled it.
+struct Reserved<'a> {
+    outbox: &'a DicomOutbox,
+    bytes: u64,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.outbox.lock().bytes -= self.bytes;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,6 +684,44 @@ mod tests {
         let e = outbox.put(&[made("1.2.3.2")]).unwrap_err();
         assert!(e.is_full(), "{e}");
         assert_eq!(outbox.depth(), 2);
+    }
+
+    #[test]
+    fn workers_putting_at_once_cannot_together_pass_the_limit() {
+        // Room for one object on both destinations; two workers put one each at the same
+        // moment. Each write is fsynced, so before the room was reserved under the lock both
+        // found it free and both went in.
+        let dir = tempfile::tempdir().unwrap();
+        let one = made("1.2.3.1").to_bytes().unwrap().len() as u64;
+        let (outbox, _) = DicomOutbox::open(dir.path(), &dests(), 3 * one).unwrap();
+        for round in 0..5 {
+            let start = std::sync::Barrier::new(2);
+            let results: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..2)
+                    .map(|w| {
+                        let (outbox, start) = (&outbox, &start);
+                        scope.spawn(move || {
+                            start.wait();
+                            outbox.put(&[made(&format!("1.2.3.{round}{w}"))])
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let full = results
+                .iter()
+                .filter(|r| r.as_ref().is_err_and(|e| e.is_full()));
+            assert_eq!(full.count(), 1, "round {round}: {results:?}");
+            assert_eq!(outbox.depth(), 2);
+            assert!(outbox.lock().bytes <= 3 * one);
+            // Delivered: the room is free again for the next round.
+            for dest in DESTS {
+                for p in outbox.take(dest, 8, Duration::ZERO) {
+                    outbox.delivered(dest, &p.name);
+                }
+            }
+            assert_eq!((outbox.depth(), outbox.lock().bytes), (0, 0));
+        }
     }
 
     #[test]
