@@ -373,15 +373,21 @@ impl MemoryPlan {
                 true,
             );
         }
-        // main, the image dispatcher, 2 tokio workers, the image workers, the SCP's spool
-        // threads
-        let threads = 3
-            + n
-            + profile.video.as_ref().map_or(0, |v| v.threads + 2) as u64
-            + profile.dicom.as_ref().map_or(0, |_| 1)
-            + profile.dicom.as_ref().filter(|d| d.listen).map_or(0, |d| {
+        // main, the image dispatcher, 2 tokio workers, the image workers, one more with
+        // [dicom] and the SCP's spool threads when it listens, one sender per PACS
+        // destination (`bedside-send-…`; not counted before stop 17)
+        let dicom = profile.dicom.as_ref().map_or(0, |d| {
+            1 + if d.listen {
                 crate::source::scp::disk::threads_for(d.max_associations)
-            }) as u64;
+            } else {
+                0
+            }
+        }) as u64;
+        let senders = profile
+            .results_config()
+            .map_or(0, |r| r.destinations.len() as u64);
+        let threads =
+            3 + n + profile.video.as_ref().map_or(0, |v| v.threads + 2) as u64 + dicom + senders;
         add(
             format!("thread stacks: {threads} x {} MiB", THREAD_STACK >> 20),
             threads * THREAD_STACK as u64,

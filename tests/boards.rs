@@ -75,6 +75,59 @@ fn a_bad_profile_names_its_field() {
     }
 }
 
+/// Each PACS destination has a sender thread of its own, and the plan's thread-stack line
+/// counts it (it did not before stop 17).
+#[test]
+fn the_plan_counts_a_sender_thread_per_pacs_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = std::fs::read_to_string(repo().join("board/dev.toml"))
+        .unwrap()
+        .replace("../models", &repo().join("models").display().to_string())
+        .replace("../var", &dir.path().display().to_string());
+    let threads = |destinations: usize| -> u64 {
+        let extra: String = (0..destinations)
+            .map(|i| {
+                format!(
+                    "[[dicom.destinations]]\nname = \"pacs{i}\"\nae_title = \"PACS{i}\"\nhost = \"127.0.0.1\"\nport = {}\n\n",
+                    11113 + i
+                )
+            })
+            .collect();
+        let path = dir.path().join("board.toml");
+        std::fs::write(
+            &path,
+            dev.replacen("[video]", &format!("{extra}[video]"), 1),
+        )
+        .unwrap();
+        let out = bedside()
+            .args(["check", "--board"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("thread stacks: "))
+            .unwrap_or_else(|| panic!("no thread line in the plan:\n{stdout}"));
+        line.split("thread stacks: ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let none = threads(0);
+    assert_eq!(threads(1), none + 1);
+    assert_eq!(threads(2), none + 2);
+}
+
 /// A DICOM SEG is asked of segmentation models only, and its memory is planned.
 #[test]
 fn a_seg_is_asked_of_segmentation_models_and_planned() {
