@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::path::Path;
 
 #[test]
 fn every_shipped_board_profile_passes_check() {
@@ -75,15 +76,45 @@ fn a_bad_profile_names_its_field() {
     }
 }
 
+/// board/dev.toml as a test can check it: paths into the repository and `dir`.
+fn dev_board(dir: &Path) -> String {
+    std::fs::read_to_string(repo().join("board/dev.toml"))
+        .unwrap()
+        .replace("../models", &repo().join("models").display().to_string())
+        .replace("../var", &dir.display().to_string())
+}
+
+/// `bedside check` of a board written into `dir`: its memory plan (it must pass).
+fn plan_of(dir: &Path, board: &str) -> String {
+    let path = dir.join("board.toml");
+    std::fs::write(&path, board).unwrap();
+    let out = bedside()
+        .args(["check", "--board"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The plan's line that holds `what`.
+fn plan_line<'a>(plan: &'a str, what: &str) -> &'a str {
+    plan.lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no line with {what:?} in the plan:\n{plan}"))
+}
+
 /// Each PACS destination has a sender thread of its own, and the plan's thread-stack line
 /// counts it (it did not before stop 17).
 #[test]
 fn the_plan_counts_a_sender_thread_per_pacs_destination() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = std::fs::read_to_string(repo().join("board/dev.toml"))
-        .unwrap()
-        .replace("../models", &repo().join("models").display().to_string())
-        .replace("../var", &dir.path().display().to_string());
+    let dev = dev_board(dir.path());
     let threads = |destinations: usize| -> u64 {
         let extra: String = (0..destinations)
             .map(|i| {
@@ -93,27 +124,11 @@ fn the_plan_counts_a_sender_thread_per_pacs_destination() {
                 )
             })
             .collect();
-        let path = dir.path().join("board.toml");
-        std::fs::write(
-            &path,
-            dev.replacen("[video]", &format!("{extra}[video]"), 1),
-        )
-        .unwrap();
-        let out = bedside()
-            .args(["check", "--board"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let plan = plan_of(
+            dir.path(),
+            &dev.replacen("[video]", &format!("{extra}[video]"), 1),
         );
-        let line = stdout
-            .lines()
-            .find(|l| l.contains("thread stacks: "))
-            .unwrap_or_else(|| panic!("no thread line in the plan:\n{stdout}"));
+        let line = plan_line(&plan, "thread stacks: ");
         line.split("thread stacks: ")
             .nth(1)
             .unwrap()
@@ -132,11 +147,7 @@ fn the_plan_counts_a_sender_thread_per_pacs_destination() {
 #[test]
 fn a_seg_is_asked_of_segmentation_models_and_planned() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = std::fs::read_to_string(repo().join("board/dev.toml"))
-        .unwrap()
-        .replace("../models", &repo().join("models").display().to_string())
-        .replace("../var", &dir.path().display().to_string())
-        .replace(
+    let dev = dev_board(dir.path()).replace(
             "[video]",
             "[[dicom.destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 11113\n\n[video]",
         );
@@ -168,18 +179,9 @@ fn a_seg_is_asked_of_segmentation_models_and_planned() {
         "[[models]]\npath = \"{}\"\nsources = [\"dicom\"]\ndicom_results = [\"seg\"]\n\n[images]\nworkers = 1\n\n[video]",
         repo().join("models/us-fast-fluid").display()
     );
-    let out = check(dev.replacen("[video]", &seg, 1));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let plan = plan_of(dir.path(), &dev.replacen("[video]", &seg, 1));
     // 1 label x 3072 x 3072 bits, twice, and the 224 x 224 mask.
-    let line = stdout
-        .lines()
-        .find(|l| l.contains("its SEG of 1 label(s) at 3072x3072"))
-        .unwrap_or_else(|| panic!("no SEG line in the plan:\n{stdout}"));
+    let line = plan_line(&plan, "its SEG of 1 label(s) at 3072x3072");
     let mib: f64 = line
         .split_whitespace()
         .rev()

@@ -95,6 +95,22 @@ fn get_for(port: u16, path: &str, for_how_long: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A board for the broker on `mqtt` with `tail` after it (the `[web]` section and the like).
+fn page_board(dir: &Path, mqtt: u16, tail: &str) -> std::path::PathBuf {
+    write_board_with(dir, &format!("url = \"mqtt://127.0.0.1:{mqtt}\""), tail)
+}
+
+/// The daemon on `board`, once its page listens on `web`.
+fn start_with_page(board: &Path, dir: &Path, web: u16) -> Daemon {
+    let daemon = Daemon::start(board, dir);
+    assert!(
+        wait_port(web, Duration::from_secs(60)),
+        "no page:\n{}",
+        daemon.log()
+    );
+    daemon
+}
+
 /// Two X-ray models on the inbox, the FAST model on the replayed ultrasound clip.
 fn web_board(dir: &Path, mqtt: u16, web: u16) -> std::path::PathBuf {
     let facts: serde_json::Value = serde_json::from_str(
@@ -124,12 +140,7 @@ async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_
     let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
     let web = free_port();
     let board = web_board(tmp.path(), mqtt, web);
-    let daemon = Daemon::start(&board, tmp.path());
-    assert!(
-        wait_port(web, Duration::from_secs(60)),
-        "no page:\n{}",
-        daemon.log()
-    );
+    let daemon = start_with_page(&board, tmp.path(), web);
     let driver_port = free_port();
     let _driver = Chromedriver::start(driver_port);
     let c = browser(driver_port, &tmp.path().join("chromium"), 800, 1280).await;
@@ -375,21 +386,16 @@ fn twenty_pages_and_two_stuck_ones_never_hold_the_worker() {
     let mqtt = free_port();
     let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
     let web = free_port();
-    let board = write_board_with(
+    let board = page_board(
         tmp.path(),
-        &format!("url = \"mqtt://127.0.0.1:{mqtt}\""),
+        mqtt,
         &format!(
             "\n[[models]]\npath = \"{}\"\n\n[web]\nenabled = true\nport = {web}\nmax_findings = 200\n",
             repo().join("models/cxr-tiny-det").display()
         ),
     );
     let collector = Collector::start(mqtt, "bedside/test-site/cart-7/findings", "web-load");
-    let daemon = Daemon::start(&board, tmp.path());
-    assert!(
-        wait_port(web, Duration::from_secs(60)),
-        "no page:\n{}",
-        daemon.log()
-    );
+    let daemon = start_with_page(&board, tmp.path(), web);
     let n = 100;
     let findings = 2 * n;
     let readers: Vec<_> = (0..20)
@@ -461,17 +467,12 @@ fn silent_connections_are_closed_and_the_page_serves_the_next_client() {
     let mqtt = free_port();
     let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
     let web = free_port();
-    let board = write_board_with(
+    let board = page_board(
         tmp.path(),
-        &format!("url = \"mqtt://127.0.0.1:{mqtt}\""),
+        mqtt,
         &format!("\n[web]\nenabled = true\nport = {web}\nmax_clients = 2\nidle_timeout_s = 2\n"),
     );
-    let daemon = Daemon::start(&board, tmp.path());
-    assert!(
-        wait_port(web, Duration::from_secs(60)),
-        "no page:\n{}",
-        daemon.log()
-    );
+    let daemon = start_with_page(&board, tmp.path(), web);
     // wait_port's own connection closes at once and gives its place back.
     std::thread::sleep(Duration::from_millis(300));
     let silent: Vec<TcpStream> = (0..2 + 8)
@@ -528,9 +529,9 @@ fn https_and_a_password_guard_the_page() {
     std::fs::write(&password, "nurse:correct-horse\n").unwrap();
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
     let web = free_port();
-    let board = write_board_with(
+    let board = page_board(
         tmp.path(),
-        &format!("url = \"mqtt://127.0.0.1:{mqtt}\""),
+        mqtt,
         &format!(
             "\n[web]\nenabled = true\nport = {web}\npassword_file = \"{}\"\n\n[web.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
             password.display(),
@@ -553,12 +554,7 @@ fn https_and_a_password_guard_the_page() {
     assert!(err.contains("can be read by others"), "{err}");
 
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let daemon = Daemon::start(&board, tmp.path());
-    assert!(
-        wait_port(web, Duration::from_secs(60)),
-        "no page:\n{}",
-        daemon.log()
-    );
+    let daemon = start_with_page(&board, tmp.path(), web);
     let url = format!("https://127.0.0.1:{web}/api/state");
     let ca = pki.dir.join("ca.pem");
     let ca = ca.to_str().unwrap();
