@@ -1,5 +1,5 @@
 //! Every target in one binary, chosen by `BEDSIDE_FUZZ_TARGET=<name>`: one file to copy to a
-//! machine with more cores than this one (the six binaries are ~100 MB each with ASan).
+//! machine with more cores than this one (the seven binaries are ~100 MB each with ASan).
 #![no_main]
 
 use std::sync::OnceLock;
