@@ -302,16 +302,22 @@ fn the_allocation_bombs_fuzzing_found_are_refused_before_anything_is_allocated_f
     // (`bedside infer` peaked at 2.1 GB RSS on the file); the second, before the walk read
     // Pixel Representation as the decoder does, 261 MiB (295 MB RSS). The bytes this thread
     // asks for while refusing each must stay within a few MiB.
+    // The third, before the syntax UID was trimmed as dicom-rs trims it, 4 GiB (860 bytes).
     for (name, claim) in [
-        ("pixel-data-claims-2gib.dcm", "declares 2147483646 bytes"),
         (
-            "ov-length-2-then-a-header-claiming-273678376.dcm",
+            "dicom_decode_prepare/pixel-data-claims-2gib.dcm",
+            "declares 2147483646 bytes",
+        ),
+        (
+            "dicom_decode_prepare/ov-length-2-then-a-header-claiming-273678376.dcm",
             "element (0107,5353) declares 273678376 bytes from byte 1502",
         ),
+        (
+            "dicom_parse/ts-uid-ending-in-a-newline-then-4gib.dcm",
+            "element (0000,0000) declares 4278190080 bytes from byte 390",
+        ),
     ] {
-        let file = root()
-            .join("fuzz/regressions/dicom_decode_prepare")
-            .join(name);
+        let file = root().join("fuzz/regressions").join(name);
         let (result, _, bytes) = bedside::alloc::count(|| bedside::dicom::decode::open_file(&file));
         assert!(bedside::alloc::installed());
         let err = result.expect_err(name);

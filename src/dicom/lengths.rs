@@ -104,7 +104,11 @@ pub fn check_file(bytes: &[u8], max_bytes: u64) -> Result<(), LengthError> {
     let mut syntax = None;
     let meta_end = walk_meta(bytes, start, &mut syntax)?;
     let syntax = syntax.unwrap_or_default();
-    let syntax = syntax.trim_end_matches(['\0', ' ']);
+    // Trimmed as dicom-rs trims it (`FileMetaTable::transfer_syntax`): any whitespace, not
+    // just spaces. A UID ending in "\0\0\0\n" is implicit VR to dicom-rs; trimmed of NULs
+    // and spaces only, it named no syntax here, the walk went explicit, and dicom-rs, reading
+    // implicit, sized a 4 GiB buffer for an 860-byte file (the fuzzer, stop 17).
+    let syntax = syntax.trim_end_matches(|c: char| c.is_whitespace() || c == '\0');
     let rest = &bytes[meta_end..];
     // Offsets in the file, not in the data set, so that a hex editor finds the element.
     let in_file = |e: LengthError| match e {
@@ -603,6 +607,28 @@ mod tests {
                 max_bytes: 512 << 10
             })
         );
+    }
+
+    #[test]
+    fn the_syntax_is_trimmed_as_dicom_rs_trims_it() {
+        // Implicit VR little endian, its UID padded with NULs and a newline; then an implicit
+        // element (0009,0010) claiming 0xFF000000 bytes. Read as explicit VR, the same bytes
+        // are a harmless element; dicom-rs reads them implicit.
+        let mut f = vec![0u8; 128];
+        f.extend(b"DICM");
+        let syntax = explicit((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2\0\0\0\n");
+        f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        f.extend((syntax.len() as u32).to_le_bytes());
+        f.extend(&syntax);
+        f.extend([0x09, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0xFF]);
+        f.extend([0; 16]);
+        assert!(matches!(
+            check_file(&f, 64 << 20),
+            Err(LengthError::PastEnd {
+                declared: 0xFF00_0000,
+                ..
+            })
+        ));
     }
 
     #[test]
