@@ -370,38 +370,55 @@ impl<D: StatefulDecode> StatefulDecode for Skipping<D> {
     }
 }
 
-/// Walks the file meta group (explicit VR little endian) from `pos` exactly as dicom-rs's
-/// meta reader does: (0002,0000) first, then elements of any group while the bytes read stay
-/// under the length it gives. Returns where the data set starts (where dicom-rs will start
-/// it, whatever the group length says) and stores the Transfer Syntax UID.
+/// An explicit VR little endian header at `pos` as dicom-rs's file header decoder reads it:
+/// its tag, declared length and size. Group FFFE has no VR (8 bytes: tag, 4-byte length); an
+/// unknown VR is UN, with the 4-byte length. `None` where the bytes end first.
+fn meta_header(bytes: &[u8], pos: usize) -> Option<(Tag, u32, usize)> {
+    let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
+    let u32_at = |p: usize| {
+        bytes
+            .get(p..p + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if pos + 8 > bytes.len() {
+        return None;
+    }
+    let tag = Tag(u16_at(pos), u16_at(pos + 2));
+    if tag.0 == 0xFFFE {
+        return Some((tag, u32_at(pos + 4)?, 8));
+    }
+    let vr = VR::from_binary([bytes[pos + 4], bytes[pos + 5]]).unwrap_or(VR::UN);
+    if short_length(vr) {
+        Some((tag, u32::from(u16_at(pos + 6)), 8))
+    } else {
+        Some((tag, u32_at(pos + 8)?, 12))
+    }
+}
+
+/// Walks the file meta group from `pos` exactly as dicom-rs's meta reader does: (0002,0000)
+/// of length 4 first, whatever its VR, then elements of any group while the bytes read stay
+/// under the length it gives, each header read by [`meta_header`]. Returns where the data set
+/// starts (where dicom-rs will start it, whatever the group length says) and stores the
+/// Transfer Syntax UID.
 fn walk_meta(
     bytes: &[u8],
     mut pos: usize,
     syntax: &mut Option<String>,
 ) -> Result<usize, LengthError> {
-    let u16_at = |p: usize| u16::from_le_bytes([bytes[p], bytes[p + 1]]);
-    let u32_at =
-        |p: usize| u32::from_le_bytes([bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]]);
-    // dicom-rs refuses anything but (0002,0000) UL of length 4 first, having read nothing
-    // more: the data set is never read.
-    if pos + 12 > bytes.len()
-        || (u16_at(pos), u16_at(pos + 2), u16_at(pos + 6)) != (0x0002, 0x0000, 4)
-    {
-        return Ok(bytes.len());
-    }
-    let group_length = u32_at(pos + 8) as usize;
-    pos += 12;
+    // dicom-rs refuses anything but (0002,0000) of length 4 first, having read nothing more:
+    // the data set is never read.
+    let group_length = match meta_header(bytes, pos) {
+        Some((Tag(0x0002, 0x0000), 4, header)) if pos + header + 4 <= bytes.len() => {
+            let v = pos + header;
+            pos = v + 4;
+            u32::from_le_bytes([bytes[v], bytes[v + 1], bytes[v + 2], bytes[v + 3]]) as usize
+        }
+        _ => return Ok(bytes.len()),
+    };
     let mut read = 0;
-    while read < group_length && pos + 8 <= bytes.len() {
-        let tag = Tag(u16_at(pos), u16_at(pos + 2));
-        // As dicom-rs reads it: an unknown VR is UN, with the 4-byte length.
-        let vr = VR::from_binary([bytes[pos + 4], bytes[pos + 5]]).unwrap_or(VR::UN);
-        let (len, header) = if short_length(vr) {
-            (u32::from(u16_at(pos + 6)), 8)
-        } else if pos + 12 <= bytes.len() {
-            (u32_at(pos + 8), 12)
-        } else {
-            return Ok(bytes.len());
+    while read < group_length {
+        let Some((tag, len, header)) = meta_header(bytes, pos) else {
+            return Ok(bytes.len()); // dicom-rs fails at the end of the bytes
         };
         if len == UNDEFINED {
             return Ok(bytes.len()); // refused by dicom-rs
@@ -628,6 +645,48 @@ mod tests {
                 declared: 0xFF00_0000,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn the_meta_group_is_walked_header_by_header_as_dicom_rs_reads_it() {
+        // (0002,0000) written with a 4-byte-length VR (OB): dicom-rs takes it (length 4) and
+        // its value after the 12-byte header; then a group FFFE element, which has no VR
+        // (8-byte header), of 6 bytes; then the syntax. The data set after it starts where
+        // dicom-rs starts it: its (0009,0010) claims 1 GiB and is refused.
+        let mut f = vec![0u8; 128];
+        f.extend(b"DICM");
+        let mut meta = vec![0xFE, 0xFF, 0x00, 0x00, 6, 0, 0, 0, b'O', b'B', 0, 0, 0, 0];
+        meta.extend(explicit((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2.1\0"));
+        f.extend(explicit(
+            (0x0002, 0x0000),
+            b"OB",
+            &(meta.len() as u32).to_le_bytes(),
+        ));
+        f.extend(&meta);
+        let data_set = f.len();
+        f.extend(explicit((0x0009, 0x0010), b"OB", &[0; 8]));
+        let mut syntax = None;
+        assert_eq!(walk_meta(&f, 132, &mut syntax), Ok(data_set));
+        assert_eq!(syntax.as_deref(), Some("1.2.840.10008.1.2.1\0"));
+        assert_eq!(check_file(&f, 64 << 20), Ok(()));
+        // And dicom-rs reads it so: the private element is in its object, whole.
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_preamble(dicom_object::file::ReadPreamble::Never)
+            .from_reader(&f[128..])
+            .unwrap();
+        assert_eq!(
+            obj.element(Tag(0x0009, 0x0010))
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .len(),
+            8
+        );
+        set_len(&mut f, data_set + 8, 1 << 30);
+        assert!(matches!(
+            check_file(&f, 64 << 20),
+            Err(LengthError::PastEnd { declared: 0x4000_0000, offset, .. }) if offset == data_set + 12
         ));
     }
 
