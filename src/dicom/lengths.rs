@@ -27,6 +27,7 @@ use dicom_core::header::{DataElementHeader, SequenceItemHeader};
 use dicom_core::{PrimitiveValue, Tag, VR};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_encoding::text::SpecificCharacterSet;
+use dicom_encoding::transfer_syntax::{Codec, TransferSyntax};
 use dicom_parser::dataset::read::DataSetReaderOptions;
 use dicom_parser::dataset::{DataSetReader, DataToken};
 use dicom_parser::stateful::decode::Result as ParseResult;
@@ -73,8 +74,6 @@ impl Encoding {
         big_endian: false,
     };
 }
-
-const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 
 /// Where a Part 10 file's "DICM" magic code is: after the 128-byte preamble, or at the start
 /// of a file written without one; `None` for neither (dicom-rs refuses it unread).
@@ -125,17 +124,16 @@ pub fn check_file(bytes: &[u8], max_bytes: u64) -> Result<(), LengthError> {
         },
         other => other,
     };
-    match syntax {
-        "1.2.840.10008.1.2" => check_data_set(rest, Encoding::IMPLICIT_LE).map_err(in_file),
-        "1.2.840.10008.1.2.2" => check_data_set(
-            rest,
-            Encoding {
-                explicit_vr: true,
-                big_endian: true,
-            },
-        )
-        .map_err(in_file),
-        DEFLATED => {
+    // The syntax as dicom-object takes it: by the registry, and by its codec. A syntax the
+    // registry does not know, or a deflated one this build cannot inflate, is refused unread.
+    let Some(ts) = TransferSyntaxRegistry.get(syntax) else {
+        return Ok(());
+    };
+    match ts.codec() {
+        // Deflated Explicit VR Little Endian, and the two JPIP Referenced Deflate syntaxes
+        // (until stop 17 only the first was inflated; the others' compressed bytes were
+        // walked as if they were elements, and their real data set not at all).
+        Codec::Dataset(Some(_)) => {
             // Reserved at once (untouched pages cost nothing) so that growing never doubles
             // past the cap.
             let mut inflated = Vec::with_capacity(max_bytes as usize + 1);
@@ -146,11 +144,10 @@ pub fn check_file(bytes: &[u8], max_bytes: u64) -> Result<(), LengthError> {
             if inflated.len() as u64 > max_bytes {
                 return Err(LengthError::Inflated { max_bytes });
             }
-            check_data_set(&inflated, Encoding::EXPLICIT_LE)
+            walk(&inflated, ts)
         }
-        // Every other syntax (encapsulated ones included) is explicit VR little endian; an
-        // unknown one is dicom-rs's to refuse.
-        _ => check_data_set(rest, Encoding::EXPLICIT_LE).map_err(in_file),
+        Codec::Dataset(None) => Ok(()),
+        _ => walk(rest, ts).map_err(in_file),
     }
 }
 
@@ -229,9 +226,15 @@ pub fn check_data_set(bytes: &[u8], encoding: Encoding) -> Result<(), LengthErro
         } => "1.2.840.10008.1.2.2",
         _ => "1.2.840.10008.1.2.1",
     };
-    let Some(ts) = TransferSyntaxRegistry.get(uid) else {
-        return Ok(());
-    };
+    match TransferSyntaxRegistry.get(uid) {
+        Some(ts) => walk(bytes, ts),
+        None => Ok(()),
+    }
+}
+
+/// [`check_data_set`] in a transfer syntax from the registry (its decoder: the adapter of a
+/// deflated one is the caller's to undo).
+fn walk(bytes: &[u8], ts: &TransferSyntax) -> Result<(), LengthError> {
     let position = Rc::new(Cell::new(0u64));
     let source = Counting {
         bytes,
@@ -604,26 +607,29 @@ mod tests {
 
     #[test]
     fn a_deflated_data_set_may_inflate_to_what_a_file_may_be_and_no_more() {
-        // 1 MiB of honest data set, deflated to about a kilobyte.
+        // 1 MiB of honest data set, deflated to about a kilobyte, under each syntax whose
+        // data set dicom-rs inflates (Deflated Explicit VR LE, JPIP Referenced Deflate).
         let ds = explicit((0x0009, 0x1010), b"OB", &vec![0; 1 << 20]);
         let mut deflated = flate2::write::DeflateEncoder::new(Vec::new(), Default::default());
         std::io::Write::write_all(&mut deflated, &ds).unwrap();
         let deflated = deflated.finish().unwrap();
-        let syntax = explicit((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2.1.99");
-        let mut f = vec![0u8; 128];
-        f.extend(b"DICM");
-        f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
-        f.extend((syntax.len() as u32).to_le_bytes());
-        f.extend(&syntax);
-        f.extend(&deflated);
-        assert!(f.len() < 8 << 10, "{} bytes", f.len());
-        assert_eq!(check_file(&f, 2 << 20), Ok(()));
-        assert_eq!(
-            check_file(&f, 512 << 10),
-            Err(LengthError::Inflated {
-                max_bytes: 512 << 10
-            })
-        );
+        for uid in [&b"1.2.840.10008.1.2.1.99"[..], b"1.2.840.10008.1.2.4.95\0"] {
+            let syntax = explicit((0x0002, 0x0010), b"UI", uid);
+            let mut f = vec![0u8; 128];
+            f.extend(b"DICM");
+            f.extend([0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+            f.extend((syntax.len() as u32).to_le_bytes());
+            f.extend(&syntax);
+            f.extend(&deflated);
+            assert!(f.len() < 8 << 10, "{} bytes", f.len());
+            assert_eq!(check_file(&f, 2 << 20), Ok(()));
+            assert_eq!(
+                check_file(&f, 512 << 10),
+                Err(LengthError::Inflated {
+                    max_bytes: 512 << 10
+                })
+            );
+        }
     }
 
     #[test]
