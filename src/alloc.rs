@@ -6,7 +6,8 @@
 //! it to show that processing a frame or an image after warm-up allocates a documented
 //! constant, and that the peak stays under the memory plan.
 //!
-//! Cost: two relaxed atomic adds and a thread-local add per allocation.
+//! Cost: two relaxed atomic adds and a thread-local add per allocation, and a thread-local
+//! read for the cap ([`capped`]).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -27,6 +28,38 @@ static INSTALLED: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static THREAD_COUNT: Cell<u64> = const { Cell::new(0) };
     static THREAD_BYTES: Cell<u64> = const { Cell::new(0) };
+    /// The largest single allocation this thread may make now ([`capped`]).
+    static THREAD_CAP: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// True when `size` is over the calling thread's cap: the allocation is refused (null), as
+/// the system would refuse one it cannot give.
+fn over_cap(size: usize) -> bool {
+    THREAD_CAP.try_with(|c| size > c.get()).unwrap_or(false)
+}
+
+/// Runs `f` with every single allocation of this thread over `max_bytes` refused.
+///
+/// Why: dicom-parser sizes a value's buffer from the length in its header with
+/// `try_reserve_exact` before reading it. `dicom::lengths` checks every length first, but it
+/// is a second walk that must agree with dicom-rs's, and it has disagreed (five times, each
+/// found by the fuzzer or by reading dicom-rs). Under a cap a few times the file's size, such
+/// a reservation fails and dicom-parser says so ("could not allocate"), instead of
+/// zero-filling gigabytes until the board's `MemoryMax=` kills the daemon. An infallible
+/// allocation over the cap aborts the process (systemd restarts it) — so the cap must be
+/// above anything a sound read of that file allocates at once.
+///
+/// Only where [`Counting`] is the global allocator (the daemon, its tests); elsewhere `f`
+/// runs uncapped.
+pub fn capped<R>(max_bytes: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = THREAD_CAP.try_with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(THREAD_CAP.with(|c| c.replace(max_bytes)));
+    f()
 }
 
 fn on_alloc(size: usize) {
@@ -43,9 +76,13 @@ fn on_free(size: usize) {
     LIVE.fetch_sub(size, Ordering::Relaxed);
 }
 
-// SAFETY: every call is forwarded to the system allocator unchanged; only counters move.
+// SAFETY: every call is forwarded to the system allocator unchanged (or refused with null, which
+// the contract allows); only counters move.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if over_cap(layout.size()) {
+            return std::ptr::null_mut();
+        }
         // SAFETY: forwarded as is.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
@@ -55,6 +92,9 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if over_cap(layout.size()) {
+            return std::ptr::null_mut();
+        }
         // SAFETY: forwarded as is.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
@@ -70,6 +110,9 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > layout.size() && over_cap(new_size) {
+            return std::ptr::null_mut();
+        }
         // SAFETY: forwarded as is.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {

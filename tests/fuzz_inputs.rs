@@ -348,6 +348,39 @@ fn the_allocation_bombs_fuzzing_found_are_refused_before_anything_is_allocated_f
 }
 
 #[test]
+fn dicom_rs_reading_a_bomb_unchecked_under_the_allocation_cap_fails_cleanly() {
+    // The second line of defence (`alloc::capped`, as `decode::open_file_within` sets it):
+    // each bomb read by dicom-rs directly, without the length check, under a cap of 8 times
+    // its size and 1 MiB. Its reservation is refused and dicom-rs reports it; nothing near
+    // the claimed gigabytes is allocated.
+    for name in [
+        "dicom_decode_prepare/pixel-data-claims-2gib.dcm",
+        "dicom_decode_prepare/ov-length-2-then-a-header-claiming-273678376.dcm",
+        "dicom_parse/ts-uid-ending-in-a-newline-then-4gib.dcm",
+    ] {
+        let bytes = std::fs::read(root().join("fuzz/regressions").join(name)).unwrap();
+        let magic = bedside::dicom::lengths::magic_code_at(&bytes).unwrap();
+        let cap = bytes.len() * 8 + (1 << 20);
+        let (result, _, allocated) = bedside::alloc::count(|| {
+            bedside::alloc::capped(cap, || {
+                dicom_object::OpenFileOptions::new()
+                    .read_preamble(dicom_object::file::ReadPreamble::Never)
+                    .from_reader(&bytes[magic..])
+            })
+        });
+        let err = result.expect_err(name);
+        assert!(
+            format!("{err:?}").contains("Allocat"),
+            "{name}: not refused for its allocation: {err:?}"
+        );
+        assert!(allocated < 4 << 20, "{name}: {allocated} bytes allocated");
+        // The cap is the caller's only: the thread allocates freely after it.
+        let big: Vec<u8> = Vec::with_capacity(cap + 1);
+        assert!(big.capacity() > cap);
+    }
+}
+
+#[test]
 fn no_regression_input_makes_its_target_allocate_more_than_the_fuzzers_limit_allows() {
     // libFuzzer ran with -malloc_limit_mb=256 and -rss_limit_mb=512; every OOM it reported is
     // in fuzz/regressions/. Here each must stay far under: what the thread allocates in all

@@ -166,13 +166,20 @@ pub fn open_file_within(path: &Path, max_bytes: u64) -> Result<DefaultDicomObjec
     // Read whole (the memory plan counts memory.max_file_mib for it), every length checked
     // against the bytes there are before dicom-rs sizes a buffer from it (dicom::lengths).
     let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
-    super::lengths::check_file(&bytes, max_bytes).map_err(|e| read(e.to_string()))?;
+    let read_bytes =
+        super::lengths::check_file(&bytes, max_bytes).map_err(|e| read(e.to_string()))?;
     // From the magic code on (dicom-rs refuses a file without one, as before).
     let magic = super::lengths::magic_code_at(&bytes).unwrap_or(0);
-    dicom_object::OpenFileOptions::new()
-        .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(&bytes[magic..])
-        .map_err(|e| read(error_chain(&e)))
+    // And should the check and dicom-rs ever disagree again, no single buffer larger than a
+    // few times what there is to read (`alloc::capped`): text decoded to UTF-8 takes up to 3
+    // bytes for each byte read, and a growing string up to twice what it holds; 8 for both.
+    let cap = read_bytes.saturating_mul(8).saturating_add(1 << 20);
+    crate::alloc::capped(cap, || {
+        dicom_object::OpenFileOptions::new()
+            .read_preamble(dicom_object::file::ReadPreamble::Never)
+            .from_reader(&bytes[magic..])
+    })
+    .map_err(|e| read(error_chain(&e)))
 }
 
 /// Decodes the first frame of a DICOM object into modality units.

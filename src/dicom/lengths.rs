@@ -95,9 +95,12 @@ pub fn magic_code_at(bytes: &[u8]) -> Option<usize> {
 /// (`memory.max_file_mib`), so that a deflated object never costs more than an uncompressed
 /// one may — the memory plan counts that, and a 1 MiB file inflating to 64 MiB on a board that
 /// planned 48 would not be counted.
-pub fn check_file(bytes: &[u8], max_bytes: u64) -> Result<(), LengthError> {
+///
+/// Returns the bytes dicom-rs will read: the file's, or for a deflated data set the file's
+/// up to it and the data set inflated.
+pub fn check_file(bytes: &[u8], max_bytes: u64) -> Result<usize, LengthError> {
     let Some(magic) = magic_code_at(bytes) else {
-        return Ok(());
+        return Ok(bytes.len());
     };
     let start = magic + 4;
     let mut syntax = None;
@@ -127,7 +130,7 @@ pub fn check_file(bytes: &[u8], max_bytes: u64) -> Result<(), LengthError> {
     // The syntax as dicom-object takes it: by the registry, and by its codec. A syntax the
     // registry does not know, or a deflated one this build cannot inflate, is refused unread.
     let Some(ts) = TransferSyntaxRegistry.get(syntax) else {
-        return Ok(());
+        return Ok(bytes.len());
     };
     match ts.codec() {
         // Deflated Explicit VR Little Endian, and the two JPIP Referenced Deflate syntaxes
@@ -144,10 +147,10 @@ pub fn check_file(bytes: &[u8], max_bytes: u64) -> Result<(), LengthError> {
             if inflated.len() as u64 > max_bytes {
                 return Err(LengthError::Inflated { max_bytes });
             }
-            walk(&inflated, ts)
+            walk(&inflated, ts).map(|()| meta_end + inflated.len())
         }
-        Codec::Dataset(None) => Ok(()),
-        _ => walk(rest, ts).map_err(in_file),
+        Codec::Dataset(None) => Ok(bytes.len()),
+        _ => walk(rest, ts).map(|()| bytes.len()).map_err(in_file),
     }
 }
 
@@ -622,7 +625,10 @@ mod tests {
             f.extend(&syntax);
             f.extend(&deflated);
             assert!(f.len() < 8 << 10, "{} bytes", f.len());
-            assert_eq!(check_file(&f, 2 << 20), Ok(()));
+            assert_eq!(
+                check_file(&f, 2 << 20),
+                Ok(f.len() - deflated.len() + ds.len())
+            );
             assert_eq!(
                 check_file(&f, 512 << 10),
                 Err(LengthError::Inflated {
@@ -675,7 +681,7 @@ mod tests {
         let mut syntax = None;
         assert_eq!(walk_meta(&f, 132, &mut syntax), Ok(data_set));
         assert_eq!(syntax.as_deref(), Some("1.2.840.10008.1.2.1\0"));
-        assert_eq!(check_file(&f, 64 << 20), Ok(()));
+        assert_eq!(check_file(&f, 64 << 20), Ok(f.len()));
         // And dicom-rs reads it so: the private element is in its object, whole.
         let obj = dicom_object::OpenFileOptions::new()
             .read_preamble(dicom_object::file::ReadPreamble::Never)
@@ -710,7 +716,7 @@ mod tests {
                         .from_reader(&bytes[128.min(bytes.len())..])
                         .is_ok();
                     if readable {
-                        assert_eq!(check_file(&bytes, 64 << 20), Ok(()), "{}", p.display());
+                        assert!(check_file(&bytes, 64 << 20).is_ok(), "{}", p.display());
                         n += 1;
                     }
                 }
