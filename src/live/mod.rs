@@ -677,15 +677,13 @@ fn infer_loop(
                 scores,
                 peaks,
             };
-            if scored_tx
-                .send(Scoring::Frame(Scored {
-                    model: m,
-                    generation: generations[m],
-                    stream: frame.stream,
-                    score,
-                }))
-                .is_err()
-            {
+            let scored = Scoring::Frame(Scored {
+                model: m,
+                generation: generations[m],
+                stream: frame.stream,
+                score,
+            });
+            if send_without_parking(scored_tx, scored).is_err() {
                 return;
             }
         }
@@ -726,6 +724,28 @@ impl ModelInfo {
                 .iter()
                 .map(|l| (l.name.clone(), l.finding_threshold(m.model.task)))
                 .collect(),
+        }
+    }
+}
+
+/// Sends on a bounded channel, waiting while it is full without parking on it.
+///
+/// Why not `send`: the first time a thread parks on one of std's channels it allocates (its
+/// waiting context, and a place in the channel's list of waiters), and a frame that happens
+/// to be the first to find the smoothing thread behind then allocates 43 times instead of
+/// 41. The frame path allocates a documented constant (`tests/memory.rs`), whatever the
+/// load; so a full channel is retried every millisecond instead (it is full only while the
+/// smoothing thread is starved, and a frame takes tens of milliseconds anyway). `Err` once
+/// the receiver is gone.
+fn send_without_parking<T>(tx: &SyncSender<T>, mut value: T) -> Result<(), ()> {
+    loop {
+        match tx.try_send(value) {
+            Ok(()) => return Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                value = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(()),
         }
     }
 }
