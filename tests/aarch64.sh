@@ -36,10 +36,10 @@ PROFILE="${BEDSIDE_CROSS_PROFILE:-cross-check}"
 # With cargo-auditable (tools/sbom/sbom.sh installs it) the binary carries its dependency
 # list, as the amd64 one in the .deb does.
 BUILD=(build)
-cargo install --list | grep -q '^cargo-auditable ' && BUILD=(auditable build)
+grep -q '^cargo-auditable ' < <(cargo install --list) && BUILD=(auditable build)
 cargo "${BUILD[@]}" --locked --profile "$PROFILE" --target "$TARGET" --bin bedside
 ARM_BIN="$CARGO_TARGET_DIR/$TARGET/$PROFILE/bedside"
-file "$ARM_BIN" | grep -q "ARM aarch64" || { echo "not an aarch64 binary: $ARM_BIN" >&2; exit 1; }
+grep -q "ARM aarch64" < <(file "$ARM_BIN") || { echo "not an aarch64 binary: $ARM_BIN" >&2; exit 1; }
 echo "aarch64 binary ($PROFILE profile): $(stat -c %s "$ARM_BIN") bytes"
 
 unset RUSTC CARGO_TARGET_DIR

@@ -26,7 +26,7 @@ GOAL_BYTES=$((15 * 1000 * 1000))
 
 fail() { echo "deb.sh: $*" >&2; exit 1; }
 
-if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+if ! grep -q "$CARGO_DEB_VERSION" < <(cargo deb --version 2>/dev/null); then
   echo "== installing cargo-deb $CARGO_DEB_VERSION"
   cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 fi
@@ -93,8 +93,10 @@ for deb in "${DEBS[@]}"; do
     *) fail "$deb ($arch) holds a binary for another machine: $bin_desc" ;;
   esac
   case "$bin_desc" in *"not stripped"*) fail "$deb: the binary is not stripped" ;; esac
-  # cargo-auditable's dependency list survives stripping, in its own section.
-  readelf -S "$WORK/x.$arch/usr/bin/bedside" | grep -q '\.dep-v0' \
+  # cargo-auditable's dependency list survives stripping, in its own section. (Not
+  # `readelf | grep -q` under pipefail: grep leaving at the first match can end readelf with
+  # SIGPIPE, and the pipe then fails though the section is there — it did, once, in stop 17.)
+  grep -q '\.dep-v0' < <(readelf -S "$WORK/x.$arch/usr/bin/bedside") \
     || fail "$deb: the binary carries no dependency list (.dep-v0; built without cargo auditable?)"
   size=$(stat -c %s "$WORK/x.$arch/usr/bin/bedside")
   glibc=$(objdump -T "$WORK/x.$arch/usr/bin/bedside" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1 || true)
@@ -114,8 +116,8 @@ in_root() { chroot "$ROOT" "$@"; }
 echo "== installing the amd64 package into the chroot, as on a Raspberry Pi 5"
 cp target/debian/bedside_amd64.deb "$ROOT/tmp/bedside.deb"
 BEDSIDE_BOARD=rpi5 in_root dpkg -i /tmp/bedside.deb 2>&1 | tee "$WORK/install.log"
-in_root dpkg -s bedside | grep -q "Status: install ok installed" || fail "bedside is not installed"
-in_root getent passwd bedside | grep -q ":/var/lib/bedside:/usr/sbin/nologin$" \
+grep -q "Status: install ok installed" < <(in_root dpkg -s bedside) || fail "bedside is not installed"
+grep -q ":/var/lib/bedside:/usr/sbin/nologin$" < <(in_root getent passwd bedside) \
   || fail "no bedside system user with a nologin shell: $(in_root getent passwd bedside)"
 uid=$(in_root id -u bedside)
 [ "$uid" -lt 1000 ] || fail "bedside's uid $uid is not a system uid"

@@ -24,7 +24,7 @@ mkdir -p "$OUT"
 
 for tool in "${!PINNED[@]}"; do
   version=${PINNED[$tool]}
-  if ! cargo install --list | grep -qx "$tool v$version:"; then
+  if ! grep -qx "$tool v$version:" < <(cargo install --list); then
     echo "== installing $tool $version"
     cargo install --locked --quiet "$tool" --version "$version"
   fi
