@@ -104,36 +104,31 @@ impl<T> Watched<T> {
         self.deadline.as_mut().reset(next);
     }
 
-    /// What a pending operation becomes: still pending, or timed out once the deadline is
-    /// past. Polling the deadline with the operation's context wakes this connection's task
-    /// when it passes, though the I/O itself never would.
-    fn pending_in<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no byte moved either way for web.idle_timeout_s",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<T> Watched<T> {
-    /// A write's result: bytes taken are progress, a pending write waits on the deadline too.
-    fn wrote(
+    /// One rule for every operation: a result that moved bytes (`progress`) resets the
+    /// deadline; a pending one also waits on the deadline and times out once it is past
+    /// (polling the deadline with the operation's context wakes this connection's task when
+    /// it passes, though the I/O itself never would).
+    fn watch<R>(
         &mut self,
-        r: Poll<io::Result<usize>>,
+        r: Poll<io::Result<R>>,
         cx: &mut Context<'_>,
-    ) -> Poll<io::Result<usize>> {
+        progress: impl FnOnce(&R) -> bool,
+    ) -> Poll<io::Result<R>> {
         match r {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
+            Poll::Ready(Ok(v)) => {
+                if progress(&v) {
                     self.moved();
                 }
-                Poll::Ready(Ok(n))
+                Poll::Ready(Ok(v))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => self.pending_in(cx),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no byte moved either way for web.idle_timeout_s",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            failed => failed,
         }
     }
 }
@@ -146,16 +141,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.moved();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => this.pending_in(cx),
-        }
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        let grew = buf.filled().len() > before;
+        this.watch(r, cx, |()| grew)
     }
 }
 
@@ -167,7 +155,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.wrote(r, cx)
+        this.watch(r, cx, |n| *n > 0)
     }
 
     fn poll_write_vectored(
@@ -177,7 +165,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.wrote(r, cx)
+        this.watch(r, cx, |n| *n > 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -186,18 +174,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_flush(cx) {
-            Poll::Pending => this.pending_in(cx),
-            done => done,
-        }
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(r, cx, |()| false)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_shutdown(cx) {
-            Poll::Pending => this.pending_in(cx),
-            done => done,
-        }
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(r, cx, |()| false)
     }
 }
 
