@@ -95,6 +95,15 @@ fn get_for(port: u16, path: &str, for_how_long: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// What every test of the page starts from: a scratch folder, a broker in it on a free port,
+/// and a free port for the page.
+fn broker_and_ports() -> (tempfile::TempDir, u16, Mosquitto, u16) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mqtt = free_port();
+    let broker = Mosquitto::start_on(mqtt, tmp.path(), false);
+    (tmp, mqtt, broker, free_port())
+}
+
 /// A board for the broker on `mqtt` with `tail` after it (the `[web]` section and the like).
 fn page_board(dir: &Path, mqtt: u16, tail: &str) -> std::path::PathBuf {
     write_board_with(dir, &format!("url = \"mqtt://127.0.0.1:{mqtt}\""), tail)
@@ -135,10 +144,7 @@ fn web_board(dir: &Path, mqtt: u16, web: u16) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_finding_appears_on_the_open_page_with_its_overlay_and_no_patient_data() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
-    let web = free_port();
+    let (tmp, mqtt, _broker, web) = broker_and_ports();
     let board = web_board(tmp.path(), mqtt, web);
     let daemon = start_with_page(&board, tmp.path(), web);
     let driver_port = free_port();
@@ -382,10 +388,7 @@ fn read_events(port: u16, want: usize, timeout: Duration, slow: bool) -> (Vec<St
 /// here; `web::tests` drops one that does.)
 #[test]
 fn twenty_pages_and_two_stuck_ones_never_hold_the_worker() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
-    let web = free_port();
+    let (tmp, mqtt, _broker, web) = broker_and_ports();
     let board = page_board(
         tmp.path(),
         mqtt,
@@ -463,10 +466,7 @@ fn twenty_pages_and_two_stuck_ones_never_hold_the_worker() {
 /// their thousands, the daemon's file descriptors) away.
 #[test]
 fn silent_connections_are_closed_and_the_page_serves_the_next_client() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
-    let web = free_port();
+    let (tmp, mqtt, _broker, web) = broker_and_ports();
     let board = page_board(
         tmp.path(),
         mqtt,
@@ -520,15 +520,12 @@ fn curl(args: &[&str]) -> (u16, String) {
 #[test]
 fn https_and_a_password_guard_the_page() {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let mqtt = free_port();
-    let _broker = Mosquitto::start_on(mqtt, tmp.path(), false);
+    let (tmp, mqtt, _broker, web) = broker_and_ports();
     let pki = Pki::new(&tmp.path().join("pki"), "clinic-ca");
     pki.issue("page", Some("IP:127.0.0.1"));
     let password = tmp.path().join("web-password");
     std::fs::write(&password, "nurse:correct-horse\n").unwrap();
     std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let web = free_port();
     let board = page_board(
         tmp.path(),
         mqtt,
